@@ -1,0 +1,196 @@
+//! The component glue: the pipeline's capabilities implemented over the WIT imports.
+
+use std::io::{self, Read};
+
+use anyhow::{anyhow, Result};
+
+use crate::digest::Digest;
+use crate::progress::{self, ProgressSink};
+use crate::push::{self, BlobSink, ImageSource, LayerUpload, Registries, CHUNK_SIZE};
+use crate::reference::Target;
+use crate::save::{Blob, ImageSummary};
+
+wit_bindgen::generate!({ world: "pusher", path: "../wit" });
+
+use ocipush::core::{credentials, docker, progress as wit, registry, types};
+
+struct Component;
+
+impl Guest for Component {
+    fn push(request: PushRequest) -> Result<PushResult, String> {
+        let request = push::PushRequest {
+            source: request.source,
+            destination: request.destination,
+        };
+        push::push(
+            &request,
+            &mut Daemon,
+            &mut HostRegistries,
+            &mut HostProgress,
+        )
+        .map(|pushed| PushResult {
+            digest: pushed.digest.to_string(),
+            repository: pushed.repository,
+        })
+        .map_err(|e| format!("{e:#}"))
+    }
+}
+
+export!(Component);
+
+struct Daemon;
+
+impl ImageSource for Daemon {
+    type Export = ExportReader;
+
+    fn inspect(&mut self, image: &str) -> Result<ImageSummary> {
+        let summary = docker::inspect(image).map_err(|e| anyhow!(e))?;
+        Ok(ImageSummary {
+            id: Digest::parse(&summary.id, "the daemon's image ID")?,
+            diff_ids: summary
+                .diff_ids
+                .iter()
+                .map(|d| Digest::parse(d, "the daemon's diff ID"))
+                .collect::<Result<_>>()?,
+            size: summary.size,
+        })
+    }
+
+    fn export(&mut self, image: &str) -> Result<ExportReader> {
+        let stream = docker::export_image(image).map_err(|e| anyhow!(e))?;
+        Ok(ExportReader {
+            stream,
+            chunk: Vec::new(),
+            pos: 0,
+        })
+    }
+}
+
+/// `Read` over the host's export stream, one large chunk per crossing.
+struct ExportReader {
+    stream: docker::ExportStream,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ExportReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.chunk.len() {
+            self.chunk = self
+                .stream
+                .read(CHUNK_SIZE as u32)
+                .map_err(io::Error::other)?;
+            self.pos = 0;
+        }
+        let n = out.len().min(self.chunk.len() - self.pos);
+        out[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+struct HostRegistries;
+
+impl Registries for HostRegistries {
+    type Repository = registry::Repository;
+
+    fn open(&mut self, target: &Target) -> Result<registry::Repository> {
+        let credential = credentials::lookup(&target.registry);
+        registry::open(&target.registry, &target.repository, credential.as_ref())
+            .map_err(|e| anyhow!(e))
+    }
+}
+
+impl BlobSink for registry::Repository {
+    type Upload = registry::LayerUpload;
+
+    fn blob_size(&mut self, digest: &Digest) -> Result<Option<u64>> {
+        registry::Repository::blob_size(self, digest.as_str()).map_err(|e| anyhow!(e))
+    }
+
+    fn put_blob(&mut self, digest: &Digest, data: &[u8]) -> Result<()> {
+        registry::Repository::put_blob(self, digest.as_str(), data).map_err(|e| anyhow!(e))
+    }
+
+    fn start_layer(&mut self) -> Result<registry::LayerUpload> {
+        registry::Repository::start_layer(self, registry::Compression::Gzip).map_err(|e| anyhow!(e))
+    }
+
+    fn put_manifest(&mut self, reference: &str, media_type: &str, body: &[u8]) -> Result<Digest> {
+        let digest = registry::Repository::put_manifest(self, reference, media_type, body)
+            .map_err(|e| anyhow!(e))?;
+        Digest::parse(&digest, "the registry's manifest digest")
+    }
+}
+
+impl LayerUpload for registry::LayerUpload {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        registry::LayerUpload::write(self, data).map_err(|e| anyhow!(e))
+    }
+
+    fn sent(&self) -> u64 {
+        self.progress().sent
+    }
+
+    fn finish(self) -> Result<Blob> {
+        let blob = registry::LayerUpload::finish(&self).map_err(|e| anyhow!(e))?;
+        Ok(Blob {
+            digest: Digest::parse(&blob.digest, "the registry's blob digest")?,
+            size: blob.size,
+        })
+    }
+}
+
+struct HostProgress;
+
+impl ProgressSink for HostProgress {
+    fn report(&mut self, event: progress::Event) {
+        use progress::Event as E;
+        let layer = |l: progress::LayerRef| wit::LayerRef {
+            index: l.index,
+            entry: l.entry,
+        };
+        let bytes = |b: progress::LayerBytes| wit::LayerBytes {
+            layer: layer(b.layer),
+            done: b.done,
+            sent: b.sent,
+            total: b.total,
+        };
+        let event = match event {
+            E::Started {
+                image,
+                layers,
+                total_bytes,
+            } => wit::Event::Started(wit::PushStarted {
+                image,
+                layers,
+                total_bytes,
+            }),
+            E::LayerStarted(b) => wit::Event::LayerStarted(bytes(b)),
+            E::LayerProgress(b) => wit::Event::LayerProgress(bytes(b)),
+            E::LayerDone {
+                layer: l,
+                diff_id,
+                digest,
+                size,
+            } => wit::Event::LayerDone(wit::LayerFinished {
+                layer: layer(l),
+                diff_id: diff_id.to_string(),
+                digest: digest.to_string(),
+                size,
+            }),
+            E::ConfigDone(digest) => wit::Event::ConfigDone(digest.to_string()),
+            E::ManifestDone { reference, digest } => {
+                wit::Event::ManifestDone(wit::ManifestWritten {
+                    reference,
+                    digest: digest.to_string(),
+                })
+            }
+        };
+        wit::report(&event);
+    }
+}
+
+// `types` is used through the generated records; keep the import explicit for readers.
+#[allow(unused_imports)]
+use types as _;

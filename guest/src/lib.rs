@@ -1,0 +1,14 @@
+//! ocipush's policy core. It reads a `docker save` stream, verifies every layer against the
+//! image config, builds the manifest and decides the upload order; the host only lends it
+//! capabilities (see `wit/ocipush.wit`). Everything but `component` is plain Rust, tested
+//! natively against in-memory capabilities.
+
+pub mod digest;
+pub mod manifest;
+pub mod progress;
+pub mod push;
+pub mod reference;
+pub mod save;
+
+#[cfg(target_arch = "wasm32")]
+mod component;

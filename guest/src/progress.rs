@@ -1,0 +1,48 @@
+//! Progress events, as the guest reports them to the host's progress sink (mirrors the WIT
+//! `progress` interface, so the pipeline stays testable without bindings).
+
+use crate::digest::Digest;
+
+/// One layer, by its 1-based position in the export and the tar entry it is read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerRef {
+    pub index: u32,
+    pub entry: String,
+}
+
+/// Byte counts of one layer: read from the export (`done`), encoded and sent (`sent`), and the
+/// layer's exact uncompressed size (`total`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerBytes {
+    pub layer: LayerRef,
+    pub done: u64,
+    pub sent: u64,
+    pub total: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Started {
+        image: String,
+        layers: u32,
+        total_bytes: u64,
+    },
+    LayerStarted(LayerBytes),
+    LayerProgress(LayerBytes),
+    LayerDone {
+        layer: LayerRef,
+        diff_id: Digest,
+        digest: Digest,
+        size: u64,
+    },
+    ConfigDone(Digest),
+    ManifestDone {
+        reference: String,
+        digest: Digest,
+    },
+}
+
+/// Where events go.
+pub trait ProgressSink {
+    fn report(&mut self, event: Event);
+}

@@ -1,0 +1,153 @@
+//! Push destinations: `host[:port]/repository[:tag]`, as in the distribution reference grammar.
+
+use anyhow::{bail, Result};
+
+/// Where a push goes: a registry host, a repository on it, and the tag to write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// `host[:port]`; Docker Hub's is `docker.io`.
+    pub registry: String,
+    /// The repository path, e.g. `team/myapp`.
+    pub repository: String,
+    /// The tag the manifest is written under.
+    pub tag: String,
+}
+
+impl Target {
+    /// Parses a destination. Like docker, a first path component without `.` or `:` that is
+    /// not `localhost` names a Docker Hub repository, and a tag defaults to `latest`.
+    pub fn parse(text: &str) -> Result<Self> {
+        if text.contains('@') {
+            bail!("destination {text:?} names a digest: a push destination needs a tag (host/repository[:tag])");
+        }
+        let (rest, tag) = match text.rfind(':') {
+            Some(colon) if !text[colon..].contains('/') => (&text[..colon], &text[colon + 1..]),
+            _ => (text, "latest"),
+        };
+        let (registry, repository) = match rest.split_once('/') {
+            Some((first, path))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
+                (first.to_string(), path.to_string())
+            }
+            Some(_) => ("docker.io".to_string(), rest.to_string()),
+            None => ("docker.io".to_string(), format!("library/{rest}")),
+        };
+        if registry.is_empty() || registry.chars().any(|c| c.is_whitespace()) {
+            bail!("destination {text:?} has an invalid registry host {registry:?}");
+        }
+        for component in repository.split('/') {
+            if !is_path_component(component) {
+                bail!("destination {text:?} has an invalid repository component {component:?} (lowercase letters, digits and . _ - separators)");
+            }
+        }
+        if !is_tag(tag) {
+            bail!("destination {text:?} has an invalid tag {tag:?} (up to 128 of A-Z a-z 0-9 _ . -, not starting with . or -)");
+        }
+        Ok(Self {
+            registry,
+            repository,
+            tag: tag.to_string(),
+        })
+    }
+
+    /// `host[:port]/repository`, without the tag.
+    pub fn repository_url(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+}
+
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
+fn is_path_component(component: &str) -> bool {
+    let bytes = component.as_bytes();
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if bytes.is_empty() || !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        if alnum(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && !alnum(bytes[i]) {
+            i += 1;
+        }
+        let sep = &component[start..i];
+        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|b| b == b'-');
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// `[\w][\w.-]{0,127}`
+fn is_tag(tag: &str) -> bool {
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let bytes = tag.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 128
+        && word(bytes[0])
+        && bytes.iter().all(|&b| word(b) || b == b'.' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(registry: &str, repository: &str, tag: &str) -> Target {
+        Target {
+            registry: registry.into(),
+            repository: repository.into(),
+            tag: tag.into(),
+        }
+    }
+
+    #[test]
+    fn parses_registry_port_and_tag() {
+        assert_eq!(
+            Target::parse("127.0.0.1:5000/team/myapp:1.0").unwrap(),
+            target("127.0.0.1:5000", "team/myapp", "1.0")
+        );
+        assert_eq!(
+            Target::parse("localhost/a").unwrap(),
+            target("localhost", "a", "latest")
+        );
+        assert_eq!(
+            Target::parse("gitea.cnoe.localtest.me:8443/giteaadmin/app").unwrap(),
+            target("gitea.cnoe.localtest.me:8443", "giteaadmin/app", "latest")
+        );
+    }
+
+    #[test]
+    fn docker_hub_shorthand() {
+        assert_eq!(
+            Target::parse("busybox").unwrap(),
+            target("docker.io", "library/busybox", "latest")
+        );
+        assert_eq!(
+            Target::parse("me/app:v2").unwrap(),
+            target("docker.io", "me/app", "v2")
+        );
+    }
+
+    #[test]
+    fn rejects_bad_destinations() {
+        for bad in [
+            "127.0.0.1:5000/Team/app",
+            "127.0.0.1:5000/app:",
+            "127.0.0.1:5000/app@sha256:abcd",
+            "127.0.0.1:5000/a//b",
+            "127.0.0.1:5000/a:-x",
+            "127.0.0.1:5000/a--",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad} should be refused");
+        }
+        let err = Target::parse("127.0.0.1:5000/Team/app")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"Team\""), "{err}");
+    }
+}

@@ -1,0 +1,587 @@
+//! The `docker save` stream: a tar that holds an image's layers, config and a `manifest.json`.
+//!
+//! Three dialects are read alike (see BRIEF.md):
+//! - Docker <= 24: `<v1id>/layer.tar` per layer, `<image id>.json` config, and `manifest.json`
+//!   at the end of the stream;
+//! - podman's API service: `<diff id>.tar` layers at the top, `<v1id>/layer.tar` symlinks to them;
+//! - Docker >= 25: an OCI layout, `blobs/sha256/<hex>` for layers and config, plus `manifest.json`.
+//!
+//! The stream is read once, in order, and never held whole: each layer is handed to the caller
+//! to hash and upload as it passes, and only small metadata files are kept. Because
+//! `manifest.json` may come last, layers are matched to the image by their computed diff IDs,
+//! and the final order is checked against the config once the stream has ended.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::digest::Digest;
+
+/// The most bytes one metadata file (config, `manifest.json`, index) may have.
+const METADATA_FILE_LIMIT: u64 = 16 << 20;
+/// The most bytes all metadata files together may have.
+const METADATA_TOTAL_LIMIT: u64 = 64 << 20;
+/// How many symlinks deep a layer path may be.
+const LINK_DEPTH_LIMIT: usize = 8;
+
+/// What the daemon says about the image before the export starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageSummary {
+    /// The image ID; on Docker's classic store and podman, the config digest.
+    pub id: Digest,
+    /// The uncompressed layer digests, base first.
+    pub diff_ids: Vec<Digest>,
+    /// The layers' total content size in bytes.
+    pub size: u64,
+}
+
+/// A blob as stored in a registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blob {
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// A layer of the image: its uncompressed digest and the (compressed) blob stored for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layer {
+    pub diff_id: Digest,
+    pub blob: Blob,
+}
+
+/// A layer tar as it passes in the export stream, for the caller to consume whole.
+pub struct LayerEntry<'a> {
+    /// 1-based position among the layer entries of the stream.
+    pub index: u32,
+    /// The tar entry's path.
+    pub name: String,
+    /// Its exact size in bytes.
+    pub size: u64,
+    /// Its bytes.
+    pub data: &'a mut dyn Read,
+}
+
+/// What the export held, checked against the daemon's summary of the image.
+#[derive(Debug)]
+pub struct SavedImage {
+    /// The config, byte for byte as the daemon wrote it.
+    pub config: Vec<u8>,
+    /// The layers in image order (base first), each verified against the config's diff IDs.
+    pub layers: Vec<Layer>,
+}
+
+/// Reads a `docker save` stream of the image `image` describes. Every layer entry is passed to
+/// `stream_layer`, which must read it whole and return the layer it published; the result is
+/// then checked against the config's `rootfs.diff_ids` and the daemon's summary.
+pub fn read_export(
+    stream: impl Read,
+    image: &ImageSummary,
+    mut stream_layer: impl FnMut(LayerEntry<'_>) -> Result<Layer>,
+) -> Result<SavedImage> {
+    let mut archive = tar::Archive::new(stream);
+    let mut layers_by_path: HashMap<String, Layer> = HashMap::new();
+    let mut links: HashMap<String, String> = HashMap::new();
+    let mut metadata: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut metadata_bytes = 0u64;
+    let mut layer_count = 0u32;
+
+    for entry in archive.entries().context("reading the export stream")? {
+        let mut entry = entry.context("reading the export stream")?;
+        let name = normalize(&String::from_utf8_lossy(&entry.path_bytes()));
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() || kind.is_hard_link() {
+            let target = entry
+                .link_name_bytes()
+                .map(|t| String::from_utf8_lossy(&t).into_owned())
+                .unwrap_or_default();
+            let resolved = if kind.is_symlink() {
+                join_link(&name, &target)
+            } else {
+                normalize(&target)
+            };
+            links.insert(name, resolved);
+            continue;
+        }
+        if !kind.is_file() {
+            continue;
+        }
+        let size = entry.size();
+        match classify(&name, &image.diff_ids) {
+            EntryKind::Layer => {
+                layer_count += 1;
+                let mut data = Exact {
+                    inner: &mut entry,
+                    name: &name,
+                    left: size,
+                };
+                let layer = stream_layer(LayerEntry {
+                    index: layer_count,
+                    name: name.clone(),
+                    size,
+                    data: &mut data,
+                })?;
+                layers_by_path.insert(name, layer);
+            }
+            EntryKind::Metadata => {
+                metadata_bytes += size;
+                if size > METADATA_FILE_LIMIT || metadata_bytes > METADATA_TOTAL_LIMIT {
+                    bail!(
+                        "export entry {name} ({size} bytes) is neither a layer the image lists nor small metadata \
+                         (layers already compressed by the containerd image store are not read by this version)"
+                    );
+                }
+                let mut bytes = Vec::with_capacity(size as usize);
+                entry
+                    .read_to_end(&mut bytes)
+                    .with_context(|| format!("reading {name} from the export"))?;
+                metadata.insert(name, bytes);
+            }
+            EntryKind::Other => {}
+        }
+    }
+
+    let manifest = find_manifest(&metadata, image)?;
+    let config_path = resolve(&manifest.config, &links)?;
+    let config = metadata
+        .remove(&config_path)
+        .with_context(|| format!("the export's manifest.json names config {config_path}, which the export does not contain"))?;
+    check_config(&config, image, metadata.contains_key("index.json"))?;
+
+    if manifest.layers.len() != image.diff_ids.len() {
+        bail!(
+            "the export's manifest.json lists {} layers but the image has {}",
+            manifest.layers.len(),
+            image.diff_ids.len()
+        );
+    }
+    let mut layers = Vec::with_capacity(manifest.layers.len());
+    for (position, (path, expected)) in manifest.layers.iter().zip(&image.diff_ids).enumerate() {
+        let path = resolve(path, &links)?;
+        let layer = layers_by_path.get(&path).with_context(|| {
+            format!(
+                "the export's manifest.json names layer {path}, which the export does not contain"
+            )
+        })?;
+        if &layer.diff_id != expected {
+            bail!(
+                "digest mismatch: layer {} of the image ({path}) has diff ID {} but the image config lists {expected}",
+                position + 1,
+                layer.diff_id
+            );
+        }
+        layers.push(layer.clone());
+    }
+    Ok(SavedImage { config, layers })
+}
+
+/// An entry's bytes, failing if the stream ends before the size its header promised (the tar
+/// reader just stops early).
+struct Exact<'a, R: Read> {
+    inner: R,
+    name: &'a str,
+    left: u64,
+}
+
+impl<R: Read> Read for Exact<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && self.left > 0 && !buf.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the export stream ended {} bytes before the end of {}",
+                    self.left, self.name
+                ),
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// What an entry of the export is, by its path.
+#[derive(Debug, PartialEq, Eq)]
+enum EntryKind {
+    /// An uncompressed layer tar, to be streamed.
+    Layer,
+    /// A small file to keep: `manifest.json`, the config, an OCI index or manifest.
+    Metadata,
+    /// Anything else: directories' legacy `json` and `VERSION`, `repositories`, `oci-layout`.
+    Other,
+}
+
+fn classify(name: &str, diff_ids: &[Digest]) -> EntryKind {
+    if let Some(hex) = name.strip_prefix("blobs/sha256/") {
+        // In the OCI dialect an uncompressed layer's blob is named by its diff ID.
+        return match Digest::from_hex(hex) {
+            Some(digest) if diff_ids.contains(&digest) => EntryKind::Layer,
+            _ => EntryKind::Metadata,
+        };
+    }
+    let top_level = !name.contains('/');
+    if name.ends_with("/layer.tar") || (top_level && name.ends_with(".tar")) {
+        EntryKind::Layer
+    } else if top_level && name.ends_with(".json") {
+        EntryKind::Metadata
+    } else {
+        EntryKind::Other
+    }
+}
+
+/// One entry of `manifest.json`.
+#[derive(Deserialize)]
+struct SaveManifest {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+}
+
+/// Picks the `manifest.json` entry for the image: the only one, or the one whose config is the
+/// image ID.
+fn find_manifest(
+    metadata: &HashMap<String, Vec<u8>>,
+    image: &ImageSummary,
+) -> Result<SaveManifest> {
+    let bytes = metadata
+        .get("manifest.json")
+        .context("the export has no manifest.json")?;
+    let mut entries: Vec<SaveManifest> = serde_json::from_slice(bytes)
+        .context("the export's manifest.json is not a docker save manifest")?;
+    if entries.len() == 1 {
+        return Ok(entries.remove(0));
+    }
+    entries
+        .into_iter()
+        .find(|m| {
+            let config = normalize(&m.config);
+            config == format!("{}.json", image.id.hex())
+                || config == format!("blobs/sha256/{}", image.id.hex())
+        })
+        .with_context(|| {
+            format!(
+                "the export's manifest.json has no entry for image {}",
+                image.id
+            )
+        })
+}
+
+#[derive(Deserialize)]
+struct ConfigRootfs {
+    rootfs: RootFs,
+}
+
+#[derive(Deserialize)]
+struct RootFs {
+    diff_ids: Vec<String>,
+}
+
+/// The config must list exactly the daemon's diff IDs and, except where the image ID names a
+/// manifest (the containerd store's OCI export), hash to the image ID.
+fn check_config(config: &[u8], image: &ImageSummary, oci_export: bool) -> Result<()> {
+    let digest = Digest::of(config);
+    if digest != image.id && !oci_export {
+        bail!(
+            "digest mismatch: the exported config hashes to {digest} but the image ID is {}",
+            image.id
+        );
+    }
+    let parsed: ConfigRootfs = serde_json::from_slice(config)
+        .context("the exported image config has no valid rootfs.diff_ids")?;
+    let diff_ids = parsed
+        .rootfs
+        .diff_ids
+        .iter()
+        .map(|d| Digest::parse(d, "the config's diff ID"))
+        .collect::<Result<Vec<_>>>()?;
+    if diff_ids != image.diff_ids {
+        bail!("the exported config's rootfs.diff_ids differ from the layers the daemon reports for {}", image.id);
+    }
+    Ok(())
+}
+
+/// Follows symlinks (podman's `<v1id>/layer.tar` -> `../<diffid>.tar`) to the stored entry.
+fn resolve(path: &str, links: &HashMap<String, String>) -> Result<String> {
+    let mut path = normalize(path);
+    for _ in 0..LINK_DEPTH_LIMIT {
+        match links.get(&path) {
+            Some(target) => path = target.clone(),
+            None => return Ok(path),
+        }
+    }
+    bail!("the export's link {path} is nested more than {LINK_DEPTH_LIMIT} deep")
+}
+
+/// The archive path a symlink at `link` pointing to `target` refers to.
+fn join_link(link: &str, target: &str) -> String {
+    if target.starts_with('/') {
+        return normalize(target);
+    }
+    match link.rsplit_once('/') {
+        Some((dir, _)) => normalize(&format!("{dir}/{target}")),
+        None => normalize(target),
+    }
+}
+
+/// Removes `.`, empty components and resolves `..` (never above the archive root).
+fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            _ => parts.push(part),
+        }
+    }
+    parts.join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tar entry for test archives.
+    enum Item<'a> {
+        File(&'a str, &'a [u8]),
+        Symlink(&'a str, &'a str),
+    }
+
+    fn tar(items: &[Item<'_>]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for item in items {
+            let mut header = tar::Header::new_ustar();
+            match item {
+                Item::File(path, data) => {
+                    header.set_size(data.len() as u64);
+                    header.set_entry_type(tar::EntryType::Regular);
+                    header.set_mode(0o644);
+                    builder.append_data(&mut header, path, *data).unwrap();
+                }
+                Item::Symlink(path, target) => {
+                    header.set_size(0);
+                    header.set_entry_type(tar::EntryType::Symlink);
+                    builder.append_link(&mut header, path, target).unwrap();
+                }
+            }
+        }
+        builder.into_inner().unwrap()
+    }
+
+    /// Two layer tars (any bytes do: the reader does not look inside layers), their config.
+    struct Fixture {
+        layers: [Vec<u8>; 2],
+        diff_ids: Vec<Digest>,
+        config: Vec<u8>,
+        id: Digest,
+    }
+
+    fn fixture() -> Fixture {
+        let layers = [vec![1u8; 3000], vec![2u8; 70_000]];
+        let diff_ids: Vec<Digest> = layers.iter().map(|l| Digest::of(l)).collect();
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": diff_ids.iter().map(Digest::as_str).collect::<Vec<_>>()},
+        }))
+        .unwrap();
+        let id = Digest::of(&config);
+        Fixture {
+            layers,
+            diff_ids,
+            config,
+            id,
+        }
+    }
+
+    fn summary(f: &Fixture) -> ImageSummary {
+        ImageSummary {
+            id: f.id.clone(),
+            diff_ids: f.diff_ids.clone(),
+            size: 73_000,
+        }
+    }
+
+    /// Reads an export, "publishing" each layer as its own digest; returns the entries seen.
+    fn read(stream: &[u8], image: &ImageSummary) -> Result<(SavedImage, Vec<(u32, String, u64)>)> {
+        let mut seen = Vec::new();
+        let saved = read_export(stream, image, |entry| {
+            let mut bytes = Vec::new();
+            entry.data.read_to_end(&mut bytes)?;
+            seen.push((entry.index, entry.name.clone(), entry.size));
+            let diff_id = Digest::of(&bytes);
+            Ok(Layer {
+                blob: Blob {
+                    digest: diff_id.clone(),
+                    size: entry.size,
+                },
+                diff_id,
+            })
+        })?;
+        Ok((saved, seen))
+    }
+
+    fn manifest_json(config: &str, layers: &[&str]) -> Vec<u8> {
+        serde_json::to_vec(
+            &serde_json::json!([{"Config": config, "RepoTags": ["app:1"], "Layers": layers}]),
+        )
+        .unwrap()
+    }
+
+    fn check(saved: &SavedImage, f: &Fixture) {
+        assert_eq!(saved.config, f.config);
+        let diff_ids: Vec<_> = saved.layers.iter().map(|l| l.diff_id.clone()).collect();
+        assert_eq!(diff_ids, f.diff_ids);
+    }
+
+    #[test]
+    fn docker_classic_dialect_with_manifest_last() {
+        let f = fixture();
+        let config_name = format!("{}.json", f.id.hex());
+        let manifest = manifest_json(&config_name, &["aaa/layer.tar", "bbb/layer.tar"]);
+        let stream = tar(&[
+            Item::File("aaa/VERSION", b"1.0"),
+            Item::File("aaa/json", b"{}"),
+            Item::File("aaa/layer.tar", &f.layers[0]),
+            Item::File("bbb/layer.tar", &f.layers[1]),
+            Item::File(&config_name, &f.config),
+            Item::File("manifest.json", &manifest),
+            Item::File("repositories", b"{}"),
+        ]);
+        let (saved, seen) = read(&stream, &summary(&f)).unwrap();
+        check(&saved, &f);
+        assert_eq!(
+            seen,
+            vec![
+                (1, "aaa/layer.tar".into(), 3000),
+                (2, "bbb/layer.tar".into(), 70_000)
+            ]
+        );
+    }
+
+    #[test]
+    fn podman_dialect_with_symlinked_layers() {
+        let f = fixture();
+        let (a, b) = (
+            format!("{}.tar", f.diff_ids[0].hex()),
+            format!("{}.tar", f.diff_ids[1].hex()),
+        );
+        let config_name = format!("{}.json", f.id.hex());
+        let manifest = manifest_json(&config_name, &["v1a/layer.tar", "v1b/layer.tar"]);
+        let stream = tar(&[
+            Item::File(&b, &f.layers[1]),
+            Item::File(&a, &f.layers[0]),
+            Item::Symlink("v1a/layer.tar", &format!("../{a}")),
+            Item::Symlink("v1b/layer.tar", &format!("../{b}")),
+            Item::File(&config_name, &f.config),
+            Item::File("manifest.json", &manifest),
+        ]);
+        let (saved, seen) = read(&stream, &summary(&f)).unwrap();
+        check(&saved, &f);
+        assert_eq!(seen.len(), 2, "each layer streamed once");
+    }
+
+    #[test]
+    fn oci_layout_dialect() {
+        let f = fixture();
+        let blob = |d: &Digest| format!("blobs/sha256/{}", d.hex());
+        let manifest = manifest_json(
+            &blob(&f.id),
+            &[&blob(&f.diff_ids[0]), &blob(&f.diff_ids[1])],
+        );
+        let stream = tar(&[
+            Item::File("blobs/sha256/", b""),
+            Item::File(&blob(&f.diff_ids[0]), &f.layers[0]),
+            Item::File(&blob(&f.diff_ids[1]), &f.layers[1]),
+            Item::File(&blob(&f.id), &f.config),
+            Item::File("index.json", b"{}"),
+            Item::File("manifest.json", &manifest),
+            Item::File("oci-layout", b"{\"imageLayoutVersion\":\"1.0.0\"}"),
+        ]);
+        let (saved, seen) = read(&stream, &summary(&f)).unwrap();
+        check(&saved, &f);
+        assert_eq!(seen.len(), 2);
+    }
+
+    #[test]
+    fn config_that_is_not_the_image_id_is_refused() {
+        let f = fixture();
+        let mut image = summary(&f);
+        image.id = Digest::of(b"another config");
+        let config_name = format!("{}.json", f.id.hex());
+        let manifest = manifest_json(&config_name, &["aaa/layer.tar", "bbb/layer.tar"]);
+        let stream = tar(&[
+            Item::File("aaa/layer.tar", &f.layers[0]),
+            Item::File("bbb/layer.tar", &f.layers[1]),
+            Item::File(&config_name, &f.config),
+            Item::File("manifest.json", &manifest),
+        ]);
+        let err = read(&stream, &image).unwrap_err().to_string();
+        assert!(err.contains("digest mismatch"), "{err}");
+    }
+
+    #[test]
+    fn layers_in_the_wrong_order_are_refused() {
+        let f = fixture();
+        let config_name = format!("{}.json", f.id.hex());
+        let manifest = manifest_json(&config_name, &["bbb/layer.tar", "aaa/layer.tar"]);
+        let stream = tar(&[
+            Item::File("aaa/layer.tar", &f.layers[0]),
+            Item::File("bbb/layer.tar", &f.layers[1]),
+            Item::File(&config_name, &f.config),
+            Item::File("manifest.json", &manifest),
+        ]);
+        let err = read(&stream, &summary(&f)).unwrap_err().to_string();
+        assert!(err.contains("layer 1 of the image"), "{err}");
+    }
+
+    #[test]
+    fn missing_manifest_and_missing_layer_are_errors() {
+        let f = fixture();
+        let stream = tar(&[Item::File("aaa/layer.tar", &f.layers[0])]);
+        let err = read(&stream, &summary(&f)).unwrap_err().to_string();
+        assert!(err.contains("no manifest.json"), "{err}");
+
+        let config_name = format!("{}.json", f.id.hex());
+        let manifest = manifest_json(&config_name, &["aaa/layer.tar", "zzz/layer.tar"]);
+        let stream = tar(&[
+            Item::File("aaa/layer.tar", &f.layers[0]),
+            Item::File(&config_name, &f.config),
+            Item::File("manifest.json", &manifest),
+        ]);
+        let err = read(&stream, &summary(&f)).unwrap_err().to_string();
+        assert!(err.contains("zzz/layer.tar"), "{err}");
+    }
+
+    #[test]
+    fn oversized_unknown_blob_is_refused() {
+        let f = fixture();
+        let big = vec![0u8; (METADATA_FILE_LIMIT + 1) as usize];
+        let stream = tar(&[Item::File(
+            &format!("blobs/sha256/{}", Digest::of(&big).hex()),
+            &big,
+        )]);
+        let err = read(&stream, &summary(&f)).unwrap_err().to_string();
+        assert!(err.contains("neither a layer"), "{err}");
+    }
+
+    #[test]
+    fn truncated_stream_is_an_error() {
+        let f = fixture();
+        let stream = tar(&[Item::File("aaa/layer.tar", &f.layers[1])]);
+        let err = format!("{:#}", read(&stream[..40_000], &summary(&f)).unwrap_err());
+        assert!(
+            err.contains("ended") && err.contains("aaa/layer.tar"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn paths_and_links_normalize() {
+        assert_eq!(normalize("./a//b/../c"), "a/c");
+        assert_eq!(join_link("v1/layer.tar", "../abc.tar"), "abc.tar");
+        assert_eq!(join_link("layer.tar", "/x/y.tar"), "x/y.tar");
+    }
+}
