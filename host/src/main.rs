@@ -1,0 +1,90 @@
+//! `ocipush`: push an image from a Docker daemon to an OCI registry. The policy core runs as a
+//! sandboxed WASI guest (`guest/`); this binary lends it the daemon, credentials, the registry
+//! and a progress sink, as `wit/ocipush.wit` describes.
+
+mod credentials;
+mod daemon;
+mod guest;
+mod progress;
+mod registry;
+mod upload;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "ocipush", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Push an image from the Docker daemon (DOCKER_HOST) to a registry.
+    Push {
+        /// The image in the daemon: name:tag, name@digest or image ID.
+        source: String,
+        /// Where to push: host[:port]/repository[:tag]. Loopback hosts use plain HTTP.
+        destination: String,
+        /// Write the manifest digest (sha256:...) to this file on success.
+        #[arg(long)]
+        digest_file: Option<PathBuf>,
+        /// Progress on stderr: bars on a terminal and plain lines otherwise (auto), or JSON lines.
+        #[arg(long, value_enum, default_value = "auto")]
+        progress: progress::Mode,
+    },
+}
+
+fn main() -> ExitCode {
+    let filter = EnvFilter::try_from_env("OCIPUSH_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, whatever the cause chain: logs and CI output stay greppable.
+            let message = format!("{e:#}")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            eprintln!("ocipush: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Push {
+            source,
+            destination,
+            digest_file,
+            progress,
+        } => {
+            // The guest runs here, outside the runtime: its host calls block on the runtime.
+            let pushed = guest::push(
+                rt.handle().clone(),
+                progress::Progress::new(progress),
+                &source,
+                &destination,
+            )?;
+            if let Some(path) = digest_file {
+                std::fs::write(&path, &pushed.digest)
+                    .with_context(|| format!("writing the digest to {}", path.display()))?;
+            }
+            println!("{destination}@{}", pushed.digest);
+        }
+    }
+    Ok(())
+}

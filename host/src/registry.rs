@@ -1,0 +1,524 @@
+//! An OCI distribution registry as a blob sink (the `registry` capability).
+//!
+//! Call order: blobs, then the manifest. It is enforced here, in `put_manifest`, whatever guest
+//! runs: a manifest is written only when every blob it names was confirmed in the registry
+//! during this session, by a HEAD that found it or by an upload the registry committed.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
+use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
+use sha2::{Digest as _, Sha256};
+use wasmtime::component::Resource;
+
+use crate::credentials::Credential;
+use crate::guest::ocipush::core::registry::{Compression, Host, HostRepository};
+use crate::guest::HostState;
+use crate::upload::LayerUpload;
+
+/// The most bytes of an error response body worth reading for a message.
+const ERROR_BODY_LIMIT: usize = 4096;
+
+/// Blobs the registry is known to hold, shared by a repository and its uploads.
+pub type Confirmed = Arc<Mutex<HashSet<String>>>;
+
+/// How to speak to one repository: the HTTP client, where, and as whom.
+#[derive(Clone)]
+pub struct Api {
+    client: reqwest::Client,
+    base: Url,
+    /// `host[:port]` as the user wrote it, for messages.
+    pub registry: String,
+    /// The repository path.
+    pub name: String,
+    authorization: Option<String>,
+}
+
+/// One repository on one registry.
+pub struct Repository {
+    pub api: Api,
+    pub confirmed: Confirmed,
+}
+
+impl Api {
+    /// `/v2/<name>/<path>` on the registry.
+    pub fn url(&self, path: &str) -> Url {
+        let mut url = self.base.clone();
+        url.set_path(&format!("/v2/{}/{path}", self.name));
+        url
+    }
+
+    /// A request carrying the credential only if `url` is on the registry's own host and port:
+    /// uploads are often redirected to object storage, which must never see it.
+    pub fn request(&self, method: Method, url: Url) -> RequestBuilder {
+        let same_origin = url.scheme() == self.base.scheme()
+            && url.host_str() == self.base.host_str()
+            && url.port_or_known_default() == self.base.port_or_known_default();
+        let request = self.client.request(method, url);
+        match (&self.authorization, same_origin) {
+            (Some(value), true) => request.header(AUTHORIZATION, value),
+            _ => request,
+        }
+    }
+
+    /// Sends a request; a transport failure becomes one line naming the registry.
+    pub async fn send(&self, what: &str, request: RequestBuilder) -> Result<Response, String> {
+        request
+            .send()
+            .await
+            .map_err(|e| self.transport_error(what, &e))
+    }
+
+    pub fn transport_error(&self, what: &str, e: &reqwest::Error) -> String {
+        let verb = if e.is_connect() {
+            "cannot reach"
+        } else {
+            "lost the connection to"
+        };
+        format!(
+            "{verb} registry {} while {what}: {}",
+            self.registry,
+            root_cause(e)
+        )
+    }
+
+    /// One line for a refusal: the status and the registry's own error code and message.
+    pub async fn refusal(&self, what: &str, response: Response) -> String {
+        let status = response.status();
+        let body = response.bytes().await.unwrap_or_default();
+        let body = &body[..body.len().min(ERROR_BODY_LIMIT)];
+        let detail = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|json| {
+                let first = json.get("errors")?.get(0)?.clone();
+                let code = first
+                    .get("code")
+                    .and_then(|c| c.as_str())
+                    .unwrap_or("")
+                    .to_string();
+                let message = first
+                    .get("message")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("")
+                    .to_string();
+                Some(format!(": {code} {message}"))
+            })
+            .unwrap_or_default();
+        let hint = if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            " (unauthorized)"
+        } else {
+            ""
+        };
+        one_line(&format!(
+            "registry {} refused {what}: {status}{hint}{detail}",
+            self.registry
+        ))
+    }
+
+    /// The upload URL a response's `Location` names (often relative).
+    pub fn location(&self, response: &Response) -> Result<Url, String> {
+        let location = response
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                format!(
+                    "registry {} started an upload without a Location",
+                    self.registry
+                )
+            })?;
+        self.base.join(location).map_err(|e| {
+            format!(
+                "registry {} sent an invalid upload Location: {e}",
+                self.registry
+            )
+        })
+    }
+
+    /// Starts an upload session (`POST /v2/<name>/blobs/uploads/`) and returns its URL.
+    pub async fn start_upload(&self) -> Result<Url, String> {
+        let what = format!("starting an upload to {}", self.name);
+        let response = self
+            .send(
+                &what,
+                self.request(Method::POST, self.url("blobs/uploads/")),
+            )
+            .await?;
+        if response.status() != StatusCode::ACCEPTED {
+            return Err(self.refusal(&what, response).await);
+        }
+        self.location(&response)
+    }
+
+    /// Completes an upload with `PUT <location>?digest=`, sending `body` as its last bytes.
+    pub async fn commit_upload(
+        &self,
+        location: Url,
+        digest: &str,
+        body: Vec<u8>,
+    ) -> Result<(), String> {
+        let mut url = location;
+        url.query_pairs_mut().append_pair("digest", digest);
+        let what = format!("committing blob {digest} to {}", self.name);
+        let request = self
+            .request(Method::PUT, url)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, body.len())
+            .body(body);
+        let response = self.send(&what, request).await?;
+        if response.status() != StatusCode::CREATED {
+            return Err(self.refusal(&what, response).await);
+        }
+        match response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(stored) if stored != digest => Err(format!(
+                "registry {} stored blob {digest} as {stored}",
+                self.registry
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The scheme and address for `host[:port]`: plain HTTP on loopback, HTTPS everywhere else.
+fn base_url(registry: &str) -> Result<Url, String> {
+    let host = registry.rsplit_once(':').map_or(registry, |(h, port)| {
+        if port.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            registry
+        }
+    });
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    let authority = if registry == "docker.io" {
+        "registry-1.docker.io"
+    } else {
+        registry
+    };
+    let scheme = if loopback { "http" } else { "https" };
+    Url::parse(&format!("{scheme}://{authority}/"))
+        .map_err(|e| format!("invalid registry address {registry:?}: {e}"))
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    one_line(&cause.to_string())
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The digests a manifest or index names: its config, layers and sub-manifests.
+fn referenced_digests(body: &[u8]) -> Result<Vec<String>, String> {
+    let json: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| format!("refusing to write a manifest that is not JSON: {e}"))?;
+    let digest =
+        |d: &serde_json::Value| d.get("digest").and_then(|d| d.as_str()).map(str::to_string);
+    let mut digests: Vec<String> = json.get("config").and_then(digest).into_iter().collect();
+    for list in ["layers", "manifests"] {
+        if let Some(items) = json.get(list).and_then(|l| l.as_array()) {
+            for item in items {
+                digests.push(digest(item).ok_or_else(|| {
+                    format!("refusing to write a manifest whose {list} entry has no digest")
+                })?);
+            }
+        }
+    }
+    Ok(digests)
+}
+
+impl HostState {
+    async fn open_repository(
+        client: reqwest::Client,
+        registry: String,
+        name: String,
+        credential: Option<Credential>,
+    ) -> Result<Repository, String> {
+        let mut api = Api {
+            client,
+            base: base_url(&registry)?,
+            registry,
+            name,
+            authorization: None,
+        };
+        let mut url = api.base.clone();
+        url.set_path("/v2/");
+        let what = "checking its API at /v2/";
+        let response = api
+            .send(what, api.request(Method::GET, url.clone()))
+            .await?;
+        let response = if response.status() == StatusCode::UNAUTHORIZED {
+            let challenge = response
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let scheme = challenge
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            match (&credential, scheme.as_str()) {
+                (Some(credential), "basic") => {
+                    api.authorization = Some(credential.basic_authorization());
+                    api.send(what, api.request(Method::GET, url)).await?
+                }
+                (_, "bearer") => {
+                    return Err(format!(
+                        "registry {} asks for bearer-token authentication, which this version of ocipush does not speak",
+                        api.registry
+                    ))
+                }
+                (None, _) => {
+                    return Err(format!(
+                        "registry {} refused access: 401 Unauthorized (unauthorized); no credentials for it in Docker's config.json",
+                        api.registry
+                    ))
+                }
+                (Some(_), _) => response,
+            }
+        } else {
+            response
+        };
+        if !response.status().is_success() {
+            return Err(api.refusal(what, response).await);
+        }
+        Ok(Repository {
+            api,
+            confirmed: Confirmed::default(),
+        })
+    }
+
+    fn repository(
+        &mut self,
+        repository: &Resource<Repository>,
+    ) -> wasmtime::Result<&mut Repository> {
+        Ok(self.table.get_mut(repository)?)
+    }
+}
+
+impl Host for HostState {
+    fn open(
+        &mut self,
+        registry: String,
+        name: String,
+        credential: Option<Resource<Credential>>,
+    ) -> wasmtime::Result<Result<Resource<Repository>, String>> {
+        let credential = match credential {
+            Some(handle) => {
+                let credential = self.table.get(&handle)?.clone();
+                // A credential is only ever used for the registry it was looked up for.
+                (credential.registry == registry).then_some(credential)
+            }
+            None => None,
+        };
+        let opened = self.rt.block_on(Self::open_repository(
+            self.http.clone(),
+            registry,
+            name,
+            credential,
+        ));
+        Ok(match opened {
+            Ok(repository) => Ok(self.table.push(repository)?),
+            Err(e) => Err(e),
+        })
+    }
+}
+
+impl HostRepository for HostState {
+    fn blob_size(
+        &mut self,
+        repository: Resource<Repository>,
+        digest: String,
+    ) -> wasmtime::Result<Result<Option<u64>, String>> {
+        let rt = self.rt.clone();
+        let repository = self.repository(&repository)?;
+        let api = repository.api.clone();
+        let what = format!("checking blob {digest} in {}", api.name);
+        let found = rt.block_on(async {
+            let response = api
+                .send(
+                    &what,
+                    api.request(Method::HEAD, api.url(&format!("blobs/{digest}"))),
+                )
+                .await?;
+            match response.status() {
+                StatusCode::OK => Ok(response.content_length()),
+                StatusCode::NOT_FOUND => Ok(None),
+                _ => Err(api.refusal(&what, response).await),
+            }
+        });
+        if let Ok(Some(_)) = found {
+            repository.confirmed.lock().unwrap().insert(digest);
+        }
+        Ok(found)
+    }
+
+    fn put_blob(
+        &mut self,
+        repository: Resource<Repository>,
+        digest: String,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let rt = self.rt.clone();
+        let repository = self.repository(&repository)?;
+        let api = repository.api.clone();
+        let actual = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
+        if actual != digest {
+            return Ok(Err(format!(
+                "refusing to upload blob {digest}: its bytes hash to {actual}"
+            )));
+        }
+        let result = rt.block_on(async {
+            let location = api.start_upload().await?;
+            api.commit_upload(location, &digest, data).await
+        });
+        if result.is_ok() {
+            repository.confirmed.lock().unwrap().insert(digest);
+        }
+        Ok(result)
+    }
+
+    fn start_layer(
+        &mut self,
+        repository: Resource<Repository>,
+        compression: Compression,
+    ) -> wasmtime::Result<Result<Resource<LayerUpload>, String>> {
+        let rt = self.rt.clone();
+        let repository = self.repository(&repository)?;
+        let started = LayerUpload::start(
+            &rt,
+            repository.api.clone(),
+            repository.confirmed.clone(),
+            compression,
+        );
+        Ok(match started {
+            Ok(upload) => Ok(self.table.push(upload)?),
+            Err(e) => Err(e),
+        })
+    }
+
+    fn put_manifest(
+        &mut self,
+        repository: Resource<Repository>,
+        reference: String,
+        media_type: String,
+        body: Vec<u8>,
+    ) -> wasmtime::Result<Result<String, String>> {
+        let rt = self.rt.clone();
+        let repository = self.repository(&repository)?;
+        let api = repository.api.clone();
+        let referenced = match referenced_digests(&body) {
+            Ok(digests) => digests,
+            Err(e) => return Ok(Err(e)),
+        };
+        {
+            let confirmed = repository.confirmed.lock().unwrap();
+            if let Some(missing) = referenced.iter().find(|d| !confirmed.contains(*d)) {
+                return Ok(Err(format!(
+                    "refusing to write manifest {}:{reference}: it names blob {missing}, which is not confirmed in registry {}",
+                    api.name, api.registry
+                )));
+            }
+        }
+        let computed = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
+        let what = format!("manifest {}:{reference}", api.name);
+        let result = rt.block_on(async {
+            let request = api
+                .request(Method::PUT, api.url(&format!("manifests/{reference}")))
+                .header(CONTENT_TYPE, media_type)
+                .body(body);
+            let response = api.send(&what, request).await?;
+            if response.status() != StatusCode::CREATED {
+                return Err(api.refusal(&what, response).await);
+            }
+            let stored = response
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok());
+            Ok(stored.unwrap_or(&computed).to_string())
+        });
+        if let Ok(digest) = &result {
+            repository.confirmed.lock().unwrap().insert(digest.clone());
+        }
+        Ok(result)
+    }
+
+    fn drop(&mut self, repository: Resource<Repository>) -> wasmtime::Result<()> {
+        self.table.delete(repository)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_plain_http_and_everything_else_https() {
+        assert_eq!(
+            base_url("127.0.0.1:5000").unwrap().as_str(),
+            "http://127.0.0.1:5000/"
+        );
+        assert_eq!(base_url("localhost").unwrap().as_str(), "http://localhost/");
+        assert_eq!(
+            base_url("[::1]:5000").unwrap().as_str(),
+            "http://[::1]:5000/"
+        );
+        assert_eq!(base_url("127.5.0.9").unwrap().scheme(), "http");
+        assert_eq!(
+            base_url("gitea.cnoe.localtest.me:8443").unwrap().as_str(),
+            "https://gitea.cnoe.localtest.me:8443/"
+        );
+        assert_eq!(
+            base_url("docker.io").unwrap().as_str(),
+            "https://registry-1.docker.io/"
+        );
+        assert_eq!(base_url("10.0.0.1:5000").unwrap().scheme(), "https");
+    }
+
+    #[test]
+    fn manifest_references_are_config_layers_and_submanifests() {
+        let body = br#"{"config":{"digest":"sha256:c"},"layers":[{"digest":"sha256:l1"},{"digest":"sha256:l2"}]}"#;
+        assert_eq!(
+            referenced_digests(body).unwrap(),
+            vec!["sha256:c", "sha256:l1", "sha256:l2"]
+        );
+        let index = br#"{"manifests":[{"digest":"sha256:m"}]}"#;
+        assert_eq!(referenced_digests(index).unwrap(), vec!["sha256:m"]);
+        assert!(referenced_digests(br#"{"layers":[{}]}"#).is_err());
+        assert!(referenced_digests(b"not json").is_err());
+    }
+
+    #[test]
+    fn credentials_stay_on_the_registry_origin() {
+        let api = Api {
+            client: reqwest::Client::new(),
+            base: base_url("127.0.0.1:5000").unwrap(),
+            registry: "127.0.0.1:5000".into(),
+            name: "a".into(),
+            authorization: Some("Basic c2VjcmV0".into()),
+        };
+        let has_auth = |url: &str| {
+            let request = api
+                .request(Method::PUT, Url::parse(url).unwrap())
+                .build()
+                .unwrap();
+            request.headers().contains_key(AUTHORIZATION)
+        };
+        assert!(has_auth("http://127.0.0.1:5000/v2/a/blobs/uploads/x"));
+        assert!(!has_auth("http://127.0.0.2:5000/v2/a/blobs/uploads/x"));
+        assert!(!has_auth("http://127.0.0.1:9000/bucket/x"));
+        assert!(!has_auth("https://127.0.0.1:5000/v2/a/blobs/uploads/x"));
+    }
+}
