@@ -12,3 +12,6 @@ pub mod save;
 
 #[cfg(target_arch = "wasm32")]
 mod component;
+
+#[cfg(test)]
+mod testing;

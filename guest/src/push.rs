@@ -181,3 +181,271 @@ fn fill(input: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     }
     Ok(filled)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::io::Cursor;
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::testing::{classic_export, fixture, summary};
+
+    struct Memory {
+        export: Vec<u8>,
+        image: ImageSummary,
+    }
+
+    impl ImageSource for Memory {
+        type Export = Cursor<Vec<u8>>;
+        fn inspect(&mut self, _image: &str) -> Result<ImageSummary> {
+            Ok(self.image.clone())
+        }
+        fn export(&mut self, image: &str) -> Result<Self::Export> {
+            assert_eq!(image, self.image.id.as_str(), "export by the inspected ID");
+            Ok(Cursor::new(self.export.clone()))
+        }
+    }
+
+    /// What an in-memory registry saw, in order.
+    #[derive(Default)]
+    struct Log {
+        calls: Vec<String>,
+        blobs: HashMap<Digest, Vec<u8>>,
+        manifest: Option<Vec<u8>>,
+        misreport_manifest_digest: bool,
+    }
+
+    #[derive(Clone, Default)]
+    struct MemoryRegistry(Rc<RefCell<Log>>);
+
+    impl Registries for MemoryRegistry {
+        type Repository = MemoryRegistry;
+        fn open(&mut self, target: &Target) -> Result<Self> {
+            self.0
+                .borrow_mut()
+                .calls
+                .push(format!("open {}", target.repository_url()));
+            Ok(self.clone())
+        }
+    }
+
+    impl BlobSink for MemoryRegistry {
+        type Upload = MemoryUpload;
+        fn blob_size(&mut self, digest: &Digest) -> Result<Option<u64>> {
+            Ok(self.0.borrow().blobs.get(digest).map(|b| b.len() as u64))
+        }
+        fn put_blob(&mut self, digest: &Digest, data: &[u8]) -> Result<()> {
+            let mut log = self.0.borrow_mut();
+            log.calls.push(format!("blob {digest}"));
+            log.blobs.insert(digest.clone(), data.to_vec());
+            Ok(())
+        }
+        fn start_layer(&mut self) -> Result<MemoryUpload> {
+            Ok(MemoryUpload {
+                log: self.0.clone(),
+                data: Vec::new(),
+                done: false,
+            })
+        }
+        fn put_manifest(
+            &mut self,
+            reference: &str,
+            media_type: &str,
+            body: &[u8],
+        ) -> Result<Digest> {
+            let mut log = self.0.borrow_mut();
+            log.calls.push(format!("manifest {reference} {media_type}"));
+            log.manifest = Some(body.to_vec());
+            Ok(if log.misreport_manifest_digest {
+                Digest::of(b"other")
+            } else {
+                Digest::of(body)
+            })
+        }
+    }
+
+    /// Stores layers as written (no compression), so the blob digest is the diff ID.
+    struct MemoryUpload {
+        log: Rc<RefCell<Log>>,
+        data: Vec<u8>,
+        done: bool,
+    }
+
+    impl LayerUpload for MemoryUpload {
+        fn write(&mut self, data: &[u8]) -> Result<()> {
+            self.data.extend_from_slice(data);
+            Ok(())
+        }
+        fn sent(&self) -> u64 {
+            self.data.len() as u64
+        }
+        fn finish(mut self) -> Result<Blob> {
+            self.done = true;
+            let digest = Digest::of(&self.data);
+            let mut log = self.log.borrow_mut();
+            log.calls.push(format!("layer {digest}"));
+            log.blobs
+                .insert(digest.clone(), std::mem::take(&mut self.data));
+            Ok(Blob {
+                digest,
+                size: log.blobs.len() as u64,
+            })
+        }
+    }
+
+    impl Drop for MemoryUpload {
+        fn drop(&mut self) {
+            if !self.done {
+                self.log.borrow_mut().calls.push("cancelled".into());
+            }
+        }
+    }
+
+    #[derive(Default)]
+    struct Events(Vec<Event>);
+
+    impl ProgressSink for Events {
+        fn report(&mut self, event: Event) {
+            self.0.push(event);
+        }
+    }
+
+    fn request() -> PushRequest {
+        PushRequest {
+            source: "app:1".into(),
+            destination: "127.0.0.1:5000/team/app:1.0".into(),
+        }
+    }
+
+    #[test]
+    fn pushes_layers_then_config_then_manifest() {
+        let f = fixture();
+        let mut source = Memory {
+            export: classic_export(&f),
+            image: summary(&f),
+        };
+        let registry = MemoryRegistry::default();
+        let mut events = Events::default();
+        let pushed = push(&request(), &mut source, &mut registry.clone(), &mut events).unwrap();
+
+        let log = registry.0.borrow();
+        let manifest = log.manifest.clone().unwrap();
+        assert_eq!(pushed.digest, Digest::of(&manifest));
+        assert_eq!(pushed.repository, "127.0.0.1:5000/team/app");
+        let config = Digest::of(&f.config);
+        assert_eq!(
+            log.calls,
+            vec![
+                "open 127.0.0.1:5000/team/app".to_string(),
+                format!("layer {}", f.diff_ids[0]),
+                format!("layer {}", f.diff_ids[1]),
+                format!("blob {config}"),
+                format!("manifest 1.0 {OCI_MANIFEST}"),
+            ]
+        );
+        let json: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+        assert_eq!(json["config"]["digest"], config.as_str());
+        assert_eq!(json["layers"][0]["digest"], f.diff_ids[0].as_str());
+        assert_eq!(json["layers"][1]["digest"], f.diff_ids[1].as_str());
+
+        assert!(matches!(
+            events.0.first(),
+            Some(Event::Started { layers: 2, .. })
+        ));
+        assert!(matches!(events.0.last(), Some(Event::ManifestDone { .. })));
+        let done: Vec<_> = events
+            .0
+            .iter()
+            .filter_map(|e| match e {
+                Event::LayerDone { diff_id, .. } => Some(diff_id.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(done, f.diff_ids);
+        let last_progress = events
+            .0
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                Event::LayerProgress(b) => Some(b.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!((last_progress.done, last_progress.total), (70_000, 70_000));
+    }
+
+    #[test]
+    fn a_corrupt_layer_is_never_committed_and_no_manifest_is_written() {
+        let f = fixture();
+        let mut export = classic_export(&f);
+        // Flip a byte inside the second layer's data (after its 512-byte header).
+        let at = export
+            .windows(64)
+            .position(|w| w.iter().all(|&b| b == 2))
+            .unwrap()
+            + 100;
+        export[at] ^= 0xff;
+        let mut source = Memory {
+            export,
+            image: summary(&f),
+        };
+        let registry = MemoryRegistry::default();
+        let err = push(
+            &request(),
+            &mut source,
+            &mut registry.clone(),
+            &mut Events::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("digest mismatch"), "{err:#}");
+        let log = registry.0.borrow();
+        assert!(log.manifest.is_none());
+        assert_eq!(log.calls.last().map(String::as_str), Some("cancelled"));
+    }
+
+    #[test]
+    fn a_registry_that_misreports_the_manifest_digest_fails_the_push() {
+        let f = fixture();
+        let mut source = Memory {
+            export: classic_export(&f),
+            image: summary(&f),
+        };
+        let registry = MemoryRegistry::default();
+        registry.0.borrow_mut().misreport_manifest_digest = true;
+        let err = push(
+            &request(),
+            &mut source,
+            &mut registry.clone(),
+            &mut Events::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("not the digest of what was sent"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bad_destination_is_refused_before_any_traffic() {
+        let f = fixture();
+        let mut source = Memory {
+            export: classic_export(&f),
+            image: summary(&f),
+        };
+        let registry = MemoryRegistry::default();
+        let request = PushRequest {
+            source: "app:1".into(),
+            destination: "127.0.0.1:5000/App".into(),
+        };
+        assert!(push(
+            &request,
+            &mut source,
+            &mut registry.clone(),
+            &mut Events::default()
+        )
+        .is_err());
+        assert!(registry.0.borrow().calls.is_empty());
+    }
+}

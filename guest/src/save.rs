@@ -343,66 +343,7 @@ fn normalize(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A tar entry for test archives.
-    enum Item<'a> {
-        File(&'a str, &'a [u8]),
-        Symlink(&'a str, &'a str),
-    }
-
-    fn tar(items: &[Item<'_>]) -> Vec<u8> {
-        let mut builder = tar::Builder::new(Vec::new());
-        for item in items {
-            let mut header = tar::Header::new_ustar();
-            match item {
-                Item::File(path, data) => {
-                    header.set_size(data.len() as u64);
-                    header.set_entry_type(tar::EntryType::Regular);
-                    header.set_mode(0o644);
-                    builder.append_data(&mut header, path, *data).unwrap();
-                }
-                Item::Symlink(path, target) => {
-                    header.set_size(0);
-                    header.set_entry_type(tar::EntryType::Symlink);
-                    builder.append_link(&mut header, path, target).unwrap();
-                }
-            }
-        }
-        builder.into_inner().unwrap()
-    }
-
-    /// Two layer tars (any bytes do: the reader does not look inside layers), their config.
-    struct Fixture {
-        layers: [Vec<u8>; 2],
-        diff_ids: Vec<Digest>,
-        config: Vec<u8>,
-        id: Digest,
-    }
-
-    fn fixture() -> Fixture {
-        let layers = [vec![1u8; 3000], vec![2u8; 70_000]];
-        let diff_ids: Vec<Digest> = layers.iter().map(|l| Digest::of(l)).collect();
-        let config = serde_json::to_vec(&serde_json::json!({
-            "architecture": "amd64", "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": diff_ids.iter().map(Digest::as_str).collect::<Vec<_>>()},
-        }))
-        .unwrap();
-        let id = Digest::of(&config);
-        Fixture {
-            layers,
-            diff_ids,
-            config,
-            id,
-        }
-    }
-
-    fn summary(f: &Fixture) -> ImageSummary {
-        ImageSummary {
-            id: f.id.clone(),
-            diff_ids: f.diff_ids.clone(),
-            size: 73_000,
-        }
-    }
+    use crate::testing::{fixture, manifest_json, summary, tar, Fixture, Item};
 
     /// Reads an export, "publishing" each layer as its own digest; returns the entries seen.
     fn read(stream: &[u8], image: &ImageSummary) -> Result<(SavedImage, Vec<(u32, String, u64)>)> {
@@ -421,13 +362,6 @@ mod tests {
             })
         })?;
         Ok((saved, seen))
-    }
-
-    fn manifest_json(config: &str, layers: &[&str]) -> Vec<u8> {
-        serde_json::to_vec(
-            &serde_json::json!([{"Config": config, "RepoTags": ["app:1"], "Layers": layers}]),
-        )
-        .unwrap()
     }
 
     fn check(saved: &SavedImage, f: &Fixture) {
