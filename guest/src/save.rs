@@ -345,8 +345,11 @@ mod tests {
     use super::*;
     use crate::testing::{fixture, manifest_json, summary, tar, Fixture, Item};
 
+    /// A layer entry as the reader handed it over: index, path, size.
+    type Seen = (u32, String, u64);
+
     /// Reads an export, "publishing" each layer as its own digest; returns the entries seen.
-    fn read(stream: &[u8], image: &ImageSummary) -> Result<(SavedImage, Vec<(u32, String, u64)>)> {
+    fn read(stream: &[u8], image: &ImageSummary) -> Result<(SavedImage, Vec<Seen>)> {
         let mut seen = Vec::new();
         let saved = read_export(stream, image, |entry| {
             let mut bytes = Vec::new();
