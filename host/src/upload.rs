@@ -32,6 +32,9 @@ const SEND_PIECE: usize = 256 << 10;
 const SEND_QUEUE: usize = 8;
 /// Fixed gzip level: part of what makes the same layer give the same digest.
 const GZIP_LEVEL: u32 = 6;
+/// The compressor is always fed blocks of exactly this size (the last one shorter): zlib-rs's
+/// output depends on how its input is split, and the digest must depend on the bytes alone.
+const COMPRESS_BLOCK: usize = 1 << 20;
 
 /// One layer upload in flight.
 pub struct LayerUpload {
@@ -213,9 +216,20 @@ fn encode(
         Compression::Gzip => {
             // No file name and a zero mtime: only the bytes decide the output.
             let mut gz = GzBuilder::new().mtime(0).write(out, Level::new(GZIP_LEVEL));
+            let mut block = Vec::with_capacity(COMPRESS_BLOCK);
             for chunk in chunks {
-                gz.write_all(&chunk).map_err(closed)?;
+                let mut rest = &chunk[..];
+                while !rest.is_empty() {
+                    let take = rest.len().min(COMPRESS_BLOCK - block.len());
+                    block.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if block.len() == COMPRESS_BLOCK {
+                        gz.write_all(&block).map_err(closed)?;
+                        block.clear();
+                    }
+                }
             }
+            gz.write_all(&block).map_err(closed)?;
             gz.finish().map_err(closed)?
         }
         Compression::None => {
@@ -332,7 +346,8 @@ mod tests {
         let data: Vec<u8> = (0..2_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let (a, encoded_a) = gzip(&[&data[..1_000_000], &data[1_000_000..]]);
         let (b, encoded_b) = gzip(&[&data]);
-        assert_eq!(a, b, "chunking must not change the output");
+        let (c, _) = gzip(&[&data[..333_333], &data[333_333..1_500_001], &data[1_500_001..]]);
+        assert!(a == b && b == c, "chunking must not change the output");
         assert_eq!(encoded_a.digest, encoded_b.digest);
         assert_eq!(encoded_a.size, a.len() as u64);
         assert_eq!(
