@@ -12,7 +12,7 @@ use crate::save::{Blob, ImageSummary};
 
 wit_bindgen::generate!({ world: "pusher", path: "../wit" });
 
-use ocipush::core::{credentials, docker, progress as wit, registry, types};
+use ocipush::core::{credentials, docker, progress as wit, registry};
 
 struct Component;
 
@@ -190,7 +190,3 @@ impl ProgressSink for HostProgress {
         wit::report(&event);
     }
 }
-
-// `types` is used through the generated records; keep the import explicit for readers.
-#[allow(unused_imports)]
-use types as _;
