@@ -171,11 +171,13 @@ impl ProgressSink for HostProgress {
             E::LayerDone {
                 layer: l,
                 diff_id,
+                position,
                 digest,
                 size,
             } => wit::Event::LayerDone(wit::LayerFinished {
                 layer: layer(l),
                 diff_id: diff_id.to_string(),
+                position,
                 digest: digest.to_string(),
                 size,
             }),

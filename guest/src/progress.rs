@@ -32,6 +32,8 @@ pub enum Event {
     LayerDone {
         layer: LayerRef,
         diff_id: Digest,
+        /// 1-based position of the layer in the image's diff IDs.
+        position: u32,
         digest: Digest,
         size: u64,
     },

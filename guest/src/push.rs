@@ -151,17 +151,18 @@ fn upload_layer(
         progress.report(Event::LayerProgress(bytes(done, upload.sent())));
     }
     let diff_id = hasher.finish();
-    if !image.diff_ids.contains(&diff_id) {
+    let Some(position) = image.diff_ids.iter().position(|d| d == &diff_id) else {
         bail!(
             "digest mismatch: layer {} of the export hashes to {diff_id}, which is not a diff ID of image {}",
             entry.name,
             image.id
         );
-    }
+    };
     let blob = upload.finish()?;
     progress.report(Event::LayerDone {
         layer,
         diff_id: diff_id.clone(),
+        position: position as u32 + 1,
         digest: blob.digest.clone(),
         size: blob.size,
     });
@@ -359,11 +360,16 @@ mod tests {
             .0
             .iter()
             .filter_map(|e| match e {
-                Event::LayerDone { diff_id, .. } => Some(diff_id.clone()),
+                Event::LayerDone {
+                    diff_id, position, ..
+                } => Some((*position, diff_id.clone())),
                 _ => None,
             })
             .collect();
-        assert_eq!(done, f.diff_ids);
+        assert_eq!(
+            done,
+            vec![(1, f.diff_ids[0].clone()), (2, f.diff_ids[1].clone())]
+        );
         let last_progress = events
             .0
             .iter()

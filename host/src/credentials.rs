@@ -147,8 +147,8 @@ mod tests {
         let c = Credential {
             registry: "r".into(),
             username: "u".into(),
-            password: "hunter22".into(),
+            password: "pw-42".into(),
         };
-        assert!(!format!("{c:?}").contains("hunter22"));
+        assert!(!format!("{c:?}").contains("pw-42"));
     }
 }

@@ -134,7 +134,12 @@ fn bar_event(
         }
         Event::LayerDone(d) => {
             if let Some(bar) = bars.get(&d.layer.index) {
-                bar.finish_with_message(format!("{} ({})", short(&d.digest), size(d.size)));
+                bar.finish_with_message(format!(
+                    "image layer {}: {} ({})",
+                    d.position,
+                    short(&d.digest),
+                    size(d.size)
+                ));
             }
         }
         Event::ConfigDone(_) | Event::ManifestDone(_) => {
@@ -153,7 +158,7 @@ fn json_line(event: &Event) -> String {
         Event::LayerProgress(b) => bytes("layer-progress", b),
         Event::LayerDone(d) => json!({
             "event": "layer-done", "layer": d.layer.index, "entry": d.layer.entry,
-            "diff_id": d.diff_id, "digest": d.digest, "size": d.size,
+            "diff_id": d.diff_id, "position": d.position, "digest": d.digest, "size": d.size,
         }),
         Event::ConfigDone(digest) => json!({"event": "config-done", "digest": digest}),
         Event::ManifestDone(m) => {
@@ -185,8 +190,9 @@ fn plain_line(event: &Event, layers: u32) -> String {
             size(b.sent)
         ),
         Event::LayerDone(d) => format!(
-            "layer {}/{layers} done: {} ({} gzip)",
+            "layer {}/{layers} done: image layer {}, {} ({} gzip)",
             d.layer.index,
+            d.position,
             d.digest,
             size(d.size)
         ),
@@ -241,6 +247,7 @@ mod tests {
         let done = json_line(&Event::LayerDone(LayerFinished {
             layer,
             diff_id: "sha256:d".into(),
+            position: 3,
             digest: "sha256:g".into(),
             size: 4,
         }));
@@ -249,6 +256,7 @@ mod tests {
             (v["diff_id"].as_str(), v["digest"].as_str()),
             (Some("sha256:d"), Some("sha256:g"))
         );
+        assert_eq!(v["position"], 3);
         assert!(!done.contains('\n'));
     }
 

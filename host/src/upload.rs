@@ -346,7 +346,11 @@ mod tests {
         let data: Vec<u8> = (0..2_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let (a, encoded_a) = gzip(&[&data[..1_000_000], &data[1_000_000..]]);
         let (b, encoded_b) = gzip(&[&data]);
-        let (c, _) = gzip(&[&data[..333_333], &data[333_333..1_500_001], &data[1_500_001..]]);
+        let (c, _) = gzip(&[
+            &data[..333_333],
+            &data[333_333..1_500_001],
+            &data[1_500_001..],
+        ]);
         assert!(a == b && b == c, "chunking must not change the output");
         assert_eq!(encoded_a.digest, encoded_b.digest);
         assert_eq!(encoded_a.size, a.len() as u64);
