@@ -1,0 +1,315 @@
+#!/usr/bin/env bash
+# Throw-away services for ocipush's integration tests and demo, all on loopback:
+#   - a private dockerd (vfs storage, no networking) listening on a unix socket in DIR,
+#   - a docker-registry (CNCF distribution) on 127.0.0.1:<free port>,
+#   - a second docker-registry configured read-only, to exercise registry refusals.
+#
+# Usage:
+#   scripts/services.sh deps        install what is missing (apt packages, rust target/components)
+#   scripts/services.sh start DIR   start everything, write DIR/env (source it), pids in DIR/*.pid
+#   scripts/services.sh registry DIR NAME   start one more empty registry there, print host:port
+#   scripts/services.sh stop DIR    stop exactly the processes started by `start DIR`, remove DIR
+set -euo pipefail
+
+log() { printf 'services: %s\n' "$*" >&2; }
+die() {
+	printf 'services: error: %s\n' "$*" >&2
+	exit 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# deps
+# ---------------------------------------------------------------------------------------------
+
+as_root() {
+	if [ "$(id -u)" -eq 0 ]; then
+		"$@"
+	elif command -v sudo >/dev/null 2>&1; then
+		sudo -n "$@"
+	else
+		die "need root to run: $*"
+	fi
+}
+
+cmd_deps() {
+	local -a pkgs=()
+	command -v dockerd >/dev/null 2>&1 || pkgs+=(docker.io)
+	command -v docker >/dev/null 2>&1 || pkgs+=(docker.io)
+	command -v docker-registry >/dev/null 2>&1 || pkgs+=(docker-registry)
+	command -v skopeo >/dev/null 2>&1 || pkgs+=(skopeo)
+	command -v curl >/dev/null 2>&1 || pkgs+=(curl)
+	command -v htpasswd >/dev/null 2>&1 || pkgs+=(apache2-utils)
+	command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
+	command -v sha256sum >/dev/null 2>&1 || pkgs+=(coreutils)
+	if [ "${#pkgs[@]}" -gt 0 ]; then
+		# de-duplicate
+		mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | sort -u)
+		log "installing apt packages: ${pkgs[*]}"
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			"${pkgs[@]}" </dev/null
+	else
+		log "apt packages: all present"
+	fi
+
+	command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust (rustup) first"
+	if command -v rustup >/dev/null 2>&1; then
+		if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+			log "adding rust target wasm32-wasip2"
+			rustup target add wasm32-wasip2 </dev/null
+		fi
+		local comp
+		for comp in rustfmt clippy; do
+			if ! rustup component list --installed | grep -q "^${comp}"; then
+				log "adding rust component ${comp}"
+				rustup component add "${comp}" </dev/null
+			fi
+		done
+	else
+		log "rustup not found: assuming wasm32-wasip2, rustfmt and clippy are available"
+	fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# start
+# ---------------------------------------------------------------------------------------------
+
+# Is something listening on 127.0.0.1:$1 ?
+port_in_use() {
+	(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+pick_port() {
+	local p i
+	for i in $(seq 1 50); do
+		p=$((20000 + (RANDOM * 32768 + RANDOM + i) % 40000))
+		if ! port_in_use "$p"; then
+			echo "$p"
+			return 0
+		fi
+	done
+	die "could not find a free loopback port"
+}
+
+# Is process $1 running? (A zombie, dead but not yet reaped by its parent, counts as gone.)
+alive() {
+	[ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null || return 1
+	local state
+	state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null || true)
+	[ "$state" != Z ]
+}
+
+# wait_for WHAT PID TIMEOUT_S LOG CMD... : run CMD until it succeeds; fail if PID dies or time runs out.
+wait_for() {
+	local what=$1 pid=$2 timeout=$3 logfile=$4
+	shift 4
+	local deadline=$((SECONDS + timeout))
+	until "$@" >/dev/null 2>&1; do
+		if ! alive "$pid"; then
+			log "$what exited during startup; last lines of $logfile:"
+			tail -n 20 "$logfile" >&2 || true
+			return 1
+		fi
+		if [ "$SECONDS" -ge "$deadline" ]; then
+			log "$what did not answer within ${timeout}s; last lines of $logfile:"
+			tail -n 20 "$logfile" >&2 || true
+			return 1
+		fi
+		sleep 0.2
+	done
+}
+
+# start_registry NAME READONLY(0|1): writes DIR/NAME.yml, DIR/NAME.pid, DIR/NAME.port
+start_registry() {
+	local name=$1 readonly=$2 attempt port pid
+	mkdir -p "$DIR/$name-data"
+	for attempt in 1 2 3 4 5; do
+		port=$(pick_port)
+		{
+			echo "version: 0.1"
+			echo "log: {level: warn, formatter: text}"
+			echo "storage:"
+			echo "  filesystem: {rootdirectory: \"$DIR/$name-data\"}"
+			echo "  delete: {enabled: true}"
+			if [ "$readonly" = 1 ]; then
+				echo "  maintenance:"
+				echo "    uploadpurging: {enabled: false}"
+				echo "    readonly: {enabled: true}"
+			fi
+			echo "http:"
+			echo "  addr: 127.0.0.1:$port"
+			echo "  secret: ocipush-test-not-a-secret"
+		} >"$DIR/$name.yml"
+		docker-registry serve "$DIR/$name.yml" </dev/null >"$DIR/$name.log" 2>&1 &
+		pid=$!
+		echo "$pid" >"$DIR/$name.pid"
+		if wait_for "registry $name (127.0.0.1:$port)" "$pid" 30 "$DIR/$name.log" \
+			curl -fsS --max-time 2 "http://127.0.0.1:$port/v2/"; then
+			echo "$port" >"$DIR/$name.port"
+			log "registry $name: 127.0.0.1:$port (pid $pid)"
+			return 0
+		fi
+		# Most likely lost a race for the port: stop it and try another one.
+		stop_pid "$pid" "$DIR/$name.yml"
+		log "retrying registry $name on another port (attempt $attempt failed)"
+	done
+	die "registry $name could not be started (see $DIR/$name.log)"
+}
+
+cmd_start() {
+	[ -n "${DIR:-}" ] || die "usage: $0 start DIR"
+	mkdir -p "$DIR"
+	DIR=$(cd "$DIR" && pwd -P)
+	[ ! -e "$DIR/env" ] || die "$DIR/env exists: services already started there? (stop it first)"
+	[ "$(id -u)" -eq 0 ] || die "dockerd needs root: run this as root (CI does)"
+	command -v dockerd >/dev/null 2>&1 || die "dockerd not found (run: $0 deps)"
+	command -v docker-registry >/dev/null 2>&1 || die "docker-registry not found (run: $0 deps)"
+	command -v curl >/dev/null 2>&1 || die "curl not found (run: $0 deps)"
+
+	local sock="$DIR/docker.sock"
+	# unix socket paths are limited to 107 bytes
+	[ "${#sock}" -lt 100 ] || die "DIR path too long for a unix socket: $sock"
+
+	# If anything below fails, do not leave half the services running (DIR and its logs stay).
+	START_OK=0
+	trap 'if [ "$START_OK" != 1 ]; then log "start failed, stopping what was started (logs kept in $DIR)"; cmd_stop_keep || true; fi' EXIT
+
+	mkdir -p "$DIR/docker-data" "$DIR/docker-exec"
+	log "starting dockerd (socket $sock)"
+	dockerd --iptables=false --ip6tables=false --bridge=none --storage-driver=vfs \
+		--data-root "$DIR/docker-data" --exec-root "$DIR/docker-exec" \
+		--pidfile "$DIR/dockerd.pidfile" -H "unix://$sock" \
+		</dev/null >"$DIR/dockerd.log" 2>&1 &
+	local dpid=$!
+	echo "$dpid" >"$DIR/dockerd.pid"
+
+	# Start the registries while dockerd boots.
+	start_registry registry 0
+	start_registry registry-ro 1
+
+	wait_for "dockerd" "$dpid" 90 "$DIR/dockerd.log" docker -H "unix://$sock" version
+	log "dockerd: unix://$sock (pid $dpid)"
+	if [ -s "$DIR/docker-exec/containerd/containerd.pid" ]; then
+		cp "$DIR/docker-exec/containerd/containerd.pid" "$DIR/containerd.pid"
+	fi
+
+	# A read-only registry must actually refuse writes, or the refusal tests prove nothing.
+	local ro_port code
+	ro_port=$(cat "$DIR/registry-ro.port")
+	code=$(curl -s -o /dev/null -w '%{http_code}' -X POST \
+		"http://127.0.0.1:$ro_port/v2/probe/blobs/uploads/")
+	if [ "$code" = 202 ]; then
+		die "registry-ro on 127.0.0.1:$ro_port accepted an upload: read-only mode not in effect"
+	fi
+
+	cat >"$DIR/env.tmp" <<EOF
+export DOCKER_HOST=unix://$sock
+export OCIPUSH_TEST_REGISTRY=127.0.0.1:$(cat "$DIR/registry.port")
+export OCIPUSH_TEST_READONLY_REGISTRY=127.0.0.1:$ro_port
+export OCIPUSH_TEST_DIR=$DIR
+EOF
+	mv "$DIR/env.tmp" "$DIR/env"
+	START_OK=1
+	log "ready; environment in $DIR/env"
+}
+
+# ---------------------------------------------------------------------------------------------
+# stop
+# ---------------------------------------------------------------------------------------------
+
+# stop_pid PID MARKER: TERM, wait up to 20s, then KILL -- but only if the process's command line
+# still mentions MARKER (our DIR), so a recycled pid is never touched.
+stop_pid() {
+	local pid=$1 marker=$2 i
+	[ -n "$pid" ] || return 0
+	alive "$pid" || return 0
+	if ! tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$marker"; then
+		log "pid $pid is no longer ours (command line lacks $marker); not touching it"
+		return 0
+	fi
+	kill -TERM "$pid" 2>/dev/null || return 0
+	for i in $(seq 1 100); do
+		alive "$pid" || return 0
+		sleep 0.2
+	done
+	log "pid $pid ignored SIGTERM for 20s; sending SIGKILL"
+	kill -KILL "$pid" 2>/dev/null || true
+	for i in $(seq 1 25); do
+		alive "$pid" || return 0
+		sleep 0.2
+	done
+	log "pid $pid still alive after SIGKILL"
+}
+
+read_pid() {
+	if [ -s "$1" ]; then tr -dc "0-9" <"$1"; fi
+}
+
+# Stop everything recorded in DIR but keep DIR (used on a failed start, so the logs survive).
+cmd_stop_keep() {
+	local name
+	# dockerd first: it stops its own containerd on SIGTERM.
+	stop_pid "$(read_pid "$DIR/dockerd.pid")" "$DIR"
+	# If dockerd had to be killed, its containerd is orphaned: stop it too.
+	stop_pid "$(read_pid "$DIR/containerd.pid")" "$DIR"
+	stop_pid "$(read_pid "$DIR/docker-exec/containerd/containerd.pid")" "$DIR"
+	# The two standard registries and any added with `registry DIR NAME`.
+	local pidfile
+	for pidfile in "$DIR"/registry*.pid; do
+		[ -e "$pidfile" ] || continue
+		stop_pid "$(read_pid "$pidfile")" "$DIR"
+	done
+	# Unmount anything dockerd/containerd left mounted under DIR, deepest first.
+	local mp
+	awk -v d="$DIR" '$2 == d || index($2, d "/") == 1 { print $2 }' /proc/self/mounts |
+		sort -r | while read -r mp; do
+		mp=$(printf '%b' "$mp") # /proc/mounts escapes spaces as \040
+		log "unmounting $mp"
+		umount "$mp" 2>/dev/null || umount -l "$mp" || log "could not unmount $mp"
+	done
+}
+
+cmd_stop() {
+	[ -n "${DIR:-}" ] || die "usage: $0 stop DIR"
+	[ -d "$DIR" ] || {
+		log "$DIR does not exist; nothing to stop"
+		return 0
+	}
+	DIR=$(cd "$DIR" && pwd -P)
+	[ "$DIR" != / ] || die "refusing to operate on /"
+	cmd_stop_keep
+	# vfs layers can contain read-only directories: make them writable before removal.
+	chmod -R u+rwX "$DIR" 2>/dev/null || true
+	rm -rf --one-file-system "$DIR" || log "could not remove everything under $DIR"
+	log "stopped and removed $DIR"
+}
+
+# Start one more (empty) registry in a started DIR; print its address. `stop DIR` stops it too.
+cmd_registry() {
+	[ -n "${DIR:-}" ] && [ -n "${NAME:-}" ] || die "usage: $0 registry DIR NAME"
+	[ -e "$DIR/env" ] || die "$DIR is not a started services dir (run: $0 start $DIR)"
+	DIR=$(cd "$DIR" && pwd -P)
+	start_registry "registry-$NAME" 0 || die "registry $NAME did not start"
+	echo "127.0.0.1:$(cat "$DIR/registry-$NAME.port")"
+}
+
+case "${1:-}" in
+deps) cmd_deps ;;
+registry)
+	DIR=${2:-}
+	NAME=${3:-}
+	cmd_registry
+	;;
+start)
+	DIR=${2:-}
+	cmd_start
+	;;
+stop)
+	DIR=${2:-}
+	cmd_stop
+	;;
+*)
+	echo "usage: $0 deps | start DIR | stop DIR" >&2
+	exit 2
+	;;
+esac

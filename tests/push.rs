@@ -1,0 +1,489 @@
+//! Integration tests: `ocipush push` from a real dockerd to a real registry (CNCF distribution),
+//! checked with skopeo, curl and `docker pull`. The services come from `scripts/services.sh`
+//! (run everything with `./scripts/test.sh`). Every test uses its own images and repositories,
+//! so they can run in parallel against the one daemon and registry.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::Value;
+use support::*;
+
+/// Writes a build context with a Dockerfile (FROM scratch) and returns nothing; the caller
+/// builds it. `big` is the size of a random (incompressible) file.
+fn write_rich_context(dir: &Path, big: usize) {
+    let write = |rel: &str, data: &[u8]| {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    };
+    write("big/random.bin", &random_bytes(big));
+    write("names/sp ace.txt", b"a name with a space\n");
+    write(
+        "names/ünïcødé ✓.txt",
+        "unicode name, unicode content: ✓\n".as_bytes(),
+    );
+    write("names/日本語/ファイル.txt", "nested unicode\n".as_bytes());
+    write("links/target.txt", b"the target of a symlink\n");
+    // COPY of a directory keeps symlinks as symlinks (COPY of a lone symlink would follow it).
+    std::os::unix::fs::symlink("target.txt", dir.join("links/link-to-target")).unwrap();
+    std::os::unix::fs::symlink("/does/not/exist", dir.join("links/dangling")).unwrap();
+    write(
+        "Dockerfile",
+        "FROM scratch\n\
+         COPY big/ /data/big/\n\
+         COPY names/ /data/names/\n\
+         COPY links/ /data/links/\n\
+         ENV OCIPUSH_TEST=1 PATH=/bin\n\
+         LABEL org.example.test=\"ocipush rich image\" org.example.unicode=\"ünïcødé\"\n"
+            .as_bytes(),
+    );
+}
+
+/// Builds the rich test image (3 COPY layers; ENV and LABEL add none) as `name:1.0`.
+fn build_rich_image(name: &str, big: usize) -> (String, String, Vec<String>) {
+    let ctx = tempfile::tempdir().unwrap();
+    write_rich_context(ctx.path(), big);
+    let tag = format!("{name}:1.0");
+    docker_build(&tag, ctx.path());
+    let id = image_id(&tag);
+    let diff_ids = rootfs_layers(&tag);
+    assert_eq!(
+        diff_ids.len(),
+        3,
+        "the rich image should have 3 layers: {diff_ids:?}"
+    );
+    let labels = docker_ok(&["inspect", "-f", "{{json .Config.Labels}}", &tag]);
+    assert!(labels.contains("ocipush rich image"), "{labels}");
+    (tag, id, diff_ids)
+}
+
+/// An image with `layers` COPY layers, the first holding `big` random bytes. With six layers, the
+/// export stream (`docker save` orders layer directories by their v1 IDs, i.e. randomly) almost
+/// never carries them in rootfs order, so index mix-ups show.
+fn build_many_layers_image(name: &str, layers: usize, big: usize) -> (String, String, Vec<String>) {
+    let ctx = tempfile::tempdir().unwrap();
+    let mut dockerfile = String::from("FROM scratch\n");
+    for i in 0..layers {
+        let data = if i == 0 {
+            random_bytes(big)
+        } else {
+            random_bytes(1000 * i)
+        };
+        std::fs::write(ctx.path().join(format!("f{i}")), data).unwrap();
+        dockerfile.push_str(&format!("COPY f{i} /layer-{i}.bin\n"));
+    }
+    dockerfile.push_str("ENV OCIPUSH_TEST=progress\n");
+    std::fs::write(ctx.path().join("Dockerfile"), dockerfile).unwrap();
+    let tag = format!("{name}:1.0");
+    docker_build(&tag, ctx.path());
+    let diff_ids = rootfs_layers(&tag);
+    assert_eq!(diff_ids.len(), layers);
+    (tag.clone(), image_id(&tag), diff_ids)
+}
+
+/// A small image with one COPY layer.
+fn build_small_image(name: &str, content: &[u8]) -> (String, String, Vec<String>) {
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("file.txt"), content).unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY file.txt /file.txt\nLABEL org.example.test=small\n",
+    )
+    .unwrap();
+    let tag = format!("{name}:1.0");
+    docker_build(&tag, ctx.path());
+    (tag.clone(), image_id(&tag), rootfs_layers(&tag))
+}
+
+/// Layer tars for an image with a hard link, a symlink, a deleted file (whiteout) and an
+/// opaque directory, the way `docker save` writes them.
+fn hand_made_layers() -> Vec<Vec<u8>> {
+    let big = random_bytes(2 * 1024 * 1024);
+    let layer1 = Tar::new()
+        .dir("etc")
+        .file("etc/hello.txt", 0o644, b"hello from layer 1\n")
+        .file("gone.txt", 0o644, b"deleted in layer 3\n")
+        .dir("keep")
+        .file(
+            "keep/old.txt",
+            0o644,
+            b"hidden by the opaque whiteout in layer 3\n",
+        )
+        .finish();
+    let layer2 = Tar::new()
+        .dir("bin")
+        .file("bin/tool", 0o755, &big)
+        .hardlink("bin/tool-hardlink", "bin/tool")
+        .symlink("bin/tool-symlink", "tool")
+        .finish();
+    let layer3 = Tar::new()
+        .file(".wh.gone.txt", 0o644, b"")
+        .dir("keep")
+        .file("keep/.wh..wh..opq", 0o644, b"")
+        .file("keep/new.txt", 0o644, b"only file left in keep/\n")
+        .file("ünïcødé name.txt", 0o644, "ünïcødé\n".as_bytes())
+        .finish();
+    vec![layer1, layer2, layer3]
+}
+
+fn load_hand_made_image(name: &str) -> (String, String, Vec<String>) {
+    let tag = format!("{name}:1.0");
+    let (archive, id, diff_ids) = docker_save_archive(&tag, &hand_made_layers());
+    docker_load(&archive);
+    assert_eq!(image_id(&tag), id, "docker load kept the config bytes");
+    assert_eq!(rootfs_layers(&tag), diff_ids);
+    (tag, id, diff_ids)
+}
+
+fn dest(registry: &str, repo: &str, tag: &str) -> String {
+    format!("{registry}/{repo}:{tag}")
+}
+
+/// Push, check everything visible in the registry, copy with skopeo, pull back with docker.
+fn push_and_verify_roundtrip(source: &str, id: &str, diff_ids: &[String], repo: &str) {
+    let s = services();
+    let d = dest(&s.registry, repo, "v1");
+    let pushed = push(source, &d);
+    let digest = pushed.expect_success(&d);
+    check_pushed_manifest(&s.registry, repo, "v1", &digest, id, diff_ids);
+    assert_eq!(tags(&s.registry, repo), vec!["v1".to_string()]);
+    copy_to_oci_layout_and_verify(&d, &digest, diff_ids);
+    // The image must come back identical through the daemon's own pull (which checks the
+    // uncompressed layers against the config's diff IDs).
+    pull_back_and_compare(id, &d);
+
+    // The pulled image now has a repo digest: push it again by `name@digest`; the manifest
+    // must come out identical.
+    let by_digest = docker_ok(&["inspect", "-f", "{{index .RepoDigests 0}}", id]);
+    assert_eq!(by_digest, format!("{}/{repo}@{digest}", s.registry));
+    let again = format!("{repo}-again");
+    let d2 = dest(&s.registry, &again, "v1");
+    let digest2 = push(&by_digest, &d2).expect_success(&d2);
+    assert_eq!(digest2, digest, "pushing {by_digest} again");
+}
+
+#[test]
+fn pushes_built_image_with_symlinks_unicode_and_big_random_file() {
+    let name = unique("built");
+    let (tag, id, diff_ids) = build_rich_image(&name, 6 * 1024 * 1024);
+    push_and_verify_roundtrip(&tag, &id, &diff_ids, &format!("ocipush-test/{name}"));
+}
+
+#[test]
+fn pushes_loaded_image_with_hardlink_and_whiteouts() {
+    let name = unique("loaded");
+    let (tag, id, diff_ids) = load_hand_made_image(&name);
+    push_and_verify_roundtrip(&tag, &id, &diff_ids, &format!("ocipush-test/{name}"));
+}
+
+#[test]
+fn push_is_deterministic_and_source_may_be_tag_or_id() {
+    let s = services();
+    let name = unique("determinism");
+    let (tag, id, diff_ids) = build_small_image(&name, &random_bytes(300 * 1024));
+    let repo_a = format!("ocipush-test/{name}-a");
+    let repo_b = format!("ocipush-test/{name}-b");
+
+    let d1 = dest(&s.registry, &repo_a, "first");
+    let digest1 = push(&tag, &d1).expect_success(&d1);
+    // Same repository again: every blob already exists there now.
+    let d2 = dest(&s.registry, &repo_a, "second");
+    let digest2 = push(&tag, &d2).expect_success(&d2);
+    // A fresh repository, by image ID.
+    let d3 = dest(&s.registry, &repo_b, "by-id");
+    let digest3 = push(&id, &d3).expect_success(&d3);
+    // By the short image ID too.
+    let short = &id["sha256:".len().."sha256:".len() + 12];
+    let d4 = dest(&s.registry, &repo_b, "by-short-id");
+    let digest4 = push(short, &d4).expect_success(&d4);
+
+    // No tag in DEST: `latest`, as docker does.
+    let d5 = format!("{}/{repo_b}", s.registry);
+    let digest5 = push(&tag, &d5).expect_success(&d5);
+
+    assert_eq!(digest1, digest2, "same image, same repository, same digest");
+    assert_eq!(digest1, digest3, "same image by ID to another repository");
+    assert_eq!(digest1, digest4, "same image by short ID");
+    assert_eq!(digest1, digest5, "same image, no tag in DEST");
+    let mut t = tags(&s.registry, &repo_b);
+    t.sort();
+    assert_eq!(t, ["by-id", "by-short-id", "latest"]);
+    check_pushed_manifest(&s.registry, &repo_b, "by-id", &digest3, &id, &diff_ids);
+    let mut t = tags(&s.registry, &repo_a);
+    t.sort();
+    assert_eq!(t, vec!["first".to_string(), "second".to_string()]);
+}
+
+#[test]
+fn progress_json_reports_every_layer() {
+    let s = services();
+    let name = unique("progress");
+    let (tag, id, diff_ids) = build_many_layers_image(&name, 6, 5 * 1024 * 1024);
+    let repo = format!("ocipush-test/{name}");
+    let d = dest(&s.registry, &repo, "v1");
+    let pushed = push_with(&tag, &d, "json", &[]);
+    let digest = pushed.expect_success(&d);
+    let manifest = check_pushed_manifest(&s.registry, &repo, "v1", &digest, &id, &diff_ids);
+
+    let mut events: Vec<Value> = Vec::new();
+    for line in pushed.stderr.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("stderr line is not JSON ({e}): {line:?}"));
+        assert!(v["event"].is_string(), "no \"event\" in {line}");
+        events.push(v);
+    }
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    for k in ["started", "config-done", "manifest-done"] {
+        assert_eq!(
+            kinds.iter().filter(|x| **x == k).count(),
+            1,
+            "exactly one {k} event: {kinds:?}"
+        );
+    }
+    assert_eq!(kinds.first(), Some(&"started"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"manifest-done"), "{kinds:?}");
+
+    let n = diff_ids.len() as u64;
+    let layer_of = |e: &Value| -> u64 {
+        let l = e["layer"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("layer event without a numeric \"layer\": {e}"));
+        assert!((1..=n).contains(&l), "layer index {l} not in 1..={n}: {e}");
+        l
+    };
+
+    // layer-done: one per layer, diff_id/digest/size agree with the image and the manifest.
+    let mut done: BTreeMap<u64, &Value> = BTreeMap::new();
+    for e in events.iter().filter(|e| e["event"] == "layer-done") {
+        assert!(done.insert(layer_of(e), e).is_none(), "two layer-done: {e}");
+    }
+    let done_diff_ids: Vec<String> = done
+        .values()
+        .map(|e| e["diff_id"].as_str().unwrap_or("").to_string())
+        .collect();
+    let (mut got, mut want) = (done_diff_ids.clone(), diff_ids.clone());
+    got.sort();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "layer-done diff_ids vs docker inspect RootFS.Layers (as sets)"
+    );
+    let mlayers = manifest["layers"].as_array().unwrap();
+    for e in done.values() {
+        let pos = diff_ids
+            .iter()
+            .position(|d| e["diff_id"] == d.as_str())
+            .unwrap();
+        assert_eq!(
+            e["digest"], mlayers[pos]["digest"],
+            "layer-done digest: {e}"
+        );
+        assert_eq!(e["size"], mlayers[pos]["size"], "layer-done size: {e}");
+    }
+    // "layer" counts layers in export order, which Docker <= 24 sorts by legacy ID; "position"
+    // is where the layer sits in the image (RootFS.Layers, manifest order).
+    for e in done.values() {
+        let position = e["position"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("layer-done without a numeric \"position\": {e}"));
+        assert!(
+            (1..=n).contains(&position),
+            "position {position} not in 1..={n}: {e}"
+        );
+        assert_eq!(
+            e["diff_id"],
+            diff_ids[position as usize - 1].as_str(),
+            "layer-done with \"position\": N must carry the diff ID of the N-th rootfs layer: {e}"
+        );
+    }
+
+    // layer-started before progress, progress counters monotonic, last `done` == `total`.
+    let mut last_progress: BTreeMap<u64, &Value> = BTreeMap::new();
+    for (pos, e) in events.iter().enumerate() {
+        if e["event"] != "layer-progress" {
+            continue;
+        }
+        let l = layer_of(e);
+        let started_before = events[..pos]
+            .iter()
+            .any(|x| x["event"] == "layer-started" && x["layer"] == l);
+        assert!(started_before, "layer-progress before layer-started: {e}");
+        for k in ["done", "sent", "total"] {
+            assert!(e[k].is_u64(), "layer-progress without numeric {k}: {e}");
+        }
+        if let Some(prev) = last_progress.get(&l) {
+            assert!(
+                e["done"].as_u64() >= prev["done"].as_u64(),
+                "`done` went backwards: {prev} then {e}"
+            );
+        }
+        last_progress.insert(l, e);
+    }
+    for l in 1..=n {
+        let e = last_progress
+            .get(&l)
+            .unwrap_or_else(|| panic!("no layer-progress event for layer {l}: {kinds:?}"));
+        assert_eq!(e["done"], e["total"], "last progress of layer {l}: {e}");
+    }
+    // The big random layer reports its uncompressed size as the total.
+    assert!(
+        last_progress
+            .values()
+            .any(|e| e["total"].as_u64().unwrap() > 5 * 1024 * 1024),
+        "no layer-progress total above 5 MiB: {last_progress:?}"
+    );
+    let md = events
+        .iter()
+        .find(|e| e["event"] == "manifest-done")
+        .unwrap();
+    assert_eq!(md["digest"], digest.as_str(), "{md}");
+    let cd = events.iter().find(|e| e["event"] == "config-done").unwrap();
+    assert_eq!(cd["digest"], id.as_str(), "{cd}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failures: non-zero exit, one `ocipush: error:` line, no tag.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn fails_when_image_is_not_in_the_daemon() {
+    let s = services();
+    let name = unique("missing");
+    let source = format!("{name}:does-not-exist");
+    let repo = format!("ocipush-test/{name}");
+    let d = dest(&s.registry, &repo, "v1");
+    let line = push(&source, &d).expect_failure();
+    assert!(
+        line.contains(&source) || line.contains(&name),
+        "the error should name the missing image: {line}"
+    );
+    assert_tag_absent(&s.registry, &repo, "v1");
+}
+
+#[test]
+fn fails_when_daemon_is_unreachable() {
+    let s = services();
+    let name = unique("nodaemon");
+    let tag = format!("{name}:1.0");
+    let repo = format!("ocipush-test/{name}");
+    let d = dest(&s.registry, &repo, "v1");
+    let pushed = push_with(
+        &tag,
+        &d,
+        "none",
+        &[("DOCKER_HOST", "unix:///nonexistent.sock")],
+    );
+    let line = pushed.expect_failure();
+    assert!(
+        line.contains("/nonexistent.sock"),
+        "the error should name the daemon socket: {line}"
+    );
+    assert_tag_absent(&s.registry, &repo, "v1");
+}
+
+#[test]
+fn fails_when_registry_is_unreachable() {
+    let s = services();
+    let name = unique("noregistry");
+    let (tag, _, _) = build_small_image(&name, b"registry unreachable\n");
+    let port = closed_port();
+    let registry = format!("127.0.0.1:{port}");
+    let repo = format!("ocipush-test/{name}");
+    let d = dest(&registry, &repo, "v1");
+    let start = std::time::Instant::now();
+    let line = push(&tag, &d).expect_failure();
+    assert!(
+        line.contains(&registry),
+        "the error should name the registry: {line}"
+    );
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(120),
+        "giving up on a closed port took {:?}",
+        start.elapsed()
+    );
+    // Nothing reached the real registry either.
+    assert_tag_absent(&s.registry, &repo, "v1");
+}
+
+#[test]
+fn fails_when_registry_refuses_the_push() {
+    let s = services();
+    let name = unique("readonly");
+    let (tag, _, _) = build_small_image(&name, b"read-only registry\n");
+    let repo = format!("ocipush-test/{name}");
+    let d = dest(&s.readonly_registry, &repo, "v1");
+    let line = push(&tag, &d).expect_failure();
+    assert!(
+        line.contains(&s.readonly_registry),
+        "the error should name the registry: {line}"
+    );
+    assert_tag_absent(&s.readonly_registry, &repo, "v1");
+}
+
+#[test]
+fn fails_on_layer_digest_mismatch_from_the_daemon() {
+    let s = services();
+    let name = unique("corrupt");
+    // One layer holding one 6 MiB random file: in the export stream (a few KiB of metadata plus
+    // that layer), byte 3 MiB is well inside the file's data.
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("random.bin"), random_bytes(6 * 1024 * 1024)).unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY random.bin /random.bin\n",
+    )
+    .unwrap();
+    let tag = format!("{name}:1.0");
+    docker_build(&tag, ctx.path());
+    assert_eq!(rootfs_layers(&tag).len(), 1);
+
+    let proxy = FaultProxy::start(&s.docker_host, 3 * 1024 * 1024);
+    let repo = format!("ocipush-test/{name}");
+    let d = dest(&s.registry, &repo, "v1");
+    let pushed = push_with(&tag, &d, "none", &[("DOCKER_HOST", &proxy.docker_host())]);
+    let requests = proxy.requests.lock().unwrap().clone();
+    assert_eq!(
+        proxy.flips.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the proxy must have corrupted exactly one byte of the export; requests: {requests:?}\n{}",
+        pushed.describe()
+    );
+    let line = pushed.expect_failure();
+    let lower = line.to_lowercase();
+    assert!(
+        lower.contains("diff") && lower.contains("match"),
+        "the error should report the diff ID mismatch: {line}"
+    );
+    assert_tag_absent(&s.registry, &repo, "v1");
+}
+
+#[test]
+fn fault_proxy_passes_everything_but_the_flipped_byte() {
+    // Checks the test harness itself: through the proxy, `docker save` differs from the
+    // direct one in exactly one byte, at the chosen offset.
+    let s = services();
+    let name = unique("proxycheck");
+    let (tag, _, _) = build_small_image(&name, &random_bytes(64 * 1024));
+    let dir = tempfile::tempdir().unwrap();
+    let direct = dir.path().join("direct.tar");
+    let proxied = dir.path().join("proxied.tar");
+    docker_ok(&["save", "-o", direct.to_str().unwrap(), &tag]);
+    let proxy = FaultProxy::start(&s.docker_host, 5000);
+    let mut c = docker(&["save", "-o", proxied.to_str().unwrap(), &tag]);
+    c.env("DOCKER_HOST", proxy.docker_host());
+    run_ok(&mut c);
+    let (a, b) = (
+        std::fs::read(&direct).unwrap(),
+        std::fs::read(&proxied).unwrap(),
+    );
+    assert_eq!(a.len(), b.len());
+    let diffs: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
+    assert_eq!(diffs, vec![5000]);
+    assert_eq!(a[5000], !b[5000]);
+}
