@@ -207,6 +207,8 @@ export DOCKER_HOST=unix://$sock
 export OCIPUSH_TEST_REGISTRY=127.0.0.1:$(cat "$DIR/registry.port")
 export OCIPUSH_TEST_READONLY_REGISTRY=127.0.0.1:$ro_port
 export OCIPUSH_TEST_DIR=$DIR
+# ocipush's cache (digests, compiled guest) lives and dies with these services.
+export OCIPUSH_CACHE_DIR=$DIR/cache
 EOF
 	mv "$DIR/env.tmp" "$DIR/env"
 	START_OK=1

@@ -487,3 +487,186 @@ fn fault_proxy_passes_everything_but_the_flipped_byte() {
     assert_eq!(diffs, vec![5000]);
     assert_eq!(a[5000], !b[5000]);
 }
+
+/// The JSON progress events of a run.
+fn json_events(stderr: &str) -> Vec<Value> {
+    stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect()
+}
+
+fn count(events: &[Value], kind: &str) -> usize {
+    events.iter().filter(|e| e["event"] == kind).count()
+}
+
+#[test]
+fn a_repeat_push_exports_nothing_and_a_stale_or_damaged_cache_costs_only_time() {
+    let s = services();
+    let name = unique("repeat");
+    let (tag, id, diff_ids) = build_many_layers_image(&name, 3, 2 * 1024 * 1024);
+    let cache = tempfile::tempdir().unwrap();
+    let cache_env = [("OCIPUSH_CACHE_DIR", cache.path().to_str().unwrap())];
+    let repo = format!("ocipush-test/{name}");
+
+    let d1 = dest(&s.registry, &repo, "one");
+    let first = push_with(&tag, &d1, "json", &cache_env).expect_success(&d1);
+
+    // Every blob is in the repository and the cache knows them: nothing is exported.
+    let d2 = dest(&s.registry, &repo, "two");
+    let again = push_with(&tag, &d2, "json", &cache_env);
+    assert_eq!(again.expect_success(&d2), first, "the same manifest");
+    let events = json_events(&again.stderr);
+    assert_eq!(
+        count(&events, "layer-started"),
+        0,
+        "no layer was exported: {events:?}"
+    );
+    let skipped: Vec<(u64, String)> = events
+        .iter()
+        .filter(|e| e["event"] == "layer-skipped")
+        .map(|e| {
+            (
+                e["position"].as_u64().unwrap(),
+                e["diff_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected: Vec<(u64, String)> = diff_ids
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (i as u64 + 1, d.clone()))
+        .collect();
+    assert_eq!(skipped, expected);
+    check_pushed_manifest(&s.registry, &repo, "two", &first, &id, &diff_ids);
+
+    // A repository holding none of the blobs: the cache is stale there; a full push follows.
+    let other = format!("{repo}-other");
+    let d3 = dest(&s.registry, &other, "one");
+    let fresh = push_with(&tag, &d3, "json", &cache_env);
+    assert_eq!(fresh.expect_success(&d3), first);
+    assert_eq!(
+        count(&json_events(&fresh.stderr), "layer-done"),
+        diff_ids.len()
+    );
+    copy_to_oci_layout_and_verify(&format!("{}/{other}:one", s.registry), &first, &diff_ids);
+
+    // Damaged entries, and a damaged compiled guest, are ignored.
+    let mut damaged = 0;
+    for dir in ["kv", "guest"] {
+        for entry in std::fs::read_dir(cache.path().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            let mut bytes = std::fs::read(&path).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x55;
+            std::fs::write(&path, bytes).unwrap();
+            damaged += 1;
+        }
+    }
+    assert!(
+        damaged > diff_ids.len(),
+        "entries for the layers, the config and the guest"
+    );
+    let d4 = dest(&s.registry, &repo, "four");
+    let repaired = push_with(&tag, &d4, "json", &cache_env);
+    assert_eq!(repaired.expect_success(&d4), first);
+    assert_eq!(
+        count(&json_events(&repaired.stderr), "layer-done"),
+        diff_ids.len()
+    );
+}
+
+#[test]
+fn zstd_uncompressed_and_other_levels_pull_back_into_the_daemon() {
+    let s = services();
+    let name = unique("encodings");
+    let (tag, id, diff_ids) = build_many_layers_image(&name, 2, 3 * 1024 * 1024);
+    let repo = format!("ocipush-test/{name}");
+    let mut digests = Vec::new();
+    for (args, media_type) in [
+        (
+            &["--compression", "zstd"][..],
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+        ),
+        (
+            &["--compression", "none"][..],
+            "application/vnd.oci.image.layer.v1.tar",
+        ),
+        (&["--compression-level", "1"][..], OCI_LAYER_GZIP),
+    ] {
+        let label = args
+            .join("")
+            .replace("--", "-")
+            .trim_start_matches('-')
+            .to_string();
+        let d = dest(&s.registry, &repo, &label);
+        let digest = push_args(&tag, &d, "none", args, &[]).expect_success(&d);
+        let manifest = skopeo_raw_manifest(&d);
+        assert_eq!(manifest["config"]["digest"], id.as_str());
+        let layers = manifest["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), diff_ids.len());
+        for layer in layers {
+            assert_eq!(layer["mediaType"], media_type, "{args:?}");
+        }
+        if media_type.ends_with(".tar") {
+            // Uncompressed layers are stored as they are: their digests are the diff IDs.
+            let stored: Vec<&str> = layers
+                .iter()
+                .map(|l| l["digest"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                stored,
+                diff_ids.iter().map(String::as_str).collect::<Vec<_>>()
+            );
+        }
+        digests.push(digest);
+    }
+    let (zstd_digest, none_digest) = (digests[0].clone(), digests[1].clone());
+    digests.sort();
+    digests.dedup();
+    assert_eq!(digests.len(), 3, "each encoding is its own manifest");
+    // Debian's dockerd 20.10 cannot apply zstd layers (and skopeo will not convert them to
+    // Docker's format), so skopeo copies each image to an OCI layout, verifying every digest,
+    // and each layer is decompressed and checked against its diff ID.
+    copy_to_oci_layout_and_verify(
+        &dest(&s.registry, &repo, "compressionzstd"),
+        &zstd_digest,
+        &diff_ids,
+    );
+    // skopeo would compress uncompressed layers on the way; fetch them as the registry has them.
+    let (status, manifest) = registry_get(
+        &s.registry,
+        &repo,
+        &format!("manifests/{none_digest}"),
+        Some(OCI_MANIFEST),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(format!("sha256:{}", sha256_hex(&manifest)), none_digest);
+    for diff_id in &diff_ids {
+        let (status, blob) = registry_get(&s.registry, &repo, &format!("blobs/{diff_id}"), None);
+        assert_eq!(status, 200);
+        assert_eq!(&format!("sha256:{}", sha256_hex(&blob)), diff_id);
+    }
+    // The daemon decompresses and checks gzip layers against their diff IDs on pull.
+    pull_back_and_compare(&id, &dest(&s.registry, &repo, "compression-level1"));
+}
+
+#[test]
+fn an_out_of_range_compression_level_is_refused_before_any_traffic() {
+    let s = services();
+    let repo = format!("ocipush-test/{}", unique("level"));
+    let d = dest(&s.registry, &repo, "x");
+    let pushed = push_args(
+        "nonexistent-image:1",
+        &d,
+        "none",
+        &["--compression-level", "12"],
+        &[],
+    );
+    let error = pushed.expect_failure();
+    assert!(
+        error.contains("compression level 12 is out of range for gzip (1-9)"),
+        "{error}"
+    );
+}

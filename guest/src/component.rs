@@ -4,7 +4,9 @@ use std::io::{self, Read};
 
 use anyhow::{anyhow, Result};
 
+use crate::cache::Cache;
 use crate::digest::Digest;
+use crate::manifest::{self, Encoding};
 use crate::progress::{self, ProgressSink};
 use crate::push::{self, BlobSink, ImageSource, LayerUpload, Registries, CHUNK_SIZE};
 use crate::reference::Target;
@@ -12,20 +14,28 @@ use crate::save::{Blob, ImageSummary};
 
 wit_bindgen::generate!({ world: "pusher", path: "../wit" });
 
-use ocipush::core::{credentials, docker, progress as wit, registry};
+use ocipush::core::{cache, credentials, docker, progress as wit, registry};
 
 struct Component;
 
 impl Guest for Component {
     fn push(request: PushRequest) -> Result<PushResult, String> {
+        let compression = match request.compression {
+            registry::Compression::None => manifest::Compression::None,
+            registry::Compression::Gzip => manifest::Compression::Gzip,
+            registry::Compression::Zstd => manifest::Compression::Zstd,
+        };
+        let encoding = Encoding::new(compression, request.level).map_err(|e| format!("{e:#}"))?;
         let request = push::PushRequest {
             source: request.source,
             destination: request.destination,
+            encoding,
         };
         push::push(
             &request,
             &mut Daemon,
             &mut HostRegistries,
+            &mut HostCache,
             &mut HostProgress,
         )
         .map(|pushed| PushResult {
@@ -112,8 +122,13 @@ impl BlobSink for registry::Repository {
         registry::Repository::put_blob(self, digest.as_str(), data).map_err(|e| anyhow!(e))
     }
 
-    fn start_layer(&mut self) -> Result<registry::LayerUpload> {
-        registry::Repository::start_layer(self, registry::Compression::Gzip).map_err(|e| anyhow!(e))
+    fn start_layer(&mut self, encoding: &Encoding) -> Result<registry::LayerUpload> {
+        let compression = match encoding.compression {
+            manifest::Compression::None => registry::Compression::None,
+            manifest::Compression::Gzip => registry::Compression::Gzip,
+            manifest::Compression::Zstd => registry::Compression::Zstd,
+        };
+        registry::Repository::start_layer(self, compression, encoding.level).map_err(|e| anyhow!(e))
     }
 
     fn put_manifest(&mut self, reference: &str, media_type: &str, body: &[u8]) -> Result<Digest> {
@@ -138,6 +153,18 @@ impl LayerUpload for registry::LayerUpload {
             digest: Digest::parse(&blob.digest, "the registry's blob digest")?,
             size: blob.size,
         })
+    }
+}
+
+struct HostCache;
+
+impl Cache for HostCache {
+    fn get(&mut self, key: &str) -> Option<Vec<u8>> {
+        cache::get(key)
+    }
+
+    fn put(&mut self, key: &str, value: &[u8]) {
+        cache::put(key, value)
     }
 }
 
@@ -178,6 +205,17 @@ impl ProgressSink for HostProgress {
                 layer: layer(l),
                 diff_id: diff_id.to_string(),
                 position,
+                digest: digest.to_string(),
+                size,
+            }),
+            E::LayerSkipped {
+                position,
+                diff_id,
+                digest,
+                size,
+            } => wit::Event::LayerSkipped(wit::LayerPresent {
+                position,
+                diff_id: diff_id.to_string(),
                 digest: digest.to_string(),
                 size,
             }),

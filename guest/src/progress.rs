@@ -37,6 +37,13 @@ pub enum Event {
         digest: Digest,
         size: u64,
     },
+    /// The registry already holds this layer: neither exported nor uploaded.
+    LayerSkipped {
+        position: u32,
+        diff_id: Digest,
+        digest: Digest,
+        size: u64,
+    },
     ConfigDone(Digest),
     ManifestDone {
         reference: String,

@@ -4,8 +4,9 @@ use std::io::Read;
 
 use anyhow::{bail, Context, Result};
 
+use crate::cache::{self, Cache};
 use crate::digest::{Digest, Hasher};
-use crate::manifest::{oci_manifest, OCI_MANIFEST};
+use crate::manifest::{oci_manifest, Encoding, OCI_MANIFEST};
 use crate::progress::{Event, LayerBytes, LayerRef, ProgressSink};
 use crate::reference::Target;
 use crate::save::{read_export, Blob, ImageSummary, Layer, LayerEntry};
@@ -35,8 +36,8 @@ pub trait BlobSink {
     fn blob_size(&mut self, digest: &Digest) -> Result<Option<u64>>;
     /// Uploads a blob held whole.
     fn put_blob(&mut self, digest: &Digest, data: &[u8]) -> Result<()>;
-    /// Starts streaming a layer, which the host gzips.
-    fn start_layer(&mut self) -> Result<Self::Upload>;
+    /// Starts streaming a layer, which the host encodes.
+    fn start_layer(&mut self, encoding: &Encoding) -> Result<Self::Upload>;
     /// Writes a manifest under `reference`; returns the digest the registry stored.
     fn put_manifest(&mut self, reference: &str, media_type: &str, body: &[u8]) -> Result<Digest>;
 }
@@ -50,10 +51,11 @@ pub trait LayerUpload {
     fn finish(self) -> Result<Blob>;
 }
 
-/// What to push and where.
+/// What to push, where, and how to encode its layers.
 pub struct PushRequest {
     pub source: String,
     pub destination: String,
+    pub encoding: Encoding,
 }
 
 /// What was published.
@@ -68,10 +70,13 @@ pub fn push(
     request: &PushRequest,
     source: &mut impl ImageSource,
     registries: &mut impl Registries,
+    cache: &mut impl Cache,
     progress: &mut impl ProgressSink,
 ) -> Result<Pushed> {
     let target = Target::parse(&request.destination)?;
-    // The daemon gives the diff IDs up front, so each layer can be verified as it streams.
+    let encoding = request.encoding;
+    // The daemon gives the diff IDs up front: enough to find what the registry already has,
+    // and to verify each layer as it streams.
     let image = source.inspect(&request.source)?;
     let mut repository = registries.open(&target)?;
     progress.report(Event::Started {
@@ -80,25 +85,16 @@ pub fn push(
         total_bytes: image.size,
     });
 
-    // Layers: one pass over the export; each is hashed while it uploads and committed only if
-    // its diff ID is one the image lists. Export by ID, so inspect and export see one image.
-    let export = source.export(image.id.as_str())?;
-    let saved = read_export(export, &image, |entry| {
-        upload_layer(&mut repository, entry, &image, progress)
-    })?;
-
-    // The config, byte for byte as the daemon wrote it, so its digest stays the image ID.
-    let config = Blob {
-        digest: Digest::of(&saved.config),
-        size: saved.config.len() as u64,
-    };
-    if repository.blob_size(&config.digest)? != Some(config.size) {
-        repository.put_blob(&config.digest, &saved.config)?;
-    }
-    progress.report(Event::ConfigDone(config.digest.clone()));
+    // Blobs: none to send if the registry holds them all (the export is the slow part);
+    // otherwise one pass over the export.
+    let (config, layers) =
+        match already_published(&image, &encoding, &mut repository, cache, progress)? {
+            Some(published) => published,
+            None => export_and_upload(&image, &encoding, source, &mut repository, cache, progress)?,
+        };
 
     // The manifest, last: every blob it names is in the registry now.
-    let manifest = oci_manifest(&saved, &config)?;
+    let manifest = oci_manifest(&config, &layers, &encoding)?;
     let digest = repository.put_manifest(&target.tag, OCI_MANIFEST, &manifest)?;
     if digest != Digest::of(&manifest) {
         bail!(
@@ -116,12 +112,85 @@ pub fn push(
     })
 }
 
+/// The config and layers as already in the registry, when the cache names a blob for each
+/// and a HEAD finds every one with the size recorded. The blobs are content-addressed and
+/// were recorded only after verified uploads, so the manifest is the one a full push writes.
+fn already_published(
+    image: &ImageSummary,
+    encoding: &Encoding,
+    repository: &mut impl BlobSink,
+    cache: &mut impl Cache,
+    progress: &mut impl ProgressSink,
+) -> Result<Option<(Blob, Vec<Layer>)>> {
+    let Some(config) = cache::image_config(cache, image) else {
+        return Ok(None);
+    };
+    if repository.blob_size(&config.digest)? != Some(config.size) {
+        return Ok(None);
+    }
+    let mut layers = Vec::with_capacity(image.diff_ids.len());
+    for diff_id in &image.diff_ids {
+        let Some(blob) = cache::layer_blob(cache, diff_id, encoding) else {
+            return Ok(None);
+        };
+        if repository.blob_size(&blob.digest)? != Some(blob.size) {
+            return Ok(None);
+        }
+        layers.push(Layer {
+            diff_id: diff_id.clone(),
+            blob,
+        });
+    }
+    for (position, layer) in layers.iter().enumerate() {
+        progress.report(Event::LayerSkipped {
+            position: position as u32 + 1,
+            diff_id: layer.diff_id.clone(),
+            digest: layer.blob.digest.clone(),
+            size: layer.blob.size,
+        });
+    }
+    progress.report(Event::ConfigDone(config.digest.clone()));
+    Ok(Some((config, layers)))
+}
+
+/// Streams the export once: each layer is hashed while it uploads and committed only if its
+/// diff ID is one the image lists; then the config goes up byte for byte as the daemon wrote
+/// it, so its digest stays the image ID. What was verified is remembered in the cache.
+fn export_and_upload(
+    image: &ImageSummary,
+    encoding: &Encoding,
+    source: &mut impl ImageSource,
+    repository: &mut impl BlobSink,
+    cache: &mut impl Cache,
+    progress: &mut impl ProgressSink,
+) -> Result<(Blob, Vec<Layer>)> {
+    // Export by ID, so inspect and export see one image.
+    let export = source.export(image.id.as_str())?;
+    let saved = read_export(export, image, |entry| {
+        upload_layer(repository, entry, image, encoding, progress)
+    })?;
+    let config = Blob {
+        digest: Digest::of(&saved.config),
+        size: saved.config.len() as u64,
+    };
+    if repository.blob_size(&config.digest)? != Some(config.size) {
+        repository.put_blob(&config.digest, &saved.config)?;
+    }
+    progress.report(Event::ConfigDone(config.digest.clone()));
+    for layer in &saved.layers {
+        cache::remember_layer(cache, &layer.diff_id, encoding, &layer.blob);
+    }
+    cache::remember_image_config(cache, image, &config);
+    Ok((config, saved.layers))
+}
+
 /// Streams one layer to the registry, hashing it on the way, and commits it only once its diff
 /// ID proves to be one the image lists; otherwise the upload is dropped, which cancels it.
 fn upload_layer(
     repository: &mut impl BlobSink,
     entry: LayerEntry<'_>,
     image: &ImageSummary,
+    encoding: &Encoding,
     progress: &mut impl ProgressSink,
 ) -> Result<Layer> {
     let layer = LayerRef {
@@ -135,7 +204,7 @@ fn upload_layer(
         total: entry.size,
     };
     progress.report(Event::LayerStarted(bytes(0, 0)));
-    let mut upload = repository.start_layer()?;
+    let mut upload = repository.start_layer(encoding)?;
     let mut hasher = Hasher::default();
     let mut chunk = vec![0u8; CHUNK_SIZE.min(entry.size as usize).max(1)];
     let mut done = 0u64;
@@ -191,11 +260,23 @@ mod tests {
     use std::rc::Rc;
 
     use super::*;
-    use crate::testing::{classic_export, fixture, summary};
+    use crate::manifest::Compression;
+    use crate::testing::{classic_export, fixture, summary, MemoryCache};
 
     struct Memory {
         export: Vec<u8>,
         image: ImageSummary,
+        exports: usize,
+    }
+
+    impl Memory {
+        fn new(export: Vec<u8>, image: ImageSummary) -> Self {
+            Self {
+                export,
+                image,
+                exports: 0,
+            }
+        }
     }
 
     impl ImageSource for Memory {
@@ -205,6 +286,7 @@ mod tests {
         }
         fn export(&mut self, image: &str) -> Result<Self::Export> {
             assert_eq!(image, self.image.id.as_str(), "export by the inspected ID");
+            self.exports += 1;
             Ok(Cursor::new(self.export.clone()))
         }
     }
@@ -243,7 +325,7 @@ mod tests {
             log.blobs.insert(digest.clone(), data.to_vec());
             Ok(())
         }
-        fn start_layer(&mut self) -> Result<MemoryUpload> {
+        fn start_layer(&mut self, _encoding: &Encoding) -> Result<MemoryUpload> {
             Ok(MemoryUpload {
                 log: self.0.clone(),
                 data: Vec::new(),
@@ -285,14 +367,12 @@ mod tests {
         fn finish(mut self) -> Result<Blob> {
             self.done = true;
             let digest = Digest::of(&self.data);
+            let size = self.data.len() as u64;
             let mut log = self.log.borrow_mut();
             log.calls.push(format!("layer {digest}"));
             log.blobs
                 .insert(digest.clone(), std::mem::take(&mut self.data));
-            Ok(Blob {
-                digest,
-                size: log.blobs.len() as u64,
-            })
+            Ok(Blob { digest, size })
         }
     }
 
@@ -317,19 +397,24 @@ mod tests {
         PushRequest {
             source: "app:1".into(),
             destination: "127.0.0.1:5000/team/app:1.0".into(),
+            encoding: Encoding::new(Compression::Gzip, 6).unwrap(),
         }
     }
 
     #[test]
     fn pushes_layers_then_config_then_manifest() {
         let f = fixture();
-        let mut source = Memory {
-            export: classic_export(&f),
-            image: summary(&f),
-        };
+        let mut source = Memory::new(classic_export(&f), summary(&f));
         let registry = MemoryRegistry::default();
         let mut events = Events::default();
-        let pushed = push(&request(), &mut source, &mut registry.clone(), &mut events).unwrap();
+        let pushed = push(
+            &request(),
+            &mut source,
+            &mut registry.clone(),
+            &mut MemoryCache::default(),
+            &mut events,
+        )
+        .unwrap();
 
         let log = registry.0.borrow();
         let manifest = log.manifest.clone().unwrap();
@@ -393,15 +478,13 @@ mod tests {
             .unwrap()
             + 100;
         export[at] ^= 0xff;
-        let mut source = Memory {
-            export,
-            image: summary(&f),
-        };
+        let mut source = Memory::new(export, summary(&f));
         let registry = MemoryRegistry::default();
         let err = push(
             &request(),
             &mut source,
             &mut registry.clone(),
+            &mut MemoryCache::default(),
             &mut Events::default(),
         )
         .unwrap_err();
@@ -414,16 +497,14 @@ mod tests {
     #[test]
     fn a_registry_that_misreports_the_manifest_digest_fails_the_push() {
         let f = fixture();
-        let mut source = Memory {
-            export: classic_export(&f),
-            image: summary(&f),
-        };
+        let mut source = Memory::new(classic_export(&f), summary(&f));
         let registry = MemoryRegistry::default();
         registry.0.borrow_mut().misreport_manifest_digest = true;
         let err = push(
             &request(),
             &mut source,
             &mut registry.clone(),
+            &mut MemoryCache::default(),
             &mut Events::default(),
         )
         .unwrap_err();
@@ -436,22 +517,98 @@ mod tests {
     #[test]
     fn a_bad_destination_is_refused_before_any_traffic() {
         let f = fixture();
-        let mut source = Memory {
-            export: classic_export(&f),
-            image: summary(&f),
-        };
+        let mut source = Memory::new(classic_export(&f), summary(&f));
         let registry = MemoryRegistry::default();
         let request = PushRequest {
-            source: "app:1".into(),
             destination: "127.0.0.1:5000/App".into(),
+            ..request()
         };
         assert!(push(
             &request,
             &mut source,
             &mut registry.clone(),
+            &mut MemoryCache::default(),
             &mut Events::default()
         )
         .is_err());
         assert!(registry.0.borrow().calls.is_empty());
+    }
+
+    #[test]
+    fn a_repeat_push_of_a_published_image_skips_the_export() {
+        let f = fixture();
+        let mut source = Memory::new(classic_export(&f), summary(&f));
+        let registry = MemoryRegistry::default();
+        let mut cache = MemoryCache::default();
+        let first = push(
+            &request(),
+            &mut source,
+            &mut registry.clone(),
+            &mut cache,
+            &mut Events::default(),
+        )
+        .unwrap();
+        registry.0.borrow_mut().calls.clear();
+
+        let mut events = Events::default();
+        let again = push(
+            &request(),
+            &mut source,
+            &mut registry.clone(),
+            &mut cache,
+            &mut events,
+        )
+        .unwrap();
+        assert_eq!(again, first, "the same manifest");
+        assert_eq!(source.exports, 1, "no second export");
+        assert_eq!(
+            registry.0.borrow().calls,
+            vec![
+                "open 127.0.0.1:5000/team/app".to_string(),
+                format!("manifest 1.0 {OCI_MANIFEST}")
+            ]
+        );
+        let skipped: Vec<u32> = events
+            .0
+            .iter()
+            .filter_map(|e| match e {
+                Event::LayerSkipped { position, .. } => Some(*position),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(skipped, vec![1, 2]);
+    }
+
+    #[test]
+    fn a_cache_entry_for_a_blob_the_registry_lost_costs_only_an_export() {
+        let f = fixture();
+        let mut source = Memory::new(classic_export(&f), summary(&f));
+        let mut cache = MemoryCache::default();
+        let first = push(
+            &request(),
+            &mut source,
+            &mut MemoryRegistry::default(),
+            &mut cache,
+            &mut Events::default(),
+        )
+        .unwrap();
+        // A new, empty registry: the cache is stale for it.
+        let registry = MemoryRegistry::default();
+        let again = push(
+            &request(),
+            &mut source,
+            &mut registry.clone(),
+            &mut cache,
+            &mut Events::default(),
+        )
+        .unwrap();
+        assert_eq!(again, first);
+        assert_eq!(source.exports, 2);
+        assert!(registry
+            .0
+            .borrow()
+            .calls
+            .iter()
+            .any(|c| c.starts_with("layer ")));
     }
 }

@@ -1,5 +1,8 @@
 //! Test material shared by the guest's unit tests: tar archives in the `docker save` dialects.
 
+use std::collections::HashMap;
+
+use crate::cache::Cache;
 use crate::digest::Digest;
 use crate::save::ImageSummary;
 
@@ -81,4 +84,17 @@ pub fn classic_export(f: &Fixture) -> Vec<u8> {
         Item::File(&config_name, &f.config),
         Item::File("manifest.json", &manifest),
     ])
+}
+
+/// A cache in memory.
+#[derive(Default)]
+pub struct MemoryCache(pub HashMap<String, Vec<u8>>);
+
+impl Cache for MemoryCache {
+    fn get(&mut self, key: &str) -> Option<Vec<u8>> {
+        self.0.get(key).cloned()
+    }
+    fn put(&mut self, key: &str, value: &[u8]) {
+        self.0.insert(key.to_string(), value.to_vec());
+    }
 }

@@ -2,7 +2,11 @@
 //! `wit/ocipush.wit` linked in, and WASI with nothing granted (a std guest imports it even
 //! though it uses none of it: no files, environment, network or stdio).
 
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
 use anyhow::{Context, Result};
+use sha2::{Digest as _, Sha256};
 use tokio::runtime::Handle;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store};
@@ -36,6 +40,8 @@ pub struct HostState {
     pub daemon: Daemon,
     pub http: reqwest::Client,
     pub progress: Progress,
+    /// Where the `cache` capability keeps its entries; `None` when no directory is known.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl WasiView for HostState {
@@ -49,12 +55,19 @@ impl WasiView for HostState {
 
 impl ocipush::core::types::Host for HostState {}
 
-/// Pushes `source` from the daemon to `destination` through the guest.
-pub fn push(rt: Handle, progress: Progress, source: &str, destination: &str) -> Result<PushResult> {
+/// What to push, where, and how to encode its layers.
+pub struct Job<'a> {
+    pub source: &'a str,
+    pub destination: &'a str,
+    pub compression: ocipush::core::registry::Compression,
+    pub level: u32,
+}
+
+/// Pushes `job.source` from the daemon to `job.destination` through the guest.
+pub fn push(rt: Handle, progress: Progress, job: &Job<'_>) -> Result<PushResult> {
     let engine = Engine::new(&Config::new())?;
-    let component = Component::new(&engine, GUEST_WASM)
-        .map_err(anyhow::Error::from)
-        .context("compiling the guest component")?;
+    let cache_dir = crate::cache::dir();
+    let component = load_component(&engine, cache_dir.as_deref())?;
     let mut linker = Linker::new(&engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     Pusher::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
@@ -70,18 +83,64 @@ pub fn push(rt: Handle, progress: Progress, source: &str, destination: &str) -> 
         daemon: Daemon::from_env(),
         http,
         progress,
+        cache_dir,
     };
     let mut store = Store::new(&engine, state);
     let pusher = Pusher::instantiate(&mut store, &component, &linker)
         .map_err(anyhow::Error::from)
         .context("instantiating the guest")?;
     let request = PushRequest {
-        source: source.to_string(),
-        destination: destination.to_string(),
+        source: job.source.to_string(),
+        destination: job.destination.to_string(),
+        compression: job.compression,
+        level: job.level,
     };
     let result = pusher
         .call_push(&mut store, &request)
         .map_err(anyhow::Error::from)
         .context("the guest trapped")?;
     result.map_err(anyhow::Error::msg)
+}
+
+/// The guest compiled for this engine: from the cache when this very guest was compiled by a
+/// compatible engine before (compiling is most of a small push's time), else compiled now and
+/// cached. Each cached file starts with the sha256 of the rest, checked before it is loaded.
+fn load_component(engine: &Engine, cache_dir: Option<&Path>) -> Result<Component> {
+    let compiled = |bytes: &[u8]| -> Result<Component> {
+        // Safety: the bytes come from `precompile_component` of an engine with the same
+        // compatibility hash (it is in the file name), and their checksum matched.
+        unsafe { Component::deserialize(engine, bytes) }.map_err(anyhow::Error::from)
+    };
+    let path = cache_dir.map(|dir| {
+        let mut compatibility = std::collections::hash_map::DefaultHasher::new();
+        engine
+            .precompile_compatibility_hash()
+            .hash(&mut compatibility);
+        let guest = hex::encode(Sha256::digest(GUEST_WASM));
+        dir.join("guest").join(format!(
+            "{}-{:016x}.cwasm",
+            &guest[..32],
+            compatibility.finish()
+        ))
+    });
+    if let Some(bytes) = path.as_ref().and_then(|p| std::fs::read(p).ok()) {
+        if bytes.len() > 32 && bytes[..32] == Sha256::digest(&bytes[32..])[..] {
+            if let Ok(component) = compiled(&bytes[32..]) {
+                return Ok(component);
+            }
+        }
+        tracing::debug!(path = %path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(), "ignoring a damaged compiled guest");
+    }
+    let bytes = engine
+        .precompile_component(GUEST_WASM)
+        .map_err(anyhow::Error::from)
+        .context("compiling the guest component")?;
+    if let Some(path) = &path {
+        let mut file = Sha256::digest(&bytes).to_vec();
+        file.extend_from_slice(&bytes);
+        if let Err(e) = crate::cache::write_atomic(path, &file) {
+            tracing::debug!(path = %path.display(), error = %e, "compiled guest not cached");
+        }
+    }
+    compiled(&bytes)
 }

@@ -2,9 +2,11 @@
 //! sandboxed WASI guest (`guest/`); this binary lends it the daemon, credentials, the registry
 //! and a progress sink, as `wit/ocipush.wit` describes.
 
+mod cache;
 mod credentials;
 mod daemon;
 mod guest;
+mod gzip;
 mod progress;
 mod registry;
 mod upload;
@@ -37,7 +39,21 @@ enum Command {
         /// Progress on stderr: bars on a terminal and plain lines otherwise (auto), or JSON lines.
         #[arg(long, value_enum, default_value = "auto")]
         progress: progress::Mode,
+        /// How layers are compressed for the registry.
+        #[arg(long, value_enum, default_value = "gzip")]
+        compression: CompressionArg,
+        /// Compression level: gzip 1-9 (default 6), zstd 1-19 (default 3). Part of a layer's
+        /// digest, like the compression itself.
+        #[arg(long)]
+        compression_level: Option<u32>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CompressionArg {
+    Gzip,
+    Zstd,
+    None,
 }
 
 fn main() -> ExitCode {
@@ -71,14 +87,23 @@ fn run(cli: Cli) -> Result<()> {
             destination,
             digest_file,
             progress,
+            compression,
+            compression_level,
         } => {
+            use guest::ocipush::core::registry::Compression;
+            let (compression, default_level) = match compression {
+                CompressionArg::Gzip => (Compression::Gzip, 6),
+                CompressionArg::Zstd => (Compression::Zstd, 3),
+                CompressionArg::None => (Compression::None, 0),
+            };
+            let job = guest::Job {
+                source: &source,
+                destination: &destination,
+                compression,
+                level: compression_level.unwrap_or(default_level),
+            };
             // The guest runs here, outside the runtime: its host calls block on the runtime.
-            let pushed = guest::push(
-                rt.handle().clone(),
-                progress::Progress::new(progress),
-                &source,
-                &destination,
-            )?;
+            let pushed = guest::push(rt.handle().clone(), progress::Progress::new(progress), &job)?;
             if let Some(path) = digest_file {
                 std::fs::write(&path, &pushed.digest)
                     .with_context(|| format!("writing the digest to {}", path.display()))?;

@@ -142,7 +142,7 @@ fn bar_event(
                 ));
             }
         }
-        Event::ConfigDone(_) | Event::ManifestDone(_) => {
+        Event::LayerSkipped(_) | Event::ConfigDone(_) | Event::ManifestDone(_) => {
             let _ = multi.println(plain_line(event, *layers));
         }
     }
@@ -159,6 +159,9 @@ fn json_line(event: &Event) -> String {
         Event::LayerDone(d) => json!({
             "event": "layer-done", "layer": d.layer.index, "entry": d.layer.entry,
             "diff_id": d.diff_id, "position": d.position, "digest": d.digest, "size": d.size,
+        }),
+        Event::LayerSkipped(p) => json!({
+            "event": "layer-skipped", "position": p.position, "diff_id": p.diff_id, "digest": p.digest, "size": p.size,
         }),
         Event::ConfigDone(digest) => json!({"event": "config-done", "digest": digest}),
         Event::ManifestDone(m) => {
@@ -196,7 +199,15 @@ fn plain_line(event: &Event, layers: u32) -> String {
             d.digest,
             size(d.size)
         ),
-        Event::ConfigDone(digest) => format!("config {digest} pushed"),
+        Event::LayerSkipped(p) => {
+            format!(
+                "image layer {}/{layers} already in the registry: {} ({})",
+                p.position,
+                p.digest,
+                size(p.size)
+            )
+        }
+        Event::ConfigDone(digest) => format!("config {digest} in the registry"),
         Event::ManifestDone(m) => format!("manifest {} written as {}", m.digest, m.reference),
     }
 }

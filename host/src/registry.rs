@@ -353,7 +353,12 @@ impl HostRepository for HostState {
                 )
                 .await?;
             match response.status() {
-                StatusCode::OK => Ok(response.content_length()),
+                // The header, not `content_length()`: a HEAD response's body is empty.
+                StatusCode::OK => Ok(response
+                    .headers()
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())),
                 StatusCode::NOT_FOUND => Ok(None),
                 _ => Err(api.refusal(&what, response).await),
             }
@@ -393,6 +398,7 @@ impl HostRepository for HostState {
         &mut self,
         repository: Resource<Repository>,
         compression: Compression,
+        level: u32,
     ) -> wasmtime::Result<Result<Resource<LayerUpload>, String>> {
         let rt = self.rt.clone();
         let repository = self.repository(&repository)?;
@@ -401,6 +407,7 @@ impl HostRepository for HostState {
             repository.api.clone(),
             repository.confirmed.clone(),
             compression,
+            level,
         );
         Ok(match started {
             Ok(upload) => Ok(self.table.push(upload)?),

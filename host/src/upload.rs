@@ -9,7 +9,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
-use flate2::{Compression as Level, GzBuilder};
 use futures_util::StreamExt;
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Method, StatusCode, Url};
@@ -22,6 +21,7 @@ use crate::guest::ocipush::core::registry::{
     BlobDescriptor, Compression, HostLayerUpload, UploadProgress,
 };
 use crate::guest::HostState;
+use crate::gzip::ParallelGzip;
 use crate::registry::{Api, Confirmed};
 
 /// Guest chunks (1-4 MiB each) queued for the encoder: bounds memory, and lets the guest hash
@@ -30,12 +30,6 @@ const INPUT_QUEUE: usize = 2;
 /// Encoded bytes are sent in pieces of about this size.
 const SEND_PIECE: usize = 256 << 10;
 const SEND_QUEUE: usize = 8;
-/// Fixed gzip level: part of what makes the same layer give the same digest.
-const GZIP_LEVEL: u32 = 6;
-/// The compressor is always fed blocks of exactly this size (the last one shorter): zlib-rs's
-/// output depends on how its input is split, and the digest must depend on the bytes alone.
-const COMPRESS_BLOCK: usize = 1 << 20;
-
 /// One layer upload in flight.
 pub struct LayerUpload {
     input: Option<std_mpsc::SyncSender<Vec<u8>>>,
@@ -63,11 +57,12 @@ impl LayerUpload {
         api: Api,
         confirmed: Confirmed,
         compression: Compression,
+        level: u32,
     ) -> Result<Self, String> {
         let location = rt.block_on(api.start_upload())?;
         let (input, chunks) = std_mpsc::sync_channel::<Vec<u8>>(INPUT_QUEUE);
         let (pieces, body) = mpsc::channel::<io::Result<Bytes>>(SEND_QUEUE);
-        let encoder = std::thread::spawn(move || encode(chunks, pieces, compression));
+        let encoder = std::thread::spawn(move || encode(chunks, pieces, compression, level));
 
         let sent = Arc::new(AtomicU64::new(0));
         let counter = sent.clone();
@@ -198,53 +193,62 @@ impl Drop for LayerUpload {
     }
 }
 
-/// Runs on its own thread: compresses what the guest writes, hashes the encoded bytes and
-/// feeds them to the PATCH body.
+/// Runs on its own thread: compresses what the guest writes (on several threads where the
+/// encoding allows), hashes the encoded bytes and feeds them to the PATCH body.
 fn encode(
     chunks: std_mpsc::Receiver<Vec<u8>>,
     pieces: mpsc::Sender<io::Result<Bytes>>,
     compression: Compression,
+    level: u32,
 ) -> Result<Encoded, String> {
-    let out = Forward {
+    let mut out = Forward {
         pieces,
         piece: Vec::with_capacity(SEND_PIECE),
         hasher: Sha256::new(),
         size: 0,
     };
     let closed = |e: io::Error| format!("sending a layer: {e}");
-    let mut out = match compression {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    match compression {
         Compression::Gzip => {
-            // No file name and a zero mtime: only the bytes decide the output.
-            let mut gz = GzBuilder::new().mtime(0).write(out, Level::new(GZIP_LEVEL));
-            let mut block = Vec::with_capacity(COMPRESS_BLOCK);
+            let mut gz =
+                ParallelGzip::new(level, threads, |piece| out.write_all(&piece)).map_err(closed)?;
             for chunk in chunks {
-                let mut rest = &chunk[..];
-                while !rest.is_empty() {
-                    let take = rest.len().min(COMPRESS_BLOCK - block.len());
-                    block.extend_from_slice(&rest[..take]);
-                    rest = &rest[take..];
-                    if block.len() == COMPRESS_BLOCK {
-                        gz.write_all(&block).map_err(closed)?;
-                        block.clear();
-                    }
-                }
+                gz.write(&chunk).map_err(closed)?;
             }
-            gz.write_all(&block).map_err(closed)?;
-            gz.finish().map_err(closed)?
+            gz.finish().map_err(closed)?;
+        }
+        Compression::Zstd => {
+            let mut zstd = zstd_encoder(&mut out, level, threads).map_err(closed)?;
+            for chunk in chunks {
+                zstd.write_all(&chunk).map_err(closed)?;
+            }
+            zstd.finish().map_err(closed)?;
         }
         Compression::None => {
-            let mut out = out;
             for chunk in chunks {
                 out.write_all(&chunk).map_err(closed)?;
             }
-            out
         }
-    };
+    }
     out.flush_piece().map_err(closed)?;
     Ok(Encoded {
         digest: format!("sha256:{}", hex::encode(out.hasher.finalize())),
         size: out.size,
     })
+}
+
+/// A zstd stream compressed by `threads` workers. zstd's multi-threaded output depends on its
+/// parameters, not on how many workers run them.
+fn zstd_encoder<W: Write>(
+    out: W,
+    level: u32,
+    threads: usize,
+) -> io::Result<zstd::stream::write::Encoder<'static, W>> {
+    let mut encoder = zstd::stream::write::Encoder::new(out, level as i32)?;
+    encoder.multithread(threads as u32)?;
+    encoder.include_checksum(false)?;
+    Ok(encoder)
 }
 
 /// Hashes encoded bytes and passes them on in pieces of `SEND_PIECE`.
@@ -318,20 +322,19 @@ impl HostLayerUpload for HostState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flate2::read::GzDecoder;
     use std::io::Read;
 
-    fn gzip(chunks: &[&[u8]]) -> (Vec<u8>, Encoded) {
+    fn encoded(compression: Compression, level: u32, chunks: &[&[u8]]) -> (Vec<u8>, Encoded) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let (input, rx) = std_mpsc::sync_channel(4);
-        let (pieces, mut body) = mpsc::channel(1024);
+        let (input, rx) = std_mpsc::sync_channel(chunks.len() + 1);
+        let (pieces, mut body) = mpsc::channel(4096);
         for chunk in chunks {
             input.send(chunk.to_vec()).unwrap();
         }
         drop(input);
-        let encoded = encode(rx, pieces, Compression::Gzip).unwrap();
+        let encoded = encode(rx, pieces, compression, level).unwrap();
         let mut bytes = Vec::new();
         rt.block_on(async {
             while let Some(piece) = body.recv().await {
@@ -341,17 +344,30 @@ mod tests {
         (bytes, encoded)
     }
 
+    fn data() -> Vec<u8> {
+        (0..3_000_000u32)
+            .map(|i| (i * 7 % 251) as u8 ^ (i >> 13) as u8)
+            .collect()
+    }
+
     #[test]
     fn gzip_is_deterministic_and_hashes_what_it_sends() {
-        let data: Vec<u8> = (0..2_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let (a, encoded_a) = gzip(&[&data[..1_000_000], &data[1_000_000..]]);
-        let (b, encoded_b) = gzip(&[&data]);
-        let (c, _) = gzip(&[
-            &data[..333_333],
-            &data[333_333..1_500_001],
-            &data[1_500_001..],
-        ]);
-        assert!(a == b && b == c, "chunking must not change the output");
+        let data = data();
+        let (a, encoded_a) = encoded(
+            Compression::Gzip,
+            6,
+            &[&data[..1_000_000], &data[1_000_000..]],
+        );
+        let (b, encoded_b) = encoded(
+            Compression::Gzip,
+            6,
+            &[
+                &data[..333_333],
+                &data[333_333..1_500_001],
+                &data[1_500_001..],
+            ],
+        );
+        assert!(a == b, "chunking must not change the output");
         assert_eq!(encoded_a.digest, encoded_b.digest);
         assert_eq!(encoded_a.size, a.len() as u64);
         assert_eq!(
@@ -360,7 +376,41 @@ mod tests {
         );
         assert_eq!(&a[4..8], &[0, 0, 0, 0], "zero mtime");
         let mut round = Vec::new();
-        GzDecoder::new(&a[..]).read_to_end(&mut round).unwrap();
-        assert_eq!(round, data);
+        flate2::read::GzDecoder::new(&a[..])
+            .read_to_end(&mut round)
+            .unwrap();
+        assert!(round == data);
+        let (fast, _) = encoded(Compression::Gzip, 1, &[&data]);
+        assert!(fast != a, "the level is part of the encoding");
+    }
+
+    #[test]
+    fn zstd_does_not_depend_on_worker_count() {
+        let data = data();
+        let mut outputs = Vec::new();
+        for threads in [1, 3] {
+            let mut out = Vec::new();
+            let mut encoder = zstd_encoder(&mut out, 3, threads).unwrap();
+            encoder.write_all(&data).unwrap();
+            encoder.finish().unwrap();
+            outputs.push(out);
+        }
+        assert!(
+            outputs[0] == outputs[1],
+            "same bytes whatever the worker count"
+        );
+        let (z, encoded_z) = encoded(Compression::Zstd, 3, &[&data[..7], &data[7..]]);
+        assert_eq!(encoded_z.size, z.len() as u64);
+        assert!(zstd::decode_all(&z[..]).unwrap() == data);
+    }
+
+    #[test]
+    fn none_sends_the_bytes_as_they_are() {
+        let (raw, encoded_raw) = encoded(Compression::None, 0, &[b"abc", b"def"]);
+        assert_eq!(raw, b"abcdef");
+        assert_eq!(
+            encoded_raw.digest,
+            format!("sha256:{}", hex::encode(Sha256::digest(b"abcdef")))
+        );
     }
 }

@@ -283,6 +283,17 @@ pub fn is_sha256_digest(s: &str) -> bool {
 /// `ocipush push SOURCE DEST --digest-file … --progress PROGRESS`, with `envs` overriding the
 /// environment (DOCKER_HOST comes from the services unless overridden).
 pub fn push_with(source: &str, dest: &str, progress: &str, envs: &[(&str, &str)]) -> Pushed {
+    push_args(source, dest, progress, &[], envs)
+}
+
+/// Like `push_with`, with more command-line arguments.
+pub fn push_args(
+    source: &str,
+    dest: &str,
+    progress: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Pushed {
     let dir = tempfile::tempdir().unwrap();
     let digest_path = dir.path().join("digest");
     let mut c = Command::new(ocipush_bin());
@@ -293,6 +304,7 @@ pub fn push_with(source: &str, dest: &str, progress: &str, envs: &[(&str, &str)]
         .arg(&digest_path)
         .arg("--progress")
         .arg(progress)
+        .args(args)
         .env("DOCKER_HOST", services().docker_host)
         .env_remove("OCIPUSH_LOG");
     for (k, v) in envs {
@@ -321,6 +333,8 @@ pub fn push(source: &str, dest: &str) -> Pushed {
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 
 /// `skopeo inspect --raw` of `docker://REF`, parsed.
 pub fn skopeo_raw_manifest(reference: &str) -> Value {
@@ -493,11 +507,22 @@ pub fn copy_to_oci_layout_and_verify(reference: &str, manifest_digest: &str, dif
             layer["size"].as_u64(),
             "layer {i}: size in manifest vs blob"
         );
-        assert_eq!(&bytes[..2], &[0x1f, 0x8b], "layer {i} is not gzip");
-        let mut tar = Vec::new();
-        flate2::read::MultiGzDecoder::new(&bytes[..])
-            .read_to_end(&mut tar)
-            .unwrap_or_else(|e| panic!("layer {i}: gunzip: {e}"));
+        // Decoded by the media type the manifest gives, which must match the bytes.
+        let tar = match layer["mediaType"].as_str().unwrap_or("") {
+            OCI_LAYER_GZIP => {
+                assert_eq!(&bytes[..2], &[0x1f, 0x8b], "layer {i} is not gzip");
+                let mut tar = Vec::new();
+                flate2::read::MultiGzDecoder::new(&bytes[..])
+                    .read_to_end(&mut tar)
+                    .unwrap_or_else(|e| panic!("layer {i}: gunzip: {e}"));
+                tar
+            }
+            OCI_LAYER_ZSTD => {
+                zstd::decode_all(&bytes[..]).unwrap_or_else(|e| panic!("layer {i}: zstd: {e}"))
+            }
+            OCI_LAYER => bytes,
+            other => panic!("layer {i} has media type {other:?}"),
+        };
         assert_eq!(
             &format!("sha256:{}", sha256_hex(&tar)),
             diff_id,

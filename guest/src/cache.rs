@@ -1,0 +1,174 @@
+//! What the guest remembers between runs, through the host's `cache` capability: for a layer's
+//! diff ID and encoding, the blob it was published as. Only verified uploads are recorded, and
+//! an entry is used only after a HEAD shows the registry holds a blob of that digest and size.
+//! An entry that does not parse or does not match its key is ignored: it costs time, never
+//! correctness.
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::manifest::Encoding;
+use crate::save::{Blob, ImageSummary};
+
+/// A key-value store that survives the process.
+pub trait Cache {
+    fn get(&mut self, key: &str) -> Option<Vec<u8>>;
+    fn put(&mut self, key: &str, value: &[u8]);
+}
+
+/// One layer's published blob, as stored.
+#[derive(Serialize, Deserialize)]
+struct LayerEntry {
+    diff_id: String,
+    encoding: String,
+    digest: String,
+    size: u64,
+}
+
+fn key(diff_id: &Digest, encoding: &Encoding) -> String {
+    format!("layer/v1/{}/{}", encoding.name(), diff_id.hex())
+}
+
+/// The blob a layer was last published as with this encoding, if the cache says so.
+pub fn layer_blob(cache: &mut impl Cache, diff_id: &Digest, encoding: &Encoding) -> Option<Blob> {
+    let bytes = cache.get(&key(diff_id, encoding))?;
+    let entry: LayerEntry = serde_json::from_slice(&bytes).ok()?;
+    // The entry must say it is for this very key: a damaged or misplaced file is ignored.
+    if entry.diff_id != diff_id.as_str() || entry.encoding != encoding.name() {
+        return None;
+    }
+    let digest = Digest::parse(&entry.digest, "cached digest").ok()?;
+    Some(Blob {
+        digest,
+        size: entry.size,
+    })
+}
+
+/// Records that a verified layer was published as `blob`.
+pub fn remember_layer(cache: &mut impl Cache, diff_id: &Digest, encoding: &Encoding, blob: &Blob) {
+    let entry = LayerEntry {
+        diff_id: diff_id.to_string(),
+        encoding: encoding.name(),
+        digest: blob.digest.to_string(),
+        size: blob.size,
+    };
+    if let Ok(bytes) = serde_json::to_vec(&entry) {
+        cache.put(&key(diff_id, encoding), &bytes);
+    }
+}
+
+/// An image's config blob, as stored: the image ID alone does not say it is the config's
+/// digest (on the containerd store it names a manifest), so the verified link is recorded.
+#[derive(Serialize, Deserialize)]
+struct ConfigEntry {
+    image_id: String,
+    diff_ids: Vec<String>,
+    digest: String,
+    size: u64,
+}
+
+fn config_key(image: &ImageSummary) -> String {
+    format!("config/v1/{}", image.id.hex())
+}
+
+/// The config blob of `image`, if a push of it was recorded.
+pub fn image_config(cache: &mut impl Cache, image: &ImageSummary) -> Option<Blob> {
+    let entry: ConfigEntry = serde_json::from_slice(&cache.get(&config_key(image))?).ok()?;
+    let diff_ids: Vec<&str> = image.diff_ids.iter().map(Digest::as_str).collect();
+    if entry.image_id != image.id.as_str() || entry.diff_ids != diff_ids {
+        return None;
+    }
+    let digest = Digest::parse(&entry.digest, "cached digest").ok()?;
+    Some(Blob {
+        digest,
+        size: entry.size,
+    })
+}
+
+/// Records the config blob a verified push of `image` published.
+pub fn remember_image_config(cache: &mut impl Cache, image: &ImageSummary, config: &Blob) {
+    let entry = ConfigEntry {
+        image_id: image.id.to_string(),
+        diff_ids: image.diff_ids.iter().map(Digest::to_string).collect(),
+        digest: config.digest.to_string(),
+        size: config.size,
+    };
+    if let Ok(bytes) = serde_json::to_vec(&entry) {
+        cache.put(&config_key(image), &bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Compression;
+    use crate::testing::{fixture, summary, MemoryCache};
+
+    #[test]
+    fn image_config_must_match_the_image() {
+        let mut cache = MemoryCache::default();
+        let f = fixture();
+        let image = summary(&f);
+        let config = Blob {
+            digest: Digest::of(&f.config),
+            size: f.config.len() as u64,
+        };
+        assert_eq!(image_config(&mut cache, &image), None);
+        remember_image_config(&mut cache, &image, &config);
+        assert_eq!(image_config(&mut cache, &image), Some(config));
+        let mut changed = image.clone();
+        changed.diff_ids.pop();
+        assert_eq!(image_config(&mut cache, &changed), None);
+    }
+
+    #[test]
+    fn remembers_per_diff_id_and_encoding() {
+        let mut cache = MemoryCache::default();
+        let gzip6 = Encoding {
+            compression: Compression::Gzip,
+            level: 6,
+        };
+        let gzip1 = Encoding {
+            compression: Compression::Gzip,
+            level: 1,
+        };
+        let diff_id = Digest::of(b"layer");
+        let blob = Blob {
+            digest: Digest::of(b"gz"),
+            size: 42,
+        };
+        remember_layer(&mut cache, &diff_id, &gzip6, &blob);
+        assert_eq!(layer_blob(&mut cache, &diff_id, &gzip6), Some(blob));
+        assert_eq!(
+            layer_blob(&mut cache, &diff_id, &gzip1),
+            None,
+            "another level is another blob"
+        );
+        assert_eq!(layer_blob(&mut cache, &Digest::of(b"other"), &gzip6), None);
+    }
+
+    #[test]
+    fn damaged_or_misplaced_entries_are_ignored() {
+        let mut cache = MemoryCache::default();
+        let gzip = Encoding {
+            compression: Compression::Gzip,
+            level: 6,
+        };
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        remember_layer(
+            &mut cache,
+            &a,
+            &gzip,
+            &Blob {
+                digest: Digest::of(b"A"),
+                size: 1,
+            },
+        );
+        // An entry for `a` copied under `b`'s key must not be taken for `b`.
+        let entry = cache.get(&key(&a, &gzip)).unwrap();
+        cache.put(&key(&b, &gzip), &entry);
+        assert_eq!(layer_blob(&mut cache, &b, &gzip), None);
+        cache.put(&key(&a, &gzip), b"{\"diff_id\": trunc");
+        assert_eq!(layer_blob(&mut cache, &a, &gzip), None);
+    }
+}
