@@ -593,7 +593,7 @@ fn zstd_uncompressed_and_other_levels_pull_back_into_the_daemon() {
             &["--compression", "none"][..],
             "application/vnd.oci.image.layer.v1.tar",
         ),
-        (&["--compression-level", "1"][..], OCI_LAYER_GZIP),
+        (&["--compression-level", "9"][..], OCI_LAYER_GZIP),
     ] {
         let label = args
             .join("")
@@ -649,7 +649,7 @@ fn zstd_uncompressed_and_other_levels_pull_back_into_the_daemon() {
         assert_eq!(&format!("sha256:{}", sha256_hex(&blob)), diff_id);
     }
     // The daemon decompresses and checks gzip layers against their diff IDs on pull.
-    pull_back_and_compare(&id, &dest(&s.registry, &repo, "compression-level1"));
+    pull_back_and_compare(&id, &dest(&s.registry, &repo, "compression-level9"));
 }
 
 #[test]

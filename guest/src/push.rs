@@ -12,7 +12,7 @@ use crate::reference::Target;
 use crate::save::{read_export, Blob, ImageSummary, Layer, LayerEntry};
 
 /// Bytes per crossing of the component boundary: large, because each crossing copies.
-pub const CHUNK_SIZE: usize = 4 << 20;
+pub const CHUNK_SIZE: usize = 1 << 20;
 
 /// Where images come from: the Docker daemon.
 pub trait ImageSource {

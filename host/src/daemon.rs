@@ -170,7 +170,7 @@ impl HostExportStream for HostState {
                 }
             }
             let next = if out.is_empty() {
-                rt.block_on(stream.chunks.recv())
+                crate::guest::timed(&mut self.waits.export, || rt.block_on(stream.chunks.recv()))
             } else {
                 stream.chunks.try_recv().ok()
             };

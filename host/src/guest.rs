@@ -42,6 +42,27 @@ pub struct HostState {
     pub progress: Progress,
     /// Where the `cache` capability keeps its entries; `None` when no directory is known.
     pub cache_dir: Option<PathBuf>,
+    /// How long the guest's calls blocked, by kind: where a push spends its time.
+    pub waits: Waits,
+}
+
+/// Time the guest spent blocked in host calls, logged at debug level after a push.
+#[derive(Debug, Default)]
+pub struct Waits {
+    /// Waiting for the daemon's export.
+    pub export: std::time::Duration,
+    /// Waiting for a layer's encoder to take more bytes.
+    pub upload: std::time::Duration,
+    /// Waiting for a layer's last bytes to be sent and committed.
+    pub finish: std::time::Duration,
+}
+
+/// Runs `f`, adding the time it took to `slot`.
+pub fn timed<T>(slot: &mut std::time::Duration, f: impl FnOnce() -> T) -> T {
+    let start = std::time::Instant::now();
+    let result = f();
+    *slot += start.elapsed();
+    result
 }
 
 impl WasiView for HostState {
@@ -84,6 +105,7 @@ pub fn push(rt: Handle, progress: Progress, job: &Job<'_>) -> Result<PushResult>
         http,
         progress,
         cache_dir,
+        waits: Waits::default(),
     };
     let mut store = Store::new(&engine, state);
     let pusher = Pusher::instantiate(&mut store, &component, &linker)
@@ -95,10 +117,12 @@ pub fn push(rt: Handle, progress: Progress, job: &Job<'_>) -> Result<PushResult>
         compression: job.compression,
         level: job.level,
     };
+    let started = std::time::Instant::now();
     let result = pusher
         .call_push(&mut store, &request)
         .map_err(anyhow::Error::from)
         .context("the guest trapped")?;
+    tracing::debug!(elapsed = ?started.elapsed(), waits = ?store.data().waits, "push finished");
     result.map_err(anyhow::Error::msg)
 }
 
