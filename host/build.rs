@@ -37,13 +37,15 @@ fn main() {
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
-        // simd128 lets sha256 in the guest run about 1.5x faster; the remap keeps build paths
+                // simd128 lets sha256 in the guest run about 1.5x faster; the remaps keep build paths
         // out of the component, so the same source builds the same bytes anywhere.
+        // scripts/guest-digest.sh rebuilds it the same way, for auditors and for the tests.
         .env(
             "CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS",
             format!(
-                "-C target-feature=+simd128 --remap-path-prefix={}=/ocipush",
-                root.display()
+                "-C target-feature=+simd128 --remap-path-prefix={}=/ocipush --remap-path-prefix={}=/cargo",
+                root.display(),
+                cargo_home().display()
             ),
         )
         .status()
@@ -56,4 +58,12 @@ fn main() {
     let wasm = target_dir.join("wasm32-wasip2/release/ocipush_guest.wasm");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("ocipush_guest.wasm");
     std::fs::copy(&wasm, &out).unwrap_or_else(|e| panic!("copying {}: {e}", wasm.display()));
+}
+
+/// Where cargo keeps dependency sources, whose paths would otherwise land in panic messages.
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/nonexistent"))
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The single test command: formatting, guest unit tests, host unit tests and the integration
-# tests (tests/push.rs) against a private dockerd and registries started by scripts/services.sh.
+# The single test command: formatting, lints, guest unit tests, host unit tests, the integration
+# tests (tests/*.rs) against a private dockerd and registries started by scripts/services.sh, the
+# second host of the guest (tests/jco, Node.js), and a check that the guest builds reproducibly.
 # Works non-interactively (CI=true, no stdin). Extra arguments go to the integration test binary
 # (e.g. `./scripts/test.sh pushes_loaded` or `./scripts/test.sh --nocapture`).
 set -euo pipefail
@@ -12,6 +13,12 @@ phase() { printf '\n==> [%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
 phase "installing what is missing"
 ./scripts/services.sh deps
+
+phase "installing the jco test's JS dependencies (npm ci --prefix tests/jco)"
+node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)' 2>/dev/null &&
+	command -v npm >/dev/null 2>&1 ||
+	{ echo "test.sh: tests/jco.rs needs node >= 20.19 and npm (Debian 12's nodejs is 18)" >&2; exit 1; }
+npm ci --prefix tests/jco --no-audit --no-fund --prefer-offline --loglevel=error
 
 phase "checking formatting (cargo fmt --all --check)"
 cargo fmt --all --check
@@ -40,7 +47,17 @@ echo "OCIPUSH_TEST_READONLY_REGISTRY=$OCIPUSH_TEST_READONLY_REGISTRY"
 phase "guest unit tests (cargo test --release -p ocipush-guest)"
 cargo test --release -p ocipush-guest
 
+phase "building the misbehaving test guests (tests/guests)"
+cargo build --release --locked --target wasm32-wasip2 --target-dir target/guest -p misbehaving-guest -p alien-guest
+export OCIPUSH_TEST_GUESTS=$PWD/target/guest/wasm32-wasip2/release
+
 phase "host unit tests and integration tests (cargo test --release -p ocipush)"
 cargo test --release -p ocipush -- "$@"
+
+phase "the guest builds reproducibly (scripts/guest-digest.sh vs ocipush guest info)"
+rebuilt=$(./scripts/guest-digest.sh)
+embedded=$(target/release/ocipush guest info | awk '/^digest:/ { print $2 }')
+echo "rebuilt $rebuilt, embedded $embedded"
+[ "$rebuilt" = "$embedded" ] || { echo "test.sh: the guest did not rebuild to the same bytes" >&2; exit 1; }
 
 phase "all tests passed"

@@ -1,15 +1,20 @@
-//! Runs the guest component: one engine and one store per push, the capabilities of
-//! `wit/ocipush.wit` linked in, and WASI with nothing granted (a std guest imports it even
-//! though it uses none of it: no files, environment, network or stdio).
+//! Runs the guest component in its sandbox: one engine and one store per push, only the
+//! capabilities of `wit/ocipush.wit` linked in, and WASI with nothing granted (a std guest
+//! imports it even though it uses none of it: no files, environment, network or stdio).
+//! The guest's memory is capped, and a watchdog stops a guest that computes too long without
+//! calling the host. A guest is checked (digest pin, component, contract version, world)
+//! before any daemon or registry traffic.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest as _, Sha256};
 use tokio::runtime::Handle;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store};
+use wasmtime::{CallHook, Config, Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::daemon::Daemon;
@@ -27,8 +32,55 @@ wasmtime::component::bindgen!({
     },
 });
 
-/// The guest component, built from `guest/` by build.rs.
+/// The guest component built from `guest/` by build.rs.
 pub static GUEST_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ocipush_guest.wasm"));
+
+/// The WIT package this host offers; guests built for any 0.1.x run here.
+pub const PACKAGE: &str = "ocipush:core";
+pub const PACKAGE_VERSION: &str = "0.1.0";
+
+/// The most linear memory a guest may have. A push needs a few MiB of buffers and its
+/// metadata (capped at 64 MiB by the guest itself).
+const MEMORY_LIMIT: usize = 256 << 20;
+/// How often the watchdog looks at the guest.
+const TICK: Duration = Duration::from_millis(100);
+
+/// A guest component to run: the embedded one or one from a file, with its digest.
+pub struct Guest {
+    /// `embedded`, or the file it came from.
+    pub origin: String,
+    pub bytes: Vec<u8>,
+    /// `sha256:` of the component's bytes.
+    pub digest: String,
+}
+
+impl Guest {
+    /// Loads the guest to run, refusing it unless it has the `pinned` digest, when one is given.
+    pub fn load(path: Option<&Path>, pinned: Option<&str>) -> Result<Self> {
+        let (origin, bytes) = match path {
+            Some(path) => {
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("reading the guest {}", path.display()))?;
+                (path.display().to_string(), bytes)
+            }
+            None => ("embedded".to_string(), GUEST_WASM.to_vec()),
+        };
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        if let Some(pinned) = pinned {
+            if pinned.trim() != digest {
+                bail!(
+                    "guest {origin} has digest {digest}, not the pinned {}: refusing to run it",
+                    pinned.trim()
+                );
+            }
+        }
+        Ok(Self {
+            origin,
+            bytes,
+            digest,
+        })
+    }
+}
 
 /// Everything the guest's imports reach: the store's data.
 pub struct HostState {
@@ -44,22 +96,27 @@ pub struct HostState {
     pub cache_dir: Option<PathBuf>,
     /// How long the guest's calls blocked, by kind: where a push spends its time.
     pub waits: Waits,
+    limits: MemoryLimit,
+    /// When the guest last got control back from one of its imports: the watchdog's clock.
+    guest_since: Instant,
+    /// Set while the watchdog itself runs: its return to the guest is not a host call.
+    watchdog_running: bool,
 }
 
 /// Time the guest spent blocked in host calls, logged at debug level after a push.
 #[derive(Debug, Default)]
 pub struct Waits {
     /// Waiting for the daemon's export.
-    pub export: std::time::Duration,
+    pub export: Duration,
     /// Waiting for a layer's encoder to take more bytes.
-    pub upload: std::time::Duration,
+    pub upload: Duration,
     /// Waiting for a layer's last bytes to be sent and committed.
-    pub finish: std::time::Duration,
+    pub finish: Duration,
 }
 
 /// Runs `f`, adding the time it took to `slot`.
-pub fn timed<T>(slot: &mut std::time::Duration, f: impl FnOnce() -> T) -> T {
-    let start = std::time::Instant::now();
+pub fn timed<T>(slot: &mut Duration, f: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
     let result = f();
     *slot += start.elapsed();
     result
@@ -76,19 +133,53 @@ impl WasiView for HostState {
 
 impl ocipush::core::types::Host for HostState {}
 
-/// What to push, where, and how to encode its layers.
+/// Caps the guest's memory, with a message that says so.
+struct MemoryLimit;
+
+impl ResourceLimiter for MemoryLimit {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > MEMORY_LIMIT {
+            return Err(wasmtime::Error::msg(format!(
+                "the guest tried to grow its memory to {} MiB, over its limit of {} MiB",
+                desired >> 20,
+                MEMORY_LIMIT >> 20
+            )));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// What to push, where, and how.
 pub struct Job<'a> {
     pub source: &'a str,
     pub destination: &'a str,
     pub compression: ocipush::core::registry::Compression,
     pub level: u32,
+    /// How long the guest may compute without calling the host before it is stopped.
+    pub compute_limit: Duration,
 }
 
-/// Pushes `job.source` from the daemon to `job.destination` through the guest.
-pub fn push(rt: Handle, progress: Progress, job: &Job<'_>) -> Result<PushResult> {
-    let engine = Engine::new(&Config::new())?;
+/// Pushes `job.source` from the daemon to `job.destination` through `guest`.
+pub fn push(rt: Handle, progress: Progress, guest: &Guest, job: &Job<'_>) -> Result<PushResult> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    let engine = Engine::new(&config)?;
     let cache_dir = crate::cache::dir();
-    let component = load_component(&engine, cache_dir.as_deref())?;
+    let component = load_component(&engine, guest, cache_dir.as_deref())?;
     let mut linker = Linker::new(&engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     Pusher::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
@@ -106,30 +197,137 @@ pub fn push(rt: Handle, progress: Progress, job: &Job<'_>) -> Result<PushResult>
         progress,
         cache_dir,
         waits: Waits::default(),
+        limits: MemoryLimit,
+        guest_since: Instant::now(),
+        watchdog_running: false,
     };
     let mut store = Store::new(&engine, state);
-    let pusher = Pusher::instantiate(&mut store, &component, &linker)
-        .map_err(anyhow::Error::from)
-        .context("instantiating the guest")?;
-    let request = PushRequest {
-        source: job.source.to_string(),
-        destination: job.destination.to_string(),
-        compression: job.compression,
-        level: job.level,
+    store.limiter(|state| &mut state.limits);
+    // The watchdog: every tick, a guest that has not called the host for too long is stopped.
+    // Time spent in host calls (waiting on the daemon or a registry) does not count.
+    store.call_hook(|mut store, hook| {
+        let state = store.data_mut();
+        match hook {
+            CallHook::ReturningFromHost if state.watchdog_running => state.watchdog_running = false,
+            CallHook::CallingWasm | CallHook::ReturningFromHost => {
+                state.guest_since = Instant::now()
+            }
+            CallHook::CallingHost | CallHook::ReturningFromWasm => {}
+        }
+        Ok(())
+    });
+    let limit = job.compute_limit;
+    store.epoch_deadline_callback(move |mut store| {
+        store.data_mut().watchdog_running = true;
+        if store.data().guest_since.elapsed() > limit {
+                        return Err(wasmtime::Error::msg(format!(
+                "the guest computed for {} s without calling the host (--guest-cpu-limit): stopped it",
+                limit.as_secs()
+            )));
+        }
+        Ok(UpdateDeadline::Continue(1))
+    });
+    store.set_epoch_deadline(1);
+    let (stop_ticking, stopped) = std::sync::mpsc::channel::<()>();
+    let ticker = {
+        let engine = engine.clone();
+        std::thread::spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(TICK) {
+                engine.increment_epoch();
+            }
+        })
     };
-    let started = std::time::Instant::now();
-    let result = pusher
-        .call_push(&mut store, &request)
-        .map_err(anyhow::Error::from)
-        .context("the guest trapped")?;
-    tracing::debug!(elapsed = ?started.elapsed(), waits = ?store.data().waits, "push finished");
-    result.map_err(anyhow::Error::msg)
+
+    let result = (|| {
+        let pusher = Pusher::instantiate(&mut store, &component, &linker)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("guest {} does not fit this host", guest.origin))?;
+        let request = PushRequest {
+            source: job.source.to_string(),
+            destination: job.destination.to_string(),
+            compression: job.compression,
+            level: job.level,
+        };
+        let started = Instant::now();
+        let result = pusher.call_push(&mut store, &request).map_err(|e| {
+            // One line for the user: what stopped the guest. The wasm backtrace is for debugging.
+            let e = anyhow::Error::from(e);
+            tracing::debug!("the guest failed: {e:?}");
+            anyhow!("the guest failed: {}", e.root_cause())
+        })?;
+        tracing::debug!(elapsed = ?started.elapsed(), waits = ?store.data().waits, "push finished");
+        result.map_err(anyhow::Error::msg)
+    })();
+    drop(stop_ticking);
+    let _ = ticker.join();
+    result
 }
 
-/// The guest compiled for this engine: from the cache when this very guest was compiled by a
-/// compatible engine before (compiling is most of a small push's time), else compiled now and
-/// cached. Each cached file starts with the sha256 of the rest, checked before it is loaded.
-fn load_component(engine: &Engine, cache_dir: Option<&Path>) -> Result<Component> {
+/// What `ocipush guest info` prints: the guest, its digest, the contract it speaks, and every
+/// import and export.
+pub fn describe(guest: &Guest, cache_dir: Option<&Path>) -> Result<String> {
+    let engine = Engine::new(&Config::new())?;
+    let component = load_component(&engine, guest, cache_dir)?;
+    let ty = component.component_type();
+    let imports: Vec<String> = ty
+        .imports(&engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let exports: Vec<String> = ty
+        .exports(&engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let version = contract_version(imports.iter().map(String::as_str));
+    let mut text = format!("guest:    {}\ndigest:   {}\n", guest.origin, guest.digest);
+    text += &format!(
+        "world:    {PACKAGE}/pusher@{}\nhost:     offers {PACKAGE}@{PACKAGE_VERSION} (runs guests for 0.1.x)\n",
+        version.as_deref().unwrap_or("?")
+    );
+    text += "imports:\n";
+    for name in &imports {
+        text += &format!("  {name}\n");
+    }
+    text += "exports:\n";
+    for name in &exports {
+        text += &format!("  {name}\n");
+    }
+    Ok(text)
+}
+
+/// The version of the ocipush contract a component's imports name (`ocipush:core/x@V`).
+fn contract_version<'a>(imports: impl Iterator<Item = &'a str>) -> Option<String> {
+    imports
+        .filter_map(|name| name.strip_prefix(&format!("{PACKAGE}/")))
+        .filter_map(|rest| rest.split_once('@').map(|(_, version)| version.to_string()))
+        .next()
+}
+
+/// Refuses a guest built for another contract, naming both versions. 0.x versions are
+/// compatible when their minor versions match, as in semver.
+fn check_contract(origin: &str, imports: &[String], exports: &[String]) -> Result<()> {
+    for name in imports {
+        let Some(rest) = name.strip_prefix(&format!("{PACKAGE}/")) else {
+            continue;
+        };
+        let version = rest.split_once('@').map_or("", |(_, v)| v);
+        let series = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
+        if series(version) != series(PACKAGE_VERSION) {
+            bail!(
+                "guest {origin} speaks {PACKAGE}@{version} (it imports {name}), but this host offers {PACKAGE}@{PACKAGE_VERSION}"
+            );
+        }
+    }
+    if !exports.iter().any(|e| e == "push") {
+        bail!("guest {origin} does not implement the {PACKAGE} pusher world: it exports no `push` function");
+    }
+    Ok(())
+}
+
+/// The guest compiled for this engine and checked against the contract. From the cache when
+/// this very guest was compiled by a compatible engine before (compiling is most of a small
+/// push's time), else compiled now and cached. Each cached file starts with the sha256 of the
+/// rest, checked before it is loaded.
+fn load_component(engine: &Engine, guest: &Guest, cache_dir: Option<&Path>) -> Result<Component> {
     let compiled = |bytes: &[u8]| -> Result<Component> {
         // Safety: the bytes come from `precompile_component` of an engine with the same
         // compatibility hash (it is in the file name), and their checksum matched.
@@ -140,31 +338,104 @@ fn load_component(engine: &Engine, cache_dir: Option<&Path>) -> Result<Component
         engine
             .precompile_compatibility_hash()
             .hash(&mut compatibility);
-        let guest = hex::encode(Sha256::digest(GUEST_WASM));
+        let digest = guest.digest.trim_start_matches("sha256:");
         dir.join("guest").join(format!(
             "{}-{:016x}.cwasm",
-            &guest[..32],
+            &digest[..32],
             compatibility.finish()
         ))
     });
-    if let Some(bytes) = path.as_ref().and_then(|p| std::fs::read(p).ok()) {
-        if bytes.len() > 32 && bytes[..32] == Sha256::digest(&bytes[32..])[..] {
-            if let Ok(component) = compiled(&bytes[32..]) {
-                return Ok(component);
+    let cached = path
+        .as_ref()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|bytes| {
+            let intact = bytes.len() > 32 && bytes[..32] == Sha256::digest(&bytes[32..])[..];
+            let component = if intact {
+                compiled(&bytes[32..]).ok()
+            } else {
+                None
+            };
+            if component.is_none() {
+                tracing::debug!("ignoring a damaged compiled guest");
             }
+            component
+        });
+    let component = match cached {
+        Some(component) => component,
+        None => {
+            let bytes = engine.precompile_component(&guest.bytes).map_err(|e| {
+                anyhow!("guest {} is not a WebAssembly component: {e}", guest.origin)
+            })?;
+            if let Some(path) = &path {
+                let mut file = Sha256::digest(&bytes).to_vec();
+                file.extend_from_slice(&bytes);
+                if let Err(e) = crate::cache::write_atomic(path, &file) {
+                    tracing::debug!(path = %path.display(), error = %e, "compiled guest not cached");
+                }
+            }
+            compiled(&bytes)?
         }
-        tracing::debug!(path = %path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(), "ignoring a damaged compiled guest");
+    };
+    let ty = component.component_type();
+    let imports: Vec<String> = ty
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let exports: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    check_contract(&guest.origin, &imports, &exports)?;
+    Ok(component)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
     }
-    let bytes = engine
-        .precompile_component(GUEST_WASM)
-        .map_err(anyhow::Error::from)
-        .context("compiling the guest component")?;
-    if let Some(path) = &path {
-        let mut file = Sha256::digest(&bytes).to_vec();
-        file.extend_from_slice(&bytes);
-        if let Err(e) = crate::cache::write_atomic(path, &file) {
-            tracing::debug!(path = %path.display(), error = %e, "compiled guest not cached");
-        }
+
+    #[test]
+    fn contract_versions_are_checked_by_minor_series() {
+        let push = names(&["push"]);
+        let ok = names(&[
+            "wasi:io/streams@0.2.6",
+            "ocipush:core/docker@0.1.0",
+            "ocipush:core/registry@0.1.7",
+        ]);
+        check_contract("g", &ok, &push).unwrap();
+        let newer = names(&["ocipush:core/docker@0.2.0"]);
+        let err = check_contract("g", &newer, &push).unwrap_err().to_string();
+        assert!(
+            err.contains("ocipush:core@0.2.0") && err.contains("ocipush:core@0.1.0"),
+            "{err}"
+        );
+        assert_eq!(
+            contract_version(ok.iter().map(String::as_str)).as_deref(),
+            Some("0.1.0")
+        );
     }
-    compiled(&bytes)
+
+    #[test]
+    fn a_guest_without_push_is_refused() {
+        let err = check_contract("g", &[], &names(&["run"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exports no `push`"), "{err}");
+    }
+
+    #[test]
+    fn the_embedded_guest_is_a_pusher_and_pins_by_digest() {
+        let guest = Guest::load(None, None).unwrap();
+        let text = describe(&guest, None).unwrap();
+        assert!(text.contains(&guest.digest), "{text}");
+        assert!(text.contains("ocipush:core/registry@0.1.0"), "{text}");
+        assert!(text.contains("\n  push\n"), "{text}");
+        assert!(Guest::load(None, Some(&guest.digest)).is_ok());
+        let wrong = format!("sha256:{}", "0".repeat(64));
+        let err = Guest::load(None, Some(&wrong)).err().unwrap().to_string();
+        assert!(err.contains("refusing to run it"), "{err}");
+    }
 }

@@ -21,6 +21,17 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser)]
 #[command(name = "ocipush", version, about)]
 struct Cli {
+    /// Run this guest component instead of the embedded one.
+    #[arg(long, global = true, value_name = "PATH")]
+    guest: Option<PathBuf>,
+    /// Refuse to run any guest whose sha256 is not this (sha256:HEX), before any traffic.
+    #[arg(
+        long,
+        global = true,
+        env = "OCIPUSH_GUEST_DIGEST",
+        value_name = "DIGEST"
+    )]
+    guest_digest: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,7 +57,25 @@ enum Command {
         /// zlib's 6), zstd 1-19 (default 3). Part of a layer's digest, like the compression.
         #[arg(long)]
         compression_level: Option<u32>,
+        /// Stop the guest when it computes this long without calling the host (a push calls
+        /// the host at least every few milliseconds).
+        #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+        guest_cpu_limit: u64,
     },
+    /// Audit the guest component: show it, or write it out.
+    Guest {
+        #[command(subcommand)]
+        command: GuestCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum GuestCommand {
+    /// Show the guest in use: where it comes from, its digest, the contract it speaks, and its
+    /// imports and exports.
+    Info,
+    /// Write the guest component to PATH, to inspect it or compare it with a rebuild.
+    Export { path: PathBuf },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -81,6 +110,7 @@ fn run(cli: Cli) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let guest = guest::Guest::load(cli.guest.as_deref(), cli.guest_digest.as_deref())?;
     match cli.command {
         Command::Push {
             source,
@@ -89,6 +119,7 @@ fn run(cli: Cli) -> Result<()> {
             progress,
             compression,
             compression_level,
+            guest_cpu_limit,
         } => {
             use guest::ocipush::core::registry::Compression;
             let (compression, default_level) = match compression {
@@ -101,14 +132,32 @@ fn run(cli: Cli) -> Result<()> {
                 destination: &destination,
                 compression,
                 level: compression_level.unwrap_or(default_level),
+                compute_limit: std::time::Duration::from_secs(guest_cpu_limit),
             };
             // The guest runs here, outside the runtime: its host calls block on the runtime.
-            let pushed = guest::push(rt.handle().clone(), progress::Progress::new(progress), &job)?;
+            let pushed = guest::push(
+                rt.handle().clone(),
+                progress::Progress::new(progress),
+                &guest,
+                &job,
+            )?;
             if let Some(path) = digest_file {
                 std::fs::write(&path, &pushed.digest)
                     .with_context(|| format!("writing the digest to {}", path.display()))?;
             }
             println!("{destination}@{}", pushed.digest);
+        }
+        Command::Guest {
+            command: GuestCommand::Info,
+        } => {
+            print!("{}", guest::describe(&guest, cache::dir().as_deref())?);
+        }
+        Command::Guest {
+            command: GuestCommand::Export { path },
+        } => {
+            cache::write_atomic(&path, &guest.bytes)
+                .with_context(|| format!("writing the guest to {}", path.display()))?;
+            println!("{} {}", guest.digest, path.display());
         }
     }
     Ok(())
