@@ -401,16 +401,27 @@ mod tests {
         }
     }
 
+    /// Runs the pipeline against in-memory capabilities.
+    fn run(
+        request: &PushRequest,
+        source: &mut Memory,
+        registry: &MemoryRegistry,
+        cache: &mut MemoryCache,
+        events: &mut Events,
+    ) -> Result<Pushed> {
+        push(request, source, &mut registry.clone(), cache, events)
+    }
+
     #[test]
     fn pushes_layers_then_config_then_manifest() {
         let f = fixture();
         let mut source = Memory::new(classic_export(&f), summary(&f));
         let registry = MemoryRegistry::default();
         let mut events = Events::default();
-        let pushed = push(
+        let pushed = run(
             &request(),
             &mut source,
-            &mut registry.clone(),
+            &registry,
             &mut MemoryCache::default(),
             &mut events,
         )
@@ -480,10 +491,10 @@ mod tests {
         export[at] ^= 0xff;
         let mut source = Memory::new(export, summary(&f));
         let registry = MemoryRegistry::default();
-        let err = push(
+        let err = run(
             &request(),
             &mut source,
-            &mut registry.clone(),
+            &registry,
             &mut MemoryCache::default(),
             &mut Events::default(),
         )
@@ -500,10 +511,10 @@ mod tests {
         let mut source = Memory::new(classic_export(&f), summary(&f));
         let registry = MemoryRegistry::default();
         registry.0.borrow_mut().misreport_manifest_digest = true;
-        let err = push(
+        let err = run(
             &request(),
             &mut source,
-            &mut registry.clone(),
+            &registry,
             &mut MemoryCache::default(),
             &mut Events::default(),
         )
@@ -523,10 +534,10 @@ mod tests {
             destination: "127.0.0.1:5000/App".into(),
             ..request()
         };
-        assert!(push(
+        assert!(run(
             &request,
             &mut source,
-            &mut registry.clone(),
+            &registry,
             &mut MemoryCache::default(),
             &mut Events::default()
         )
@@ -540,10 +551,10 @@ mod tests {
         let mut source = Memory::new(classic_export(&f), summary(&f));
         let registry = MemoryRegistry::default();
         let mut cache = MemoryCache::default();
-        let first = push(
+        let first = run(
             &request(),
             &mut source,
-            &mut registry.clone(),
+            &registry,
             &mut cache,
             &mut Events::default(),
         )
@@ -551,14 +562,7 @@ mod tests {
         registry.0.borrow_mut().calls.clear();
 
         let mut events = Events::default();
-        let again = push(
-            &request(),
-            &mut source,
-            &mut registry.clone(),
-            &mut cache,
-            &mut events,
-        )
-        .unwrap();
+        let again = run(&request(), &mut source, &registry, &mut cache, &mut events).unwrap();
         assert_eq!(again, first, "the same manifest");
         assert_eq!(source.exports, 1, "no second export");
         assert_eq!(
@@ -584,20 +588,20 @@ mod tests {
         let f = fixture();
         let mut source = Memory::new(classic_export(&f), summary(&f));
         let mut cache = MemoryCache::default();
-        let first = push(
+        let first = run(
             &request(),
             &mut source,
-            &mut MemoryRegistry::default(),
+            &MemoryRegistry::default(),
             &mut cache,
             &mut Events::default(),
         )
         .unwrap();
         // A new, empty registry: the cache is stale for it.
         let registry = MemoryRegistry::default();
-        let again = push(
+        let again = run(
             &request(),
             &mut source,
-            &mut registry.clone(),
+            &registry,
             &mut cache,
             &mut Events::default(),
         )
