@@ -118,15 +118,14 @@ impl LayerUpload {
                 .unwrap_or_else(|_| Err("the layer encoder panicked".into()))
         });
         let response = self.sending.take().map(|s| self.rt.block_on(s));
-        match response {
-            Some(Ok(Err(e))) => e,
-            Some(Ok(Ok(response))) => self
+        match (response, encoded) {
+            (Some(Ok(Err(e))), _) => e,
+            (Some(Ok(Ok(response))), _) if !response.status().is_success() => self
                 .rt
                 .block_on(self.api.refusal("a layer upload", response)),
-            _ => match encoded {
-                Some(Err(e)) => e,
-                _ => format!("the upload to registry {} ended early", self.api.registry),
-            },
+            // The registry took what it was sent: the encoder is what failed.
+            (_, Some(Err(e))) => e,
+            _ => format!("the upload to registry {} ended early", self.api.registry),
         }
     }
 
