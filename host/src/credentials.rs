@@ -27,6 +27,15 @@ impl fmt::Debug for Credential {
 }
 
 impl Credential {
+    /// A credential given on the command line (`--username`, `--password-stdin`).
+    pub fn new(registry: &str, username: &str, password: &str) -> Self {
+        Self {
+            registry: registry.to_string(),
+            username: username.to_string(),
+            password: password.to_string(),
+        }
+    }
+
     /// The value of an `Authorization: Basic` header.
     pub fn basic_authorization(&self) -> String {
         let pair = format!("{}:{}", self.username, self.password);
@@ -50,16 +59,49 @@ struct AuthEntry {
     password: Option<String>,
 }
 
-/// Looks `registry` up in Docker's `config.json` (`$DOCKER_CONFIG` or `~/.docker`).
-pub fn lookup(registry: &str) -> Option<Credential> {
-    let dir = std::env::var_os("DOCKER_CONFIG")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".docker")))?;
-    let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).ok()?;
-    let found = from_docker_config(&text, registry);
-    tracing::debug!(registry, source = %path.display(), found = found.is_some(), "credential lookup");
-    found
+/// Looks `registry` up: the command line's credential (`cli`, for the destination registry)
+/// first, then Docker's `config.json` (`$DOCKER_CONFIG` or `~/.docker`), then podman's
+/// `auth.json` (`$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers`, `~/.config/containers`).
+pub fn lookup(registry: &str, cli: Option<&Credential>) -> Option<Credential> {
+    if let Some(cli) = cli.filter(|c| same_registry(&c.registry, registry)) {
+        tracing::debug!(registry, source = "command line", "credential lookup");
+        return Some(Credential {
+            registry: registry.to_string(),
+            ..cli.clone()
+        });
+    }
+    config_files().into_iter().find_map(|path| {
+        let text = std::fs::read_to_string(&path).ok()?;
+        let found = from_docker_config(&text, registry);
+        tracing::debug!(registry, source = %path.display(), found = found.is_some(), "credential lookup");
+        found
+    })
+}
+
+/// The files credentials are read from, in order of precedence.
+fn config_files() -> Vec<PathBuf> {
+    let env = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let home = env("HOME");
+    let docker = env("DOCKER_CONFIG").or_else(|| home.as_ref().map(|h| h.join(".docker")));
+    let podman = env("REGISTRY_AUTH_FILE")
+        .or_else(|| env("XDG_RUNTIME_DIR").map(|d| d.join("containers/auth.json")))
+        .filter(|p| p.exists())
+        .or_else(|| home.map(|h| h.join(".config/containers/auth.json")));
+    docker
+        .map(|d| d.join("config.json"))
+        .into_iter()
+        .chain(podman)
+        .collect()
+}
+
+/// Docker Hub goes by several names; everything else by its `host[:port]`.
+fn same_registry(a: &str, b: &str) -> bool {
+    let hub = |r: &str| matches!(r, "docker.io" | "index.docker.io" | "registry-1.docker.io");
+    a == b || (hub(a) && hub(b))
 }
 
 fn from_docker_config(text: &str, registry: &str) -> Option<Credential> {
@@ -99,7 +141,7 @@ impl crate::guest::ocipush::core::credentials::Host for crate::guest::HostState 
         &mut self,
         registry: String,
     ) -> wasmtime::Result<Option<wasmtime::component::Resource<Credential>>> {
-        Ok(match lookup(&registry) {
+        Ok(match lookup(&registry, self.cli_credential.as_ref()) {
             Some(credential) => Some(self.table.push(credential)?),
             None => None,
         })
@@ -140,6 +182,18 @@ mod tests {
             "pw"
         );
         assert!(from_docker_config(config, "other:5000").is_none());
+    }
+
+    #[test]
+    fn the_command_line_credential_is_only_for_its_registry() {
+        let cli = Credential::new("docker.io", "me", "pw");
+        let hub = lookup("index.docker.io", Some(&cli)).unwrap();
+        assert_eq!(
+            (hub.registry.as_str(), hub.username.as_str()),
+            ("index.docker.io", "me")
+        );
+
+        assert!(!same_registry("127.0.0.1:5000", "127.0.0.1:5001"));
     }
 
     #[test]

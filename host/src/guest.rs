@@ -90,7 +90,10 @@ pub struct HostState {
     pub table: ResourceTable,
     wasi: WasiCtx,
     pub daemon: Daemon,
-    pub http: reqwest::Client,
+    /// TLS settings; each registry gets a client built with them and its certs.d directory.
+    pub tls: crate::tls::TlsOptions,
+    /// The command line's credential (`--username`, `--password-stdin`), for the destination.
+    pub cli_credential: Option<crate::credentials::Credential>,
     pub progress: Progress,
     /// Where the `cache` capability keeps its entries; `None` when no directory is known.
     pub cache_dir: Option<PathBuf>,
@@ -171,29 +174,27 @@ pub struct Job<'a> {
     pub level: u32,
     /// How long the guest may compute without calling the host before it is stopped.
     pub compute_limit: Duration,
+    pub tls: crate::tls::TlsOptions,
+    /// `--username` and `--password-stdin`, for the destination's registry.
+    pub cli_credential: Option<crate::credentials::Credential>,
 }
 
 /// Pushes `job.source` from the daemon to `job.destination` through `guest`.
 pub fn push(rt: Handle, progress: Progress, guest: &Guest, job: &Job<'_>) -> Result<PushResult> {
-    let mut config = Config::new();
-    config.epoch_interruption(true);
-    let engine = Engine::new(&config)?;
+    let engine = engine()?;
     let cache_dir = crate::cache::dir();
     let component = load_component(&engine, guest, cache_dir.as_deref())?;
     let mut linker = Linker::new(&engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     Pusher::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
 
-    let http = reqwest::Client::builder()
-        .user_agent(concat!("ocipush/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .context("setting up the HTTP client")?;
     let state = HostState {
         rt,
         table: ResourceTable::new(),
         wasi: WasiCtx::builder().build(),
         daemon: Daemon::from_env(),
-        http,
+        tls: job.tls.clone(),
+        cli_credential: job.cli_credential.clone(),
         progress,
         cache_dir,
         waits: Waits::default(),
@@ -266,7 +267,7 @@ pub fn push(rt: Handle, progress: Progress, guest: &Guest, job: &Job<'_>) -> Res
 /// What `ocipush guest info` prints: the guest, its digest, the contract it speaks, and every
 /// import and export.
 pub fn describe(guest: &Guest, cache_dir: Option<&Path>) -> Result<String> {
-    let engine = Engine::new(&Config::new())?;
+    let engine = engine()?;
     let component = load_component(&engine, guest, cache_dir)?;
     let ty = component.component_type();
     let imports: Vec<String> = ty
@@ -292,6 +293,14 @@ pub fn describe(guest: &Guest, cache_dir: Option<&Path>) -> Result<String> {
         text += &format!("  {name}\n");
     }
     Ok(text)
+}
+
+/// The engine every guest runs on: with epoch interruption, for the watchdog. `guest info`
+/// uses it too, so both find the same compiled guest in the cache.
+fn engine() -> Result<Engine> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    Engine::new(&config).map_err(anyhow::Error::from)
 }
 
 /// The version of the ocipush contract a component's imports name (`ocipush:core/x@V`).

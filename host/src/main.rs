@@ -9,6 +9,7 @@ mod guest;
 mod gzip;
 mod progress;
 mod registry;
+mod tls;
 mod upload;
 
 use std::path::PathBuf;
@@ -61,6 +62,19 @@ enum Command {
         /// the host at least every few milliseconds).
         #[arg(long, default_value_t = 30, value_name = "SECONDS")]
         guest_cpu_limit: u64,
+        /// The user name for the destination registry; the password is read from stdin.
+        /// Takes precedence over Docker's config.json and podman's auth.json.
+        #[arg(long, requires = "password_stdin")]
+        username: Option<String>,
+        /// Read the password (or token) for --username from the first line of stdin.
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
+        /// Also trust the CA certificates in this PEM file.
+        #[arg(long, value_name = "PEM")]
+        ca_file: Option<PathBuf>,
+        /// Do not verify registries' TLS certificates (e.g. a self-signed development registry).
+        #[arg(long)]
+        insecure: bool,
     },
     /// Audit the guest component: show it, or write it out.
     Guest {
@@ -105,6 +119,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// The first line of stdin, without its line ending, like `docker login --password-stdin`.
+fn read_password() -> Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from stdin (--password-stdin)")?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        anyhow::bail!("--password-stdin: stdin held no password");
+    }
+    Ok(password.to_string())
+}
+
 fn run(cli: Cli) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -120,6 +147,10 @@ fn run(cli: Cli) -> Result<()> {
             compression,
             compression_level,
             guest_cpu_limit,
+            username,
+            password_stdin: _,
+            ca_file,
+            insecure,
         } => {
             use guest::ocipush::core::registry::Compression;
             let (compression, default_level) = match compression {
@@ -133,6 +164,17 @@ fn run(cli: Cli) -> Result<()> {
                 compression,
                 level: compression_level.unwrap_or(default_level),
                 compute_limit: std::time::Duration::from_secs(guest_cpu_limit),
+                tls: tls::TlsOptions { ca_file, insecure },
+                cli_credential: match username {
+                    // Parsed as the guest parses it, so the credential goes to the registry the
+                    // guest will open; a bad destination is refused here, before any traffic.
+                    Some(username) => Some(credentials::Credential::new(
+                        &ocipush_guest::reference::Target::parse(&destination)?.registry,
+                        &username,
+                        &read_password()?,
+                    )),
+                    None => None,
+                },
             };
             // The guest runs here, outside the runtime: its host calls block on the runtime.
             let pushed = guest::push(

@@ -20,6 +20,8 @@ use crate::upload::LayerUpload;
 
 /// The most bytes of an error response body worth reading for a message.
 const ERROR_BODY_LIMIT: usize = 4096;
+/// The most bytes of a token service's answer read.
+const TOKEN_BODY_LIMIT: usize = 1 << 20;
 
 /// Blobs the registry is known to hold, shared by a repository and its uploads.
 pub type Confirmed = Arc<Mutex<HashSet<String>>>;
@@ -33,7 +35,27 @@ pub struct Api {
     pub registry: String,
     /// The repository path.
     pub name: String,
-    authorization: Option<String>,
+    auth: Arc<Auth>,
+}
+
+/// How requests are authorized, shared by a repository and its uploads, so that a token
+/// renewed by one request serves every later one.
+#[derive(Default)]
+struct Auth {
+    /// The `Authorization` header value, if any.
+    header: Mutex<Option<String>>,
+    /// Where a new bearer token comes from, when the registry asked for one.
+    token: Option<TokenService>,
+}
+
+/// A registry's token service, from its `WWW-Authenticate: Bearer` challenge.
+struct TokenService {
+    realm: Url,
+    service: Option<String>,
+    /// `repository:NAME:pull,push`.
+    scope: String,
+    /// Sent as HTTP Basic to the realm; anonymous without it.
+    credential: Option<Credential>,
 }
 
 /// One repository on one registry.
@@ -57,10 +79,37 @@ impl Api {
             && url.host_str() == self.base.host_str()
             && url.port_or_known_default() == self.base.port_or_known_default();
         let request = self.client.request(method, url);
-        match (&self.authorization, same_origin) {
+        match (self.auth.header.lock().unwrap().as_ref(), same_origin) {
             (Some(value), true) => request.header(AUTHORIZATION, value),
             _ => request,
         }
+    }
+
+    /// Sends a request whose body can be sent again. A bearer token can expire in the middle
+    /// of a push: on a 401 a new token is fetched once and the request repeated once.
+    pub async fn send_renewing(
+        &self,
+        what: &str,
+        build: impl Fn() -> RequestBuilder,
+    ) -> Result<Response, String> {
+        let response = self.send(what, build()).await?;
+        let Some(service) = &self.auth.token else {
+            return Ok(response);
+        };
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        tracing::debug!(registry = %self.registry, "the registry refused the token: renewing it");
+        let header = fetch_token(&self.client, &self.registry, service).await?;
+        *self.auth.header.lock().unwrap() = Some(header);
+        self.send(what, build()).await
+    }
+
+    /// `GET /v2/`: does the registry speak the API, and let us in?
+    async fn ping(&self, what: &str) -> Result<Response, String> {
+        let mut url = self.base.clone();
+        url.set_path("/v2/");
+        self.send(what, self.request(Method::GET, url)).await
     }
 
     /// Sends a request; a transport failure becomes one line naming the registry.
@@ -72,6 +121,13 @@ impl Api {
     }
 
     pub fn transport_error(&self, what: &str, e: &reqwest::Error) -> String {
+        if crate::tls::is_certificate_error(e) {
+            return format!(
+                "cannot verify the TLS certificate of registry {} while {what}: {}; trust its CA with --ca-file (or a certs.d directory), or skip verification with --insecure",
+                self.registry,
+                root_cause(e)
+            );
+        }
         let verb = if e.is_connect() {
             "cannot reach"
         } else {
@@ -141,10 +197,9 @@ impl Api {
     pub async fn start_upload(&self) -> Result<Url, String> {
         let what = format!("starting an upload to {}", self.name);
         let response = self
-            .send(
-                &what,
-                self.request(Method::POST, self.url("blobs/uploads/")),
-            )
+            .send_renewing(&what, || {
+                self.request(Method::POST, self.url("blobs/uploads/"))
+            })
             .await?;
         if response.status() != StatusCode::ACCEPTED {
             return Err(self.refusal(&what, response).await);
@@ -162,12 +217,13 @@ impl Api {
         let mut url = location;
         url.query_pairs_mut().append_pair("digest", digest);
         let what = format!("committing blob {digest} to {}", self.name);
-        let request = self
-            .request(Method::PUT, url)
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .header(CONTENT_LENGTH, body.len())
-            .body(body);
-        let response = self.send(&what, request).await?;
+        let request = || {
+            self.request(Method::PUT, url.clone())
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .header(CONTENT_LENGTH, body.len())
+                .body(body.clone())
+        };
+        let response = self.send_renewing(&what, request).await?;
         if response.status() != StatusCode::CREATED {
             return Err(self.refusal(&what, response).await);
         }
@@ -185,25 +241,201 @@ impl Api {
     }
 }
 
-/// The scheme and address for `host[:port]`: plain HTTP on loopback, HTTPS everywhere else.
-fn base_url(registry: &str) -> Result<Url, String> {
-    let host = registry.rsplit_once(':').map_or(registry, |(h, port)| {
-        if port.chars().all(|c| c.is_ascii_digit()) {
-            h
-        } else {
-            registry
+/// Whether a plain HTTP answer says the server only speaks HTTPS (Go's servers answer 400
+/// "Client sent an HTTP request to an HTTPS server", nginx "The plain HTTP request was sent to
+/// HTTPS port").
+async fn speaks_https(response: &mut Response) -> bool {
+    if response.status() != StatusCode::BAD_REQUEST {
+        return false;
+    }
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        body.extend_from_slice(&chunk);
+        if body.len() > ERROR_BODY_LIMIT {
+            break;
         }
-    });
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    }
+    String::from_utf8_lossy(&body).contains("HTTPS")
+}
+
+/// The scheme and address for `host[:port]`: plain HTTP on loopback, HTTPS everywhere else.
+/// (A loopback registry that answers that it wants HTTPS gets it: see `open_repository`.)
+fn base_url(registry: &str) -> Result<Url, String> {
     let authority = if registry == "docker.io" {
         "registry-1.docker.io"
     } else {
         registry
     };
-    let scheme = if loopback { "http" } else { "https" };
-    Url::parse(&format!("{scheme}://{authority}/"))
-        .map_err(|e| format!("invalid registry address {registry:?}: {e}"))
+    let mut url = Url::parse(&format!("http://{authority}/"))
+        .map_err(|e| format!("invalid registry address {registry:?}: {e}"))?;
+    if !is_loopback(&url) {
+        url.set_scheme("https")
+            .map_err(|()| format!("invalid registry address {registry:?}"))?;
+    }
+    Ok(url)
+}
+
+/// Whether a URL's host is loopback (127.0.0.0/8, `localhost`, `::1`).
+fn is_loopback(url: &Url) -> bool {
+    let host = url.host_str().unwrap_or("");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A `WWW-Authenticate` challenge: its scheme, lower-cased, and its parameters (names
+/// lower-cased, values unquoted). Values may be quoted, with commas and escapes inside.
+fn parse_challenge(header: &str) -> (String, Vec<(String, String)>) {
+    let header = header.trim();
+    let (scheme, rest) = header
+        .split_once(char::is_whitespace)
+        .unwrap_or((header, ""));
+    let mut params = Vec::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace() || *c == ',').is_some() {}
+        let name: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=' && *c != ','))
+            .collect::<String>()
+            .trim()
+            .to_ascii_lowercase();
+        if name.is_empty() && chars.peek().is_none() {
+            break;
+        }
+        if chars.next_if_eq(&'=').is_none() {
+            continue; // a bare token (e.g. token68): no parameter
+        }
+        while chars.next_if(|c| *c == ' ' || *c == '\t').is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' => break,
+                    '\\' => value.extend(chars.next()),
+                    c => value.push(c),
+                }
+            }
+        } else {
+            value = std::iter::from_fn(|| chars.next_if(|c| *c != ','))
+                .collect::<String>()
+                .trim()
+                .to_string();
+        }
+        if !name.is_empty() {
+            params.push((name, value));
+        }
+    }
+    (scheme.to_ascii_lowercase(), params)
+}
+
+/// The token service a `Bearer` challenge names. Its realm must be HTTPS, except on loopback:
+/// credentials are sent there.
+fn token_service(
+    registry: &str,
+    name: &str,
+    params: &[(String, String)],
+    credential: Option<Credential>,
+) -> Result<TokenService, String> {
+    let param = |wanted: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n == wanted)
+            .map(|(_, v)| v.clone())
+    };
+    let realm = param("realm").ok_or_else(|| {
+        format!("registry {registry} asks for a bearer token but names no realm to get it from")
+    })?;
+    let realm = Url::parse(&realm)
+        .map_err(|e| format!("registry {registry} names an invalid token realm {realm:?}: {e}"))?;
+    let secure = realm.scheme() == "https" || (realm.scheme() == "http" && is_loopback(&realm));
+    if !secure {
+        return Err(format!(
+            "registry {registry} names the token realm {realm}, which is not HTTPS: refusing to send credentials there"
+        ));
+    }
+    Ok(TokenService {
+        realm,
+        service: param("service"),
+        scope: format!("repository:{name}:pull,push"),
+        credential,
+    })
+}
+
+/// Fetches a bearer token (`GET realm?service=…&scope=…`, with Basic credentials when there are
+/// some; Gitea's token endpoint only answers GET) and returns the `Authorization` value.
+async fn fetch_token(
+    client: &reqwest::Client,
+    registry: &str,
+    service: &TokenService,
+) -> Result<String, String> {
+    let mut url = service.realm.clone();
+    {
+        let mut query = url.query_pairs_mut();
+        if let Some(name) = &service.service {
+            query.append_pair("service", name);
+        }
+        query.append_pair("scope", &service.scope);
+    }
+    let realm = &service.realm;
+    let mut request = client.get(url);
+    if let Some(credential) = &service.credential {
+        request = request.header(AUTHORIZATION, credential.basic_authorization());
+    }
+    let mut response = request.send().await.map_err(|e| {
+        if crate::tls::is_certificate_error(&e) {
+            format!(
+                "cannot verify the TLS certificate of token service {realm} for registry {registry}: {}; trust its CA with --ca-file, or skip verification with --insecure",
+                root_cause(&e)
+            )
+        } else {
+            format!(
+                "cannot reach token service {realm} for registry {registry}: {}",
+                root_cause(&e)
+            )
+        }
+    })?;
+    let status = response.status();
+    if !status.is_success() {
+        let hint = match (status, &service.credential) {
+            (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, Some(_)) => {
+                " (unauthorized: check the username and password)"
+            }
+            (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, None) => {
+                " (unauthorized: no credentials for this registry)"
+            }
+            _ => "",
+        };
+        return Err(format!(
+            "token service {realm} refused a token for registry {registry}: {status}{hint}"
+        ));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| {
+        format!(
+            "lost the connection to token service {realm} for registry {registry}: {}",
+            root_cause(&e)
+        )
+    })? {
+        if body.len() + chunk.len() > TOKEN_BODY_LIMIT {
+            return Err(format!(
+                "token service {realm} for registry {registry} answered with more than 1 MiB"
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        format!("token service {realm} for registry {registry} answered with invalid JSON: {e}")
+    })?;
+    let token = ["token", "access_token"]
+        .iter()
+        .find_map(|key| {
+            json.get(key)
+                .and_then(|t| t.as_str())
+                .filter(|t| !t.is_empty())
+        })
+        .ok_or_else(|| {
+            format!("token service {realm} for registry {registry} answered without a token")
+        })?;
+    Ok(format!("Bearer {token}"))
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -249,47 +481,52 @@ impl HostState {
             base: base_url(&registry)?,
             registry,
             name,
-            authorization: None,
+            auth: Arc::default(),
         };
-        let mut url = api.base.clone();
-        url.set_path("/v2/");
         let what = "checking its API at /v2/";
-        let response = api
-            .send(what, api.request(Method::GET, url.clone()))
-            .await?;
-        let response = if response.status() == StatusCode::UNAUTHORIZED {
+        let mut response = api.ping(what).await?;
+        if api.base.scheme() == "http" && speaks_https(&mut response).await {
+            // A loopback registry is spoken to over plain HTTP unless it answers that it
+            // wants HTTPS: then its certificate is checked like any other.
+            tracing::debug!(registry = %api.registry, "the registry wants HTTPS");
+            api.base
+                .set_scheme("https")
+                .expect("http and https are both special");
+            response = api.ping(what).await?;
+        }
+        if response.status() == StatusCode::UNAUTHORIZED {
             let challenge = response
                 .headers()
                 .get(WWW_AUTHENTICATE)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            let scheme = challenge
-                .split_whitespace()
-                .next()
-                .unwrap_or("")
-                .to_ascii_lowercase();
-            match (&credential, scheme.as_str()) {
+            let (scheme, params) = parse_challenge(challenge);
+            match (credential, scheme.as_str()) {
                 (Some(credential), "basic") => {
-                    api.authorization = Some(credential.basic_authorization());
-                    api.send(what, api.request(Method::GET, url)).await?
+                    api.auth = Arc::new(Auth {
+                        header: Mutex::new(Some(credential.basic_authorization())),
+                        token: None,
+                    });
+                    response = api.ping(what).await?;
                 }
-                (_, "bearer") => {
-                    return Err(format!(
-                        "registry {} asks for bearer-token authentication, which this version of ocipush does not speak",
-                        api.registry
-                    ))
+                (credential, "bearer") => {
+                    let service = token_service(&api.registry, &api.name, &params, credential)?;
+                    let header = fetch_token(&api.client, &api.registry, &service).await?;
+                    api.auth = Arc::new(Auth {
+                        header: Mutex::new(Some(header)),
+                        token: Some(service),
+                    });
+                    response = api.ping(what).await?;
                 }
                 (None, _) => {
                     return Err(format!(
-                        "registry {} refused access: 401 Unauthorized (unauthorized); no credentials for it in Docker's config.json",
+                        "registry {} refused access: 401 Unauthorized (unauthorized); no credentials for it (--username, Docker's config.json or podman's auth.json)",
                         api.registry
                     ))
                 }
-                (Some(_), _) => response,
+                (Some(_), _) => {}
             }
-        } else {
-            response
-        };
+        }
         if !response.status().is_success() {
             return Err(api.refusal(what, response).await);
         }
@@ -322,12 +559,13 @@ impl Host for HostState {
             }
             None => None,
         };
-        let opened = self.rt.block_on(Self::open_repository(
-            self.http.clone(),
-            registry,
-            name,
-            credential,
-        ));
+        let client = match self.tls.client_for(&registry) {
+            Ok(client) => client,
+            Err(e) => return Ok(Err(e)),
+        };
+        let opened = self
+            .rt
+            .block_on(Self::open_repository(client, registry, name, credential));
         Ok(match opened {
             Ok(repository) => Ok(self.table.push(repository)?),
             Err(e) => Err(e),
@@ -347,10 +585,9 @@ impl HostRepository for HostState {
         let what = format!("checking blob {digest} in {}", api.name);
         let found = rt.block_on(async {
             let response = api
-                .send(
-                    &what,
-                    api.request(Method::HEAD, api.url(&format!("blobs/{digest}"))),
-                )
+                .send_renewing(&what, || {
+                    api.request(Method::HEAD, api.url(&format!("blobs/{digest}")))
+                })
                 .await?;
             match response.status() {
                 // The header, not `content_length()`: a HEAD response's body is empty.
@@ -441,11 +678,12 @@ impl HostRepository for HostState {
         let computed = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
         let what = format!("manifest {}:{reference}", api.name);
         let result = rt.block_on(async {
-            let request = api
-                .request(Method::PUT, api.url(&format!("manifests/{reference}")))
-                .header(CONTENT_TYPE, media_type)
-                .body(body);
-            let response = api.send(&what, request).await?;
+            let request = || {
+                api.request(Method::PUT, api.url(&format!("manifests/{reference}")))
+                    .header(CONTENT_TYPE, &media_type)
+                    .body(body.clone())
+            };
+            let response = api.send_renewing(&what, request).await?;
             if response.status() != StatusCode::CREATED {
                 return Err(api.refusal(&what, response).await);
             }
@@ -514,7 +752,10 @@ mod tests {
             base: base_url("127.0.0.1:5000").unwrap(),
             registry: "127.0.0.1:5000".into(),
             name: "a".into(),
-            authorization: Some("Basic c2VjcmV0".into()),
+            auth: Arc::new(Auth {
+                header: Mutex::new(Some("Basic c2VjcmV0".into())),
+                token: None,
+            }),
         };
         let has_auth = |url: &str| {
             let request = api
@@ -527,5 +768,43 @@ mod tests {
         assert!(!has_auth("http://127.0.0.2:5000/v2/a/blobs/uploads/x"));
         assert!(!has_auth("http://127.0.0.1:9000/bucket/x"));
         assert!(!has_auth("https://127.0.0.1:5000/v2/a/blobs/uploads/x"));
+    }
+
+    #[test]
+    fn challenges_parse_in_any_order_with_quoted_commas() {
+        let (scheme, params) = parse_challenge(
+            r#"BEARER service="reg, istry",realm="https://auth.example/token" , scope="repository:a/b:pull,push",error=invalid_token"#,
+        );
+        assert_eq!(scheme, "bearer");
+        let get = |n: &str| params.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        assert_eq!(get("realm"), Some("https://auth.example/token"));
+        assert_eq!(get("service"), Some("reg, istry"));
+        assert_eq!(get("scope"), Some("repository:a/b:pull,push"));
+        assert_eq!(get("error"), Some("invalid_token"));
+        let (scheme, params) = parse_challenge(r#"Basic realm="a \"quoted\" realm""#);
+        assert_eq!(scheme, "basic");
+        assert_eq!(params, vec![("realm".into(), r#"a "quoted" realm"#.into())]);
+        assert_eq!(parse_challenge("Bearer").0, "bearer");
+    }
+
+    #[test]
+    fn token_realms_must_be_https_unless_on_loopback() {
+        let realm = |r: &str| {
+            token_service("reg", "a/b", &[("realm".into(), r.into())], None)
+                .map(|s| (s.realm.to_string(), s.scope))
+        };
+        assert_eq!(
+            realm("https://auth.example/token").unwrap(),
+            (
+                "https://auth.example/token".into(),
+                "repository:a/b:pull,push".into()
+            )
+        );
+        assert!(realm("http://127.0.0.1:9000/token").is_ok());
+        assert!(realm("http://localhost/token").is_ok());
+        assert!(realm("http://[::1]:80/token").is_ok());
+        let err = realm("http://auth.example/token").unwrap_err();
+        assert!(err.contains("not HTTPS"), "{err}");
+        assert!(token_service("reg", "a", &[], None).is_err());
     }
 }

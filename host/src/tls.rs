@@ -1,0 +1,149 @@
+//! TLS settings for registries: `--ca-file`, `--insecure`, and per-registry directories in the
+//! layout Docker and podman share (`certs.d/HOST[:PORT]/`: `*.crt` CAs, `client.cert` and
+//! `client.key` for mutual TLS). Each registry gets a client built with its own settings.
+
+use std::path::{Path, PathBuf};
+
+use reqwest::{Certificate, Identity};
+
+/// Where per-registry directories are looked for, unless `OCIPUSH_CERTS_DIRS` says otherwise.
+const CERTS_DIRS: &str = "/etc/docker/certs.d:/etc/containers/certs.d";
+
+/// TLS settings from the command line, for every registry.
+#[derive(Clone, Debug, Default)]
+pub struct TlsOptions {
+    /// Extra trusted CAs (PEM), in addition to the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Skip certificate verification altogether.
+    pub insecure: bool,
+}
+
+impl TlsOptions {
+    /// An HTTP client for `registry` (`host[:port]`): the system's roots, `--ca-file`, the
+    /// registry's certs.d CAs and client certificate, and `--insecure`.
+    pub fn client_for(&self, registry: &str) -> Result<reqwest::Client, String> {
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("ocipush/", env!("CARGO_PKG_VERSION")))
+            .danger_accept_invalid_certs(self.insecure);
+        if let Some(path) = &self.ca_file {
+            for cert in read_certificates(path)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        for dir in certs_dirs(registry) {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            tracing::debug!(registry, dir = %dir.display(), "using a certs.d directory");
+            let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            paths.sort();
+            for path in paths
+                .iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "crt"))
+            {
+                for cert in read_certificates(path)? {
+                    builder = builder.add_root_certificate(cert);
+                }
+            }
+            let (cert, key) = (dir.join("client.cert"), dir.join("client.key"));
+            if cert.exists() || key.exists() {
+                builder = builder.identity(read_identity(&cert, &key)?);
+            }
+        }
+        builder
+            .build()
+            .map_err(|e| format!("setting up the HTTP client for registry {registry}: {e}"))
+    }
+}
+
+/// `BASE/HOST[:PORT]` for every certs.d base directory.
+fn certs_dirs(registry: &str) -> Vec<PathBuf> {
+    let bases = std::env::var("OCIPUSH_CERTS_DIRS").unwrap_or_else(|_| CERTS_DIRS.to_string());
+    bases
+        .split(':')
+        .filter(|b| !b.is_empty())
+        // A registry name with a path separator or `..` must not escape the base directory.
+        .filter(|_| !registry.contains('/') && registry != ".." && registry != ".")
+        .map(|base| Path::new(base).join(registry))
+        .collect()
+}
+
+fn read_certificates(path: &Path) -> Result<Vec<Certificate>, String> {
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("reading the CA certificates {}: {e}", path.display()))?;
+    let certs = Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("reading the CA certificates {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "reading the CA certificates {}: no PEM certificate in it",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// A client certificate and its key, as reqwest wants them: one PEM holding both.
+fn read_identity(cert: &Path, key: &Path) -> Result<Identity, String> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| {
+            format!(
+                "reading the client certificate {}: {e} (mutual TLS needs both client.cert and client.key)",
+                path.display()
+            )
+        })
+    };
+    let mut pem = read(cert)?;
+    pem.push(b'\n');
+    pem.extend(read(key)?);
+    Identity::from_pem(&pem).map_err(|e| {
+        format!(
+            "reading the client certificate {} and key {}: {e}",
+            cert.display(),
+            key.display()
+        )
+    })
+}
+
+/// Whether a failed request failed on a TLS certificate (the server's, or ours refused).
+pub fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.to_string().to_ascii_lowercase().contains("certificate") {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certs_dirs_are_per_registry_and_stay_inside_their_base() {
+        // The default bases; the environment variable is read by the integration tests.
+        if std::env::var_os("OCIPUSH_CERTS_DIRS").is_none() {
+            assert_eq!(
+                certs_dirs("127.0.0.1:5000"),
+                vec![
+                    PathBuf::from("/etc/docker/certs.d/127.0.0.1:5000"),
+                    PathBuf::from("/etc/containers/certs.d/127.0.0.1:5000")
+                ]
+            );
+        }
+        assert!(certs_dirs("../etc").is_empty());
+        assert!(certs_dirs("..").is_empty());
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_one_line_naming_it() {
+        let options = TlsOptions {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            insecure: false,
+        };
+        let err = options.client_for("r:1").unwrap_err();
+        assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+}

@@ -1,0 +1,757 @@
+//! Authentication and TLS against real registries: `docker-registry serve` instances started
+//! here on 127.0.0.1, one with TLS (a CA and server certificate made with openssl) and htpasswd,
+//! one with token authentication backed by a small token issuer in this file. Credentials come
+//! from `--username` and `--password-stdin`, or from podman's auth.json; certificates from
+//! `--ca-file`, `--insecure` or a certs.d directory (`OCIPUSH_CERTS_DIRS`).
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use support::*;
+
+const USER: &str = "ocipush-user";
+const PASSWORD: &str = "s3cret-Pa55word-42";
+
+/// Runs openssl (or any tool) in `dir`, failing the test with its output if it fails.
+fn tool(dir: &Path, program: &str, args: &[&str]) -> Vec<u8> {
+    let out = run(Command::new(program).args(args).current_dir(dir));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed\n{}",
+        describe(&out)
+    );
+    out.stdout
+}
+
+/// A free port on 127.0.0.1 (the registry binds it right after; a lost race is retried).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `docker-registry serve` started by a test, stopped (by pid) when dropped.
+struct Registry {
+    child: Child,
+    /// `127.0.0.1:PORT`
+    address: String,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts a registry whose config is `config(port)` plus storage, on a free port.
+    fn start(dir: tempfile::TempDir, extra: &dyn Fn(u16) -> String) -> Self {
+        for _ in 0..5 {
+            let port = free_port();
+            let config = format!(
+                "version: 0.1\nlog: {{level: warn, formatter: text}}\nstorage:\n  filesystem: {{rootdirectory: \"{}\"}}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: ocipush-test-not-a-secret\n{}",
+                dir.path().join("data").display(),
+                extra(port)
+            );
+            let path = dir.path().join("config.yml");
+            std::fs::write(&path, config).unwrap();
+            let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+            let mut child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(&path)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("docker-registry (run ./scripts/test.sh, which installs it)");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if child.try_wait().unwrap().is_some() {
+                    break; // most likely lost the port: try another
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Self {
+                        child,
+                        address: format!("127.0.0.1:{port}"),
+                        dir,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let log = std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default();
+        panic!("docker-registry did not start:\n{log}");
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A CA (`ca.pem`) and a server certificate for IP 127.0.0.1 signed by it, in `dir`.
+fn make_certificates(dir: &Path) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+    let mut args = vec!["req", "-x509", "-nodes", "-days", "2"];
+    args.extend(ec);
+    args.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=ocipush test CA",
+    ]);
+    tool(dir, "openssl", &args);
+    let mut args = vec!["req", "-nodes"];
+    args.extend(ec);
+    args.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    tool(dir, "openssl", &args);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    tool(
+        dir,
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ],
+    );
+}
+
+/// A client certificate (`client.pem`, `client.key`) signed by the CA in `dir`.
+fn make_client_certificate(dir: &Path) {
+    tool(
+        dir,
+        "openssl",
+        &[
+            "req",
+            "-nodes",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+            "-subj",
+            "/CN=ocipush test client",
+        ],
+    );
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    tool(
+        dir,
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+            "-out",
+            "client.pem",
+        ],
+    );
+}
+
+/// A registry with TLS that requires a client certificate from its CA (no other auth).
+fn mutual_tls_registry() -> Registry {
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    make_client_certificate(dir.path());
+    let d = dir.path().to_path_buf();
+    Registry::start(dir, &move |_| {
+        format!(
+            "  tls:\n    certificate: \"{}\"\n    key: \"{}\"\n    clientcas: [\"{}\"]\n",
+            d.join("server.pem").display(),
+            d.join("server.key").display(),
+            d.join("ca.pem").display()
+        )
+    })
+}
+
+/// A registry with TLS (certificate from a test CA, `ca.pem` in its dir) and htpasswd auth.
+fn tls_htpasswd_registry() -> Registry {
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    let htpasswd = tool(dir.path(), "htpasswd", &["-Bbn", USER, PASSWORD]);
+    std::fs::write(dir.path().join("htpasswd"), htpasswd).unwrap();
+    let d = dir.path().to_path_buf();
+    Registry::start(dir, &move |_| {
+        format!(
+            "  tls: {{certificate: \"{}\", key: \"{}\"}}\nauth:\n  htpasswd: {{realm: ocipush-test, path: \"{}\"}}\n",
+            d.join("server.pem").display(),
+            d.join("server.key").display(),
+            d.join("htpasswd").display()
+        )
+    })
+}
+
+/// A one-layer image in the test daemon; returns its tag.
+fn small_image(name: &str) -> String {
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("file.txt"), format!("auth test {name}\n")).unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY file.txt /file.txt\n",
+    )
+    .unwrap();
+    let tag = format!("{name}:1.0");
+    docker_build(&tag, ctx.path());
+    tag
+}
+
+/// An environment with no credentials or certs.d of the user's or the machine's.
+struct CleanEnv {
+    dir: tempfile::TempDir,
+}
+
+impl CleanEnv {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("docker")).unwrap();
+        std::fs::create_dir_all(dir.path().join("certs.d")).unwrap();
+        Self { dir }
+    }
+
+    fn certs_dirs(&self) -> PathBuf {
+        self.dir.path().join("certs.d")
+    }
+
+    fn vars(&self) -> Vec<(String, String)> {
+        let p = |rel: &str| self.dir.path().join(rel).display().to_string();
+        vec![
+            ("HOME".into(), p("home")),
+            ("DOCKER_CONFIG".into(), p("docker")),
+            ("REGISTRY_AUTH_FILE".into(), p("auth.json")),
+            ("XDG_RUNTIME_DIR".into(), p("run")),
+            ("OCIPUSH_CERTS_DIRS".into(), p("certs.d")),
+        ]
+    }
+}
+
+/// `ocipush push SOURCE DEST --digest-file … ARGS` with `stdin` written to its stdin.
+fn push_stdin(
+    source: &str,
+    dest: &str,
+    args: &[&str],
+    stdin: &str,
+    envs: &[(String, String)],
+) -> Pushed {
+    let dir = tempfile::tempdir().unwrap();
+    let digest_path = dir.path().join("digest");
+    let mut child = Command::new(ocipush_bin())
+        .arg("push")
+        .arg(source)
+        .arg(dest)
+        .arg("--digest-file")
+        .arg(&digest_path)
+        .arg("--progress")
+        .arg("none")
+        .args(args)
+        .env("DOCKER_HOST", services().docker_host)
+        .env_remove("OCIPUSH_LOG")
+        .envs(envs.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let output = match rx.recv_timeout(COMMAND_TIMEOUT) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+            panic!("ocipush push {dest} did not finish; killed pid {pid}");
+        }
+    };
+    let digest_file = std::fs::read_to_string(&digest_path)
+        .ok()
+        .map(|s| s.trim().to_string());
+    Pushed {
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        output,
+        digest_file,
+    }
+}
+
+/// The manifest digest skopeo reads from `reference` (`--creds`, no TLS verification).
+fn skopeo_digest(reference: &str) -> Result<String, String> {
+    let out = run(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        "--creds",
+        &format!("{USER}:{PASSWORD}"),
+        "--format",
+        "{{.Digest}}",
+        &format!("docker://{reference}"),
+    ]));
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(describe(&out))
+    }
+}
+
+/// Neither the password nor the Basic header carrying it appears in the output.
+fn assert_no_secret(pushed: &Pushed) {
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let output = format!("{}{}", pushed.stdout, pushed.stderr);
+    assert!(
+        !output.contains(PASSWORD) && !output.contains(&basic),
+        "the password appears in the output\n{}",
+        pushed.describe()
+    );
+}
+
+fn assert_not_pushed(reference: &str) {
+    if let Ok(digest) = skopeo_digest(reference) {
+        panic!("{reference} exists ({digest}) after a failed push");
+    }
+}
+
+#[test]
+fn tls_registry_with_a_ca_file_and_the_password_on_stdin() {
+    let registry = tls_htpasswd_registry();
+    let env = CleanEnv::new();
+    let name = unique("tls-cafile");
+    let tag = small_image(&name);
+    let ca = registry.path("ca.pem").display().to_string();
+    let d = format!("{}/ocipush-test/{name}:v1", registry.address);
+    let args = ["--ca-file", &ca, "--username", USER, "--password-stdin"];
+    // Debug logs say where the credential came from, never what it is.
+    let mut vars = env.vars();
+    vars.push(("OCIPUSH_LOG".into(), "debug".into()));
+    let pushed = push_stdin(&tag, &d, &args, &format!("{PASSWORD}\n"), &vars);
+    let digest = pushed.expect_success(&d);
+    assert_no_secret(&pushed);
+    assert!(
+        pushed.stderr.contains("command line"),
+        "{}",
+        pushed.describe()
+    );
+    assert_eq!(skopeo_digest(&d).unwrap(), digest);
+}
+
+#[test]
+fn tls_registry_with_an_unknown_ca_fails_naming_the_certificate() {
+    let registry = tls_htpasswd_registry();
+    let env = CleanEnv::new();
+    let name = unique("tls-unknown-ca");
+    let tag = small_image(&name);
+    let d = format!("{}/ocipush-test/{name}:v1", registry.address);
+    let args = ["--username", USER, "--password-stdin"];
+    let pushed = push_stdin(&tag, &d, &args, PASSWORD, &env.vars());
+    let line = pushed.expect_failure();
+    for wanted in [
+        registry.address.as_str(),
+        "certificate",
+        "--ca-file",
+        "--insecure",
+    ] {
+        assert!(line.contains(wanted), "{wanted:?} missing from: {line}");
+    }
+    assert_no_secret(&pushed);
+    assert_not_pushed(&d);
+}
+
+#[test]
+fn tls_registry_with_insecure_skips_verification() {
+    let registry = tls_htpasswd_registry();
+    let env = CleanEnv::new();
+    let name = unique("tls-insecure");
+    let tag = small_image(&name);
+    let d = format!("{}/ocipush-test/{name}:v1", registry.address);
+    let args = ["--insecure", "--username", USER, "--password-stdin"];
+    let pushed = push_stdin(&tag, &d, &args, &format!("{PASSWORD}\r\n"), &env.vars());
+    let digest = pushed.expect_success(&d);
+    assert_eq!(skopeo_digest(&d).unwrap(), digest);
+}
+
+#[test]
+fn a_wrong_password_is_unauthorized_prints_no_secret_and_writes_no_tag() {
+    let registry = tls_htpasswd_registry();
+    let env = CleanEnv::new();
+    let name = unique("tls-wrong-password");
+    let tag = small_image(&name);
+    let ca = registry.path("ca.pem").display().to_string();
+    let d = format!("{}/ocipush-test/{name}:v1", registry.address);
+    let args = ["--ca-file", &ca, "--username", USER, "--password-stdin"];
+    let wrong = format!("{PASSWORD}-wrong");
+    let pushed = push_stdin(&tag, &d, &args, &format!("{wrong}\n"), &env.vars());
+    let line = pushed.expect_failure();
+    assert!(line.contains("unauthorized"), "{line}");
+    assert!(line.contains(&registry.address), "{line}");
+    assert!(
+        !pushed.stdout.contains(&wrong) && !pushed.stderr.contains(&wrong),
+        "the password appears in the output\n{}",
+        pushed.describe()
+    );
+    assert_not_pushed(&d);
+}
+
+#[test]
+fn certs_d_ca_and_podman_auth_json_are_used() {
+    let registry = tls_htpasswd_registry();
+    let env = CleanEnv::new();
+    let certs = env.certs_dirs().join(&registry.address);
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(registry.path("ca.pem"), certs.join("ca.crt")).unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let vars = env.vars();
+    let auth_file = &vars
+        .iter()
+        .find(|(k, _)| k == "REGISTRY_AUTH_FILE")
+        .unwrap()
+        .1;
+    std::fs::write(
+        auth_file,
+        format!(
+            r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#,
+            registry.address
+        ),
+    )
+    .unwrap();
+    let name = unique("tls-certs-d");
+    let tag = small_image(&name);
+    let d = format!("{}/ocipush-test/{name}:v1", registry.address);
+    let pushed = push_stdin(&tag, &d, &[], "", &vars);
+    let digest = pushed.expect_success(&d);
+    assert_no_secret(&pushed);
+    assert_eq!(skopeo_digest(&d).unwrap(), digest);
+}
+
+#[test]
+fn certs_d_client_certificate_gives_mutual_tls() {
+    let registry = mutual_tls_registry();
+    let env = CleanEnv::new();
+    let certs = env.certs_dirs().join(&registry.address);
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(registry.path("ca.pem"), certs.join("ca.crt")).unwrap();
+    let name = unique("mtls");
+    let tag = small_image(&name);
+    let d = format!("{}/ocipush-test/{name}:v1", registry.address);
+    // Without a client certificate the registry ends the handshake.
+    let line = push_stdin(&tag, &d, &[], "", &env.vars()).expect_failure();
+    assert!(line.contains(&registry.address), "{line}");
+    std::fs::copy(registry.path("client.pem"), certs.join("client.cert")).unwrap();
+    std::fs::copy(registry.path("client.key"), certs.join("client.key")).unwrap();
+    push_stdin(&tag, &d, &[], "", &env.vars()).expect_success(&d);
+    let cert_dir = certs.display().to_string();
+    let out = run(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--cert-dir",
+        &cert_dir,
+        &format!("docker://{d}"),
+    ]));
+    assert!(out.status.success(), "{}", describe(&out));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token authentication
+// ---------------------------------------------------------------------------------------------
+
+/// A token issuer on 127.0.0.1 for a registry configured with `auth: token`: it checks HTTP
+/// Basic credentials and answers `{"token": JWT}`, RS256-signed (with `openssl dgst`) by a key
+/// whose self-signed certificate is the registry's `rootcertbundle` and rides in `x5c`. Its
+/// first token grants only `pull`, so a push must renew it to write anything.
+struct TokenIssuer {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    issued: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TokenIssuer {
+    fn start(dir: &Path) -> Self {
+        tool(
+            dir,
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-nodes",
+                "-days",
+                "2",
+                "-newkey",
+                "rsa:2048",
+                "-keyout",
+                "token.key",
+                "-out",
+                "token.pem",
+                "-subj",
+                "/CN=ocipush test token issuer",
+            ],
+        );
+        let der = tool(
+            dir,
+            "openssl",
+            &["x509", "-in", "token.pem", "-outform", "DER"],
+        );
+        let x5c = base64::engine::general_purpose::STANDARD.encode(der);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let issued = Arc::new(AtomicUsize::new(0));
+        let (dir, stop2, issued2) = (dir.to_path_buf(), stop.clone(), issued.clone());
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(stream) = stream {
+                    let _ = serve_token(stream, &dir, &x5c, &issued2);
+                }
+            }
+        });
+        Self {
+            port,
+            stop,
+            issued,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for TokenIssuer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop, which then sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Enough of URL decoding for a scope (`repository%3Aa%2Fb%3Apull%2Cpush`).
+fn percent_decode(text: &str) -> String {
+    let mut out = Vec::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 3 <= bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Answers one token request.
+fn serve_token(
+    stream: TcpStream,
+    dir: &Path,
+    x5c: &str,
+    issued: &AtomicUsize,
+) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut authorization = None;
+    for _ in 0..100 {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("authorization") {
+                authorization = Some(value.trim().to_string());
+            }
+        }
+    }
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+    );
+    let mut stream = stream;
+    if authorization.as_deref() != Some(expected.as_str()) {
+        let body = r#"{"details":"unauthorized"}"#;
+        return write!(
+            stream,
+            "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }
+    // GET /token?service=…&scope=repository:NAME:pull,push HTTP/1.1
+    let target = request_line.split_whitespace().nth(1).unwrap_or("");
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    let scope = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("scope="))
+        .map(percent_decode)
+        .unwrap_or_default();
+    let repository = scope.split(':').nth(1).unwrap_or("");
+    let n = issued.fetch_add(1, Ordering::SeqCst);
+    let actions = if n == 0 {
+        r#"["pull"]"#
+    } else {
+        r#"["pull","push"]"#
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = format!(r#"{{"alg":"RS256","typ":"JWT","x5c":["{x5c}"]}}"#);
+    let access = if repository.is_empty() {
+        "[]".to_string()
+    } else {
+        format!(r#"[{{"type":"repository","name":"{repository}","actions":{actions}}}]"#)
+    };
+    let claims = format!(
+        r#"{{"iss":"test-issuer","sub":"{USER}","aud":"test-registry","exp":{},"nbf":{},"iat":{now},"jti":"ocipush-{n}-{now}","access":{access}}}"#,
+        now + 300,
+        now - 10
+    );
+    let signing_input = format!(
+        "{}.{}",
+        b64url(header.as_bytes()),
+        b64url(claims.as_bytes())
+    );
+    let input_path = dir.join(format!("jwt-{n}.txt"));
+    std::fs::write(&input_path, &signing_input)?;
+    let signature = tool(
+        dir,
+        "openssl",
+        &[
+            "dgst",
+            "-sha256",
+            "-sign",
+            "token.key",
+            &input_path.display().to_string(),
+        ],
+    );
+    let jwt = format!("{signing_input}.{}", b64url(&signature));
+    let body = format!(r#"{{"token":"{jwt}","expires_in":300}}"#);
+    write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A registry with `auth: token` and its issuer (dropped after the registry).
+fn token_registry() -> (Registry, TokenIssuer) {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TokenIssuer::start(dir.path());
+    let (port, cert) = (issuer.port, dir.path().join("token.pem"));
+    let registry = Registry::start(dir, &move |_| {
+        format!(
+            "auth:\n  token: {{realm: \"http://127.0.0.1:{port}/token\", service: test-registry, issuer: test-issuer, rootcertbundle: \"{}\"}}\n",
+            cert.display()
+        )
+    });
+    (registry, issuer)
+}
+
+#[test]
+fn token_auth_push_with_credentials_renews_its_token() {
+    let (registry, issuer) = token_registry();
+    let env = CleanEnv::new();
+    let name = unique("token");
+    let tag = small_image(&name);
+    let d = format!("{}/ocipush-test/{name}:v1", registry.address);
+    let args = ["--username", USER, "--password-stdin"];
+    let pushed = push_stdin(&tag, &d, &args, &format!("{PASSWORD}\n"), &env.vars());
+    let digest = pushed.expect_success(&d);
+    assert_no_secret(&pushed);
+    // The first token only allowed pulling: the push renewed it when the registry said 401.
+    assert!(
+        issuer.issued.load(Ordering::SeqCst) >= 2,
+        "the push did not renew its token"
+    );
+    assert_eq!(skopeo_digest(&d).unwrap(), digest);
+}
+
+#[test]
+fn token_auth_anonymous_push_is_unauthorized() {
+    let (registry, _issuer) = token_registry();
+    let env = CleanEnv::new();
+    let name = unique("token-anonymous");
+    let tag = small_image(&name);
+    let d = format!("{}/ocipush-test/{name}:v1", registry.address);
+    let line = push_stdin(&tag, &d, &[], "", &env.vars()).expect_failure();
+    assert!(line.contains("unauthorized"), "{line}");
+    assert!(line.contains(&registry.address), "{line}");
+    assert_not_pushed(&d);
+}
