@@ -6,25 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 exec </dev/null
 
-phase() { printf '\n==> [%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 phase "installing what is missing"
 ./scripts/services.sh deps
 
-phase "starting dockerd and registries"
-SERVICES_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ocipush-demo.XXXXXX")
-cleanup() {
-	local rc=$?
-	phase "stopping services"
-	./scripts/services.sh stop "$SERVICES_DIR" || true
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-./scripts/services.sh start "$SERVICES_DIR"
-# shellcheck source=/dev/null
-. "$SERVICES_DIR/env"
+start_services demo
 
 phase "building ocipush (cargo build --release)"
 cargo build --release
@@ -55,6 +43,9 @@ DEST="$OCIPUSH_TEST_REGISTRY/demo/app:1.0"
 phase "ocipush push demo:1.0 $DEST"
 target/release/ocipush push demo:1.0 "$DEST" --digest-file "$SERVICES_DIR/digest" --progress plain
 echo "manifest digest: $(cat "$SERVICES_DIR/digest")"
+
+phase "the same push again: the registry has every blob, so nothing is exported"
+target/release/ocipush push demo:1.0 "$DEST" --progress plain
 
 phase "skopeo inspect --tls-verify=false docker://$DEST"
 skopeo inspect --tls-verify=false "docker://$DEST"

@@ -9,7 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 exec </dev/null
 
-phase() { printf '\n==> [%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 phase "installing what is missing"
 ./scripts/services.sh deps
@@ -26,20 +27,7 @@ cargo fmt --all --check
 phase "linting (cargo clippy, warnings are errors)"
 cargo clippy --release --workspace --all-targets -- -D warnings
 
-phase "starting dockerd and registries"
-SERVICES_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ocipush-test.XXXXXX")
-cleanup() {
-	local rc=$?
-	phase "stopping services"
-	./scripts/services.sh stop "$SERVICES_DIR" || true
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-./scripts/services.sh start "$SERVICES_DIR"
-# shellcheck source=/dev/null
-. "$SERVICES_DIR/env"
+start_services test
 echo "DOCKER_HOST=$DOCKER_HOST"
 echo "OCIPUSH_TEST_REGISTRY=$OCIPUSH_TEST_REGISTRY"
 echo "OCIPUSH_TEST_READONLY_REGISTRY=$OCIPUSH_TEST_READONLY_REGISTRY"
