@@ -43,7 +43,8 @@ enum Command {
     Push {
         /// The image in the daemon: name:tag, name@digest or image ID.
         source: String,
-        /// Where to push: host[:port]/repository[:tag]. Loopback hosts use plain HTTP.
+        /// Where to push: host[:port]/repository[:tag]. Loopback hosts get plain HTTP unless they
+        /// ask for HTTPS; all others HTTPS.
         destination: String,
         /// Write the manifest digest (sha256:...) to this file on success.
         #[arg(long)]
