@@ -755,3 +755,75 @@ fn token_auth_anonymous_push_is_unauthorized() {
     assert!(line.contains(&registry.address), "{line}");
     assert_not_pushed(&d);
 }
+
+/// A credential helper speaking docker's protocol (`docker-credential-NAME get`): it answers
+/// for `registry` only, as a keychain would, and says "not found" for anything else.
+fn credential_helper(dir: &Path, name: &str, registry: &str) {
+    let path = dir.join(format!("docker-credential-{name}"));
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread -r server\nif [ \"$server\" = \"{registry}\" ]; then\n  printf '{{\"ServerURL\":\"%s\",\"Username\":\"{USER}\",\"Secret\":\"{PASSWORD}\"}}' \"$server\"\nelse\n  echo 'credentials not found in native keychain'\n  exit 1\nfi\n"
+        ),
+    )
+    .unwrap();
+    let mut permissions = std::fs::metadata(&path).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&path, permissions).unwrap();
+}
+
+#[test]
+fn credential_helpers_from_creds_store_and_cred_helpers() {
+    let registry = tls_htpasswd_registry();
+    let env = CleanEnv::new();
+    let bin = tempfile::tempdir().unwrap();
+    credential_helper(bin.path(), "ocitest", &registry.address);
+    credential_helper(bin.path(), "elsewhere", "127.0.0.1:1");
+    let mut vars = env.vars();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    vars.push(("PATH".into(), path));
+    // Debug logs name the helper that answered, never what it said.
+    let mut debug = vars.clone();
+    debug.push(("OCIPUSH_LOG".into(), "debug".into()));
+    let docker_config = |json: String| {
+        let dir = &vars.iter().find(|(k, _)| k == "DOCKER_CONFIG").unwrap().1;
+        std::fs::write(Path::new(dir).join("config.json"), json).unwrap();
+    };
+    let ca = registry.path("ca.pem").display().to_string();
+    let name = unique("cred-helper");
+    let tag = small_image(&name);
+
+    // The default store answers for every registry.
+    docker_config(r#"{"credsStore": "ocitest"}"#.to_string());
+    let d = format!("{}/ocipush-test/{name}:store", registry.address);
+    let pushed = push_stdin(&tag, &d, &["--ca-file", &ca], "", &debug);
+    let digest = pushed.expect_success(&d);
+    assert_no_secret(&pushed);
+    assert!(
+        pushed.stderr.contains("docker-credential-ocitest"),
+        "{}",
+        pushed.describe()
+    );
+    assert_eq!(skopeo_digest(&d).unwrap(), digest);
+
+    // A registry's own helper comes before the default store.
+    docker_config(format!(
+        r#"{{"credsStore": "elsewhere", "credHelpers": {{"{}": "ocitest"}}}}"#,
+        registry.address
+    ));
+    let d = format!("{}/ocipush-test/{name}:helper", registry.address);
+    push_stdin(&tag, &d, &["--ca-file", &ca], "", &vars).expect_success(&d);
+
+    // A helper with nothing stored for the registry: anonymous, refused, no tag.
+    docker_config(r#"{"credsStore": "elsewhere"}"#.to_string());
+    let d = format!("{}/ocipush-test/{name}:none", registry.address);
+    let refused = push_stdin(&tag, &d, &["--ca-file", &ca], "", &vars);
+    let error = refused.expect_failure();
+    assert!(error.contains("unauthorized"), "{error}");
+    assert_no_secret(&refused);
+    assert_not_pushed(&d);
+}

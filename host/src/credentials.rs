@@ -50,7 +50,16 @@ impl Credential {
 struct DockerConfig {
     #[serde(default)]
     auths: std::collections::HashMap<String, AuthEntry>,
+    /// The credential helper for every registry (`docker-credential-NAME`).
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
+    /// Credential helpers by registry, ahead of `credsStore`.
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: std::collections::HashMap<String, String>,
 }
+
+/// How long a credential helper may take (it may ask a keychain).
+const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 #[derive(Deserialize, Default)]
 struct AuthEntry {
@@ -111,12 +120,23 @@ fn from_docker_config(text: &str, registry: &str) -> Option<Credential> {
     } else {
         registry
     };
-    let (_, entry) = config.auths.iter().find(|(key, _)| {
+    let key_is = |key: &str| {
         let key = key
             .trim_start_matches("https://")
             .trim_start_matches("http://");
         key.split('/').next() == Some(wanted)
-    })?;
+    };
+    // As docker does: the registry's own helper, else the default store, else the file.
+    let helper = config
+        .cred_helpers
+        .iter()
+        .find(|(key, _)| key_is(key))
+        .map(|(_, helper)| helper)
+        .or(config.creds_store.as_ref());
+    if let Some(helper) = helper {
+        return from_helper(helper, registry);
+    }
+    let (_, entry) = config.auths.iter().find(|(key, _)| key_is(key))?;
     let (username, password) = match (&entry.auth, &entry.username, &entry.password) {
         (Some(auth), _, _) => {
             let decoded = base64::engine::general_purpose::STANDARD
@@ -156,6 +176,100 @@ impl crate::guest::ocipush::core::credentials::HostCredential for crate::guest::
         self.table.delete(credential)?;
         Ok(())
     }
+}
+
+/// Asks a credential helper, as docker does: `docker-credential-NAME get` with the server on
+/// stdin, `{"Username", "Secret"}` on stdout. A helper that fails or says nothing is "no
+/// credential". It gets `HELPER_TIMEOUT`; a helper that hangs is killed.
+fn from_helper(name: &str, registry: &str) -> Option<Credential> {
+    // The name becomes part of a program name: nothing that could reach another path.
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        tracing::debug!(
+            registry,
+            "ignoring a credential helper with an invalid name"
+        );
+        return None;
+    }
+    let program = format!("docker-credential-{name}");
+    let server = if same_registry(registry, "docker.io") {
+        "https://index.docker.io/v1/"
+    } else {
+        registry
+    };
+    let mut child = std::process::Command::new(&program)
+        .arg("get")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(
+            |e| tracing::debug!(registry, program, error = %e, "credential helper did not start"),
+        )
+        .ok()?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take()?;
+        let _ = stdin.write_all(server.as_bytes());
+    }
+    let deadline = std::time::Instant::now() + HELPER_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                tracing::debug!(
+                    registry,
+                    program,
+                    "credential helper did not answer in time"
+                );
+                return None;
+            }
+        }
+    };
+    let mut stdout = Vec::new();
+    {
+        use std::io::Read;
+        child
+            .stdout
+            .take()?
+            .take(1 << 20)
+            .read_to_end(&mut stdout)
+            .ok()?;
+    }
+    tracing::debug!(registry, source = %program, found = status.success(), "credential lookup");
+    if !status.success() {
+        return None;
+    }
+    #[derive(Deserialize)]
+    struct Reply {
+        #[serde(rename = "Username")]
+        username: String,
+        #[serde(rename = "Secret")]
+        secret: String,
+    }
+    let reply: Reply = serde_json::from_slice(&stdout).ok()?;
+    if reply.username == "<token>" {
+        // An identity token is exchanged with OAuth2, which this version does not speak.
+        tracing::debug!(
+            registry,
+            program,
+            "the helper gave an identity token, which is not supported yet"
+        );
+        return None;
+    }
+    Some(Credential {
+        registry: registry.to_string(),
+        username: reply.username,
+        password: reply.secret,
+    })
 }
 
 #[cfg(test)]
