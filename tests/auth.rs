@@ -11,7 +11,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -287,55 +287,7 @@ fn push_stdin(
     stdin: &str,
     envs: &[(String, String)],
 ) -> Pushed {
-    let dir = tempfile::tempdir().unwrap();
-    let digest_path = dir.path().join("digest");
-    let mut child = Command::new(ocipush_bin())
-        .arg("push")
-        .arg(source)
-        .arg(dest)
-        .arg("--digest-file")
-        .arg(&digest_path)
-        .arg("--progress")
-        .arg("none")
-        .args(args)
-        .env("DOCKER_HOST", services().docker_host)
-        .env_remove("OCIPUSH_LOG")
-        .envs(envs.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let output = match rx.recv_timeout(COMMAND_TIMEOUT) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .arg("-KILL")
-                .arg(pid.to_string())
-                .status();
-            panic!("ocipush push {dest} did not finish; killed pid {pid}");
-        }
-    };
-    let digest_file = std::fs::read_to_string(&digest_path)
-        .ok()
-        .map(|s| s.trim().to_string());
-    Pushed {
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        output,
-        digest_file,
-    }
+    push_input(source, dest, "none", args, envs, Some(stdin))
 }
 
 /// The manifest digest skopeo reads from `reference` (`--creds`, no TLS verification).

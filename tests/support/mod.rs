@@ -75,13 +75,32 @@ pub fn run(cmd: &mut Command) -> Output {
 }
 
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    run_feeding(cmd, None, timeout)
+}
+
+/// Runs `cmd` with `input` on its stdin, like `run`.
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Output {
+    run_feeding(cmd, Some(input), COMMAND_TIMEOUT)
+}
+
+fn run_feeding(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Output {
     let shown = format!("{cmd:?}");
-    let child = cmd
-        .stdin(Stdio::null())
+    let mut child = cmd
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {shown}: {e}"));
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        // Small inputs (a password): written whole, then stdin closes.
+        stdin
+            .write_all(input)
+            .unwrap_or_else(|e| panic!("writing to {shown}: {e}"));
+    }
     let pid = child.id();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -294,6 +313,18 @@ pub fn push_args(
     args: &[&str],
     envs: &[(&str, &str)],
 ) -> Pushed {
+    push_input(source, dest, progress, args, envs, None)
+}
+
+/// Like `push_args`, with `input` written to ocipush's stdin (for `--password-stdin`).
+pub fn push_input<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
+    source: &str,
+    dest: &str,
+    progress: &str,
+    args: &[&str],
+    envs: &[(K, V)],
+    input: Option<&str>,
+) -> Pushed {
     let dir = tempfile::tempdir().unwrap();
     let digest_path = dir.path().join("digest");
     let mut c = Command::new(ocipush_bin());
@@ -310,7 +341,10 @@ pub fn push_args(
     for (k, v) in envs {
         c.env(k, v);
     }
-    let output = run(&mut c);
+    let output = match input {
+        Some(input) => run_with_input(&mut c, input.as_bytes()),
+        None => run(&mut c),
+    };
     let digest_file = std::fs::read_to_string(&digest_path)
         .ok()
         .map(|s| s.trim().to_string());
