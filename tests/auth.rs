@@ -325,14 +325,41 @@ fn assert_not_pushed(reference: &str) {
     }
 }
 
-#[test]
-fn tls_registry_with_a_ca_file_and_the_password_on_stdin() {
+/// A TLS + htpasswd registry, an environment with no credentials of the user's, a small image
+/// for `label`, the registry's CA file and a destination for the image there.
+struct TlsCase {
+    registry: Registry,
+    env: CleanEnv,
+    tag: String,
+    ca: String,
+    dest: String,
+}
+
+fn tls_case(label: &str) -> TlsCase {
     let registry = tls_htpasswd_registry();
-    let env = CleanEnv::new();
-    let name = unique("tls-cafile");
+    let name = unique(label);
     let tag = small_image(&name);
     let ca = registry.path("ca.pem").display().to_string();
-    let d = format!("{}/ocipush-test/{name}:v1", registry.address);
+    let dest = format!("{}/ocipush-test/{name}:v1", registry.address);
+    TlsCase {
+        registry,
+        env: CleanEnv::new(),
+        tag,
+        ca,
+        dest,
+    }
+}
+
+#[test]
+fn tls_registry_with_a_ca_file_and_the_password_on_stdin() {
+    // The registry lives as long as the test: dropping it stops it.
+    let TlsCase {
+        registry: _registry,
+        env,
+        tag,
+        ca,
+        dest: d,
+    } = tls_case("tls-cafile");
     let args = ["--ca-file", &ca, "--username", USER, "--password-stdin"];
     // Debug logs say where the credential came from, never what it is.
     let mut vars = env.vars();
@@ -350,11 +377,13 @@ fn tls_registry_with_a_ca_file_and_the_password_on_stdin() {
 
 #[test]
 fn tls_registry_with_an_unknown_ca_fails_naming_the_certificate() {
-    let registry = tls_htpasswd_registry();
-    let env = CleanEnv::new();
-    let name = unique("tls-unknown-ca");
-    let tag = small_image(&name);
-    let d = format!("{}/ocipush-test/{name}:v1", registry.address);
+    let TlsCase {
+        registry,
+        env,
+        tag,
+        dest: d,
+        ..
+    } = tls_case("tls-unknown-ca");
     let args = ["--username", USER, "--password-stdin"];
     let pushed = push_stdin(&tag, &d, &args, PASSWORD, &env.vars());
     let line = pushed.expect_failure();
@@ -372,11 +401,14 @@ fn tls_registry_with_an_unknown_ca_fails_naming_the_certificate() {
 
 #[test]
 fn tls_registry_with_insecure_skips_verification() {
-    let registry = tls_htpasswd_registry();
-    let env = CleanEnv::new();
-    let name = unique("tls-insecure");
-    let tag = small_image(&name);
-    let d = format!("{}/ocipush-test/{name}:v1", registry.address);
+    // The registry lives as long as the test: dropping it stops it.
+    let TlsCase {
+        registry: _registry,
+        env,
+        tag,
+        dest: d,
+        ..
+    } = tls_case("tls-insecure");
     let args = ["--insecure", "--username", USER, "--password-stdin"];
     let pushed = push_stdin(&tag, &d, &args, &format!("{PASSWORD}\r\n"), &env.vars());
     let digest = pushed.expect_success(&d);
@@ -385,12 +417,13 @@ fn tls_registry_with_insecure_skips_verification() {
 
 #[test]
 fn a_wrong_password_is_unauthorized_prints_no_secret_and_writes_no_tag() {
-    let registry = tls_htpasswd_registry();
-    let env = CleanEnv::new();
-    let name = unique("tls-wrong-password");
-    let tag = small_image(&name);
-    let ca = registry.path("ca.pem").display().to_string();
-    let d = format!("{}/ocipush-test/{name}:v1", registry.address);
+    let TlsCase {
+        registry,
+        env,
+        tag,
+        ca,
+        dest: d,
+    } = tls_case("tls-wrong-password");
     let args = ["--ca-file", &ca, "--username", USER, "--password-stdin"];
     let wrong = format!("{PASSWORD}-wrong");
     let pushed = push_stdin(&tag, &d, &args, &format!("{wrong}\n"), &env.vars());
