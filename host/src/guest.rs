@@ -35,9 +35,9 @@ wasmtime::component::bindgen!({
 /// The guest component built from `guest/` by build.rs.
 pub static GUEST_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ocipush_guest.wasm"));
 
-/// The WIT package this host offers; guests built for any 0.1.x run here.
+/// The WIT package this host offers; guests built for any 0.2.x run here.
 pub const PACKAGE: &str = "ocipush:core";
-pub const PACKAGE_VERSION: &str = "0.1.0";
+pub const PACKAGE_VERSION: &str = "0.2.0";
 
 /// The most linear memory a guest may have. A push needs a few MiB of buffers and its
 /// metadata (capped at 64 MiB by the guest itself).
@@ -281,8 +281,9 @@ pub fn describe(guest: &Guest, cache_dir: Option<&Path>) -> Result<String> {
     let version = contract_version(imports.iter().map(String::as_str));
     let mut text = format!("guest:    {}\ndigest:   {}\n", guest.origin, guest.digest);
     text += &format!(
-        "world:    {PACKAGE}/pusher@{}\nhost:     offers {PACKAGE}@{PACKAGE_VERSION} (runs guests for 0.1.x)\n",
-        version.as_deref().unwrap_or("?")
+        "world:    {PACKAGE}/pusher@{}\nhost:     offers {PACKAGE}@{PACKAGE_VERSION} (runs guests for {}.x)\n",
+        version.as_deref().unwrap_or("?"),
+        series(PACKAGE_VERSION)
     );
     text += "imports:\n";
     for name in &imports {
@@ -313,13 +314,17 @@ fn contract_version<'a>(imports: impl Iterator<Item = &'a str>) -> Option<String
 
 /// Refuses a guest built for another contract, naming both versions. 0.x versions are
 /// compatible when their minor versions match, as in semver.
+/// The compatible series of a version: `0.2` for `0.2.7` (before 1.0, minor versions break).
+fn series(version: &str) -> String {
+    version.split('.').take(2).collect::<Vec<_>>().join(".")
+}
+
 fn check_contract(origin: &str, imports: &[String], exports: &[String]) -> Result<()> {
     for name in imports {
         let Some(rest) = name.strip_prefix(&format!("{PACKAGE}/")) else {
             continue;
         };
         let version = rest.split_once('@').map_or("", |(_, v)| v);
-        let series = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
         if series(version) != series(PACKAGE_VERSION) {
             bail!(
                 "guest {origin} speaks {PACKAGE}@{version} (it imports {name}), but this host offers {PACKAGE}@{PACKAGE_VERSION}"
@@ -411,19 +416,22 @@ mod tests {
         let push = names(&["push"]);
         let ok = names(&[
             "wasi:io/streams@0.2.6",
-            "ocipush:core/docker@0.1.0",
-            "ocipush:core/registry@0.1.7",
+            "ocipush:core/docker@0.2.0",
+            "ocipush:core/registry@0.2.7",
         ]);
         check_contract("g", &ok, &push).unwrap();
-        let newer = names(&["ocipush:core/docker@0.2.0"]);
-        let err = check_contract("g", &newer, &push).unwrap_err().to_string();
-        assert!(
-            err.contains("ocipush:core@0.2.0") && err.contains("ocipush:core@0.1.0"),
-            "{err}"
-        );
+        for other in ["0.3.0", "0.1.0"] {
+            let guest = names(&[&format!("ocipush:core/docker@{other}")]);
+            let err = check_contract("g", &guest, &push).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("ocipush:core@{other}"))
+                    && err.contains("ocipush:core@0.2.0"),
+                "{err}"
+            );
+        }
         assert_eq!(
             contract_version(ok.iter().map(String::as_str)).as_deref(),
-            Some("0.1.0")
+            Some("0.2.0")
         );
     }
 
@@ -440,7 +448,7 @@ mod tests {
         let guest = Guest::load(None, None).unwrap();
         let text = describe(&guest, None).unwrap();
         assert!(text.contains(&guest.digest), "{text}");
-        assert!(text.contains("ocipush:core/registry@0.1.0"), "{text}");
+        assert!(text.contains("ocipush:core/registry@0.2.0"), "{text}");
         assert!(text.contains("\n  push\n"), "{text}");
         assert!(Guest::load(None, Some(&guest.digest)).is_ok());
         let wrong = format!("sha256:{}", "0".repeat(64));

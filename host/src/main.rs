@@ -2,21 +2,12 @@
 //! sandboxed WASI guest (`guest/`); this binary lends it the daemon, credentials, the registry
 //! and a progress sink, as `wit/ocipush.wit` describes.
 
-mod cache;
-mod credentials;
-mod daemon;
-mod guest;
-mod gzip;
-mod progress;
-mod registry;
-mod tls;
-mod upload;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use ocipush::{cache, credentials, guest, progress, tls};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]

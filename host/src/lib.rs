@@ -1,0 +1,13 @@
+//! The `ocipush` host as a library: the capabilities the guest is lent (`wit/ocipush.wit`) and
+//! the runner that sandboxes it. The binary (`main.rs`) is only the command line; fuzz targets
+//! and tests reach the parsers here.
+
+pub mod cache;
+pub mod credentials;
+pub mod daemon;
+pub mod guest;
+pub mod gzip;
+pub mod progress;
+pub mod registry;
+pub mod tls;
+pub mod upload;
