@@ -9,12 +9,12 @@ use crate::digest::Digest;
 use crate::manifest::{self, Encoding};
 use crate::progress::{self, ProgressSink};
 use crate::push::{self, BlobSink, ImageSource, LayerUpload, Registries, CHUNK_SIZE};
-use crate::reference::Target;
+use crate::reference::Destination;
 use crate::save::{Blob, ImageSummary};
 
 wit_bindgen::generate!({ world: "pusher", path: "../wit" });
 
-use ocipush::core::{cache, credentials, docker, progress as wit, registry};
+use ocipush::core::{cache, credentials, docker, layout, progress as wit, registry};
 
 struct Component;
 
@@ -101,56 +101,106 @@ impl Read for ExportReader {
 
 struct HostRegistries;
 
-impl Registries for HostRegistries {
-    type Repository = registry::Repository;
+/// A destination the host opened: a registry repository or a layout directory.
+enum Sink {
+    Registry(registry::Repository),
+    Layout(layout::Directory),
+}
 
-    fn open(&mut self, target: &Target) -> Result<registry::Repository> {
-        let credential = credentials::lookup(&target.registry);
-        registry::open(&target.registry, &target.repository, credential.as_ref())
-            .map_err(|e| anyhow!(e))
+/// A layer being streamed to either kind of destination.
+enum Upload {
+    Registry(registry::LayerUpload),
+    Layout(layout::LayerFile),
+}
+
+impl Registries for HostRegistries {
+    type Repository = Sink;
+
+    fn open(&mut self, destination: &Destination) -> Result<Sink> {
+        match destination {
+            Destination::Registry(target) => {
+                let credential = credentials::lookup(&target.registry);
+                registry::open(&target.registry, &target.repository, credential.as_ref())
+                    .map(Sink::Registry)
+                    .map_err(|e| anyhow!(e))
+            }
+            Destination::Layout(target) => layout::open(&target.path)
+                .map(Sink::Layout)
+                .map_err(|e| anyhow!(e)),
+        }
     }
 }
 
-impl BlobSink for registry::Repository {
-    type Upload = registry::LayerUpload;
+impl BlobSink for Sink {
+    type Upload = Upload;
 
     fn blob_size(&mut self, digest: &Digest) -> Result<Option<u64>> {
-        registry::Repository::blob_size(self, digest.as_str()).map_err(|e| anyhow!(e))
+        match self {
+            Sink::Registry(r) => r.blob_size(digest.as_str()),
+            Sink::Layout(l) => l.blob_size(digest.as_str()),
+        }
+        .map_err(|e| anyhow!(e))
     }
 
     fn put_blob(&mut self, digest: &Digest, data: &[u8]) -> Result<()> {
-        registry::Repository::put_blob(self, digest.as_str(), data).map_err(|e| anyhow!(e))
+        match self {
+            Sink::Registry(r) => r.put_blob(digest.as_str(), data),
+            Sink::Layout(l) => l.put_blob(digest.as_str(), data),
+        }
+        .map_err(|e| anyhow!(e))
     }
 
-    fn start_layer(&mut self, encoding: &Encoding) -> Result<registry::LayerUpload> {
+    fn start_layer(&mut self, encoding: &Encoding) -> Result<Upload> {
         let compression = match encoding.compression {
             manifest::Compression::None => registry::Compression::None,
             manifest::Compression::Gzip => registry::Compression::Gzip,
             manifest::Compression::Zstd => registry::Compression::Zstd,
         };
-        registry::Repository::start_layer(self, compression, encoding.level).map_err(|e| anyhow!(e))
+        match self {
+            Sink::Registry(r) => r
+                .start_layer(compression, encoding.level)
+                .map(Upload::Registry),
+            Sink::Layout(l) => l
+                .start_layer(compression, encoding.level)
+                .map(Upload::Layout),
+        }
+        .map_err(|e| anyhow!(e))
     }
 
     fn put_manifest(&mut self, reference: &str, media_type: &str, body: &[u8]) -> Result<Digest> {
-        let digest = registry::Repository::put_manifest(self, reference, media_type, body)
-            .map_err(|e| anyhow!(e))?;
-        Digest::parse(&digest, "the registry's manifest digest")
+        let digest = match self {
+            Sink::Registry(r) => r.put_manifest(reference, media_type, body),
+            Sink::Layout(l) => l.put_manifest(reference, media_type, body),
+        }
+        .map_err(|e| anyhow!(e))?;
+        Digest::parse(&digest, "the stored manifest's digest")
     }
 }
 
-impl LayerUpload for registry::LayerUpload {
+impl LayerUpload for Upload {
     fn write(&mut self, data: &[u8]) -> Result<()> {
-        registry::LayerUpload::write(self, data).map_err(|e| anyhow!(e))
+        match self {
+            Upload::Registry(u) => u.write(data),
+            Upload::Layout(u) => u.write(data),
+        }
+        .map_err(|e| anyhow!(e))
     }
 
     fn sent(&self) -> u64 {
-        self.progress().sent
+        match self {
+            Upload::Registry(u) => u.progress().sent,
+            Upload::Layout(u) => u.progress().sent,
+        }
     }
 
     fn finish(self) -> Result<Blob> {
-        let blob = registry::LayerUpload::finish(&self).map_err(|e| anyhow!(e))?;
+        let blob = match &self {
+            Upload::Registry(u) => u.finish(),
+            Upload::Layout(u) => u.finish(),
+        }
+        .map_err(|e| anyhow!(e))?;
         Ok(Blob {
-            digest: Digest::parse(&blob.digest, "the registry's blob digest")?,
+            digest: Digest::parse(&blob.digest, "the stored blob's digest")?,
             size: blob.size,
         })
     }

@@ -8,7 +8,7 @@ use crate::cache::{self, Cache};
 use crate::digest::{Digest, Hasher};
 use crate::manifest::{oci_manifest, Encoding, OCI_MANIFEST};
 use crate::progress::{Event, LayerBytes, LayerRef, ProgressSink};
-use crate::reference::Target;
+use crate::reference::Destination;
 use crate::save::{read_export, Blob, ImageSummary, Layer, LayerEntry};
 
 /// Bytes per crossing of the component boundary: large, because each crossing copies.
@@ -23,13 +23,14 @@ pub trait ImageSource {
     fn export(&mut self, image: &str) -> Result<Self::Export>;
 }
 
-/// Registries the host can reach.
+/// Where images go: registries the host can reach, and OCI image layout directories.
 pub trait Registries {
     type Repository: BlobSink;
-    fn open(&mut self, target: &Target) -> Result<Self::Repository>;
+    fn open(&mut self, destination: &Destination) -> Result<Self::Repository>;
 }
 
-/// A repository in a registry: it takes blobs, then a manifest that names them.
+/// A repository in a registry, or a layout directory: it takes blobs, then a manifest that
+/// names them.
 pub trait BlobSink {
     type Upload: LayerUpload;
     /// The size of a blob if the registry has it.
@@ -65,7 +66,7 @@ pub struct Pushed {
     pub repository: String,
 }
 
-/// Pushes one image from `source` to the registry `request.destination` names.
+/// Pushes one image from `source` to the registry or layout `request.destination` names.
 pub fn push(
     request: &PushRequest,
     source: &mut impl ImageSource,
@@ -73,12 +74,12 @@ pub fn push(
     cache: &mut impl Cache,
     progress: &mut impl ProgressSink,
 ) -> Result<Pushed> {
-    let target = Target::parse(&request.destination)?;
+    let destination = Destination::parse(&request.destination)?;
     let encoding = request.encoding;
     // The daemon gives the diff IDs up front: enough to find what the registry already has,
     // and to verify each layer as it streams.
     let image = source.inspect(&request.source)?;
-    let mut repository = registries.open(&target)?;
+    let mut repository = registries.open(&destination)?;
     progress.report(Event::Started {
         image: request.source.clone(),
         layers: image.diff_ids.len() as u32,
@@ -95,20 +96,20 @@ pub fn push(
 
     // The manifest, last: every blob it names is in the registry now.
     let manifest = oci_manifest(&config, &layers, &encoding)?;
-    let digest = repository.put_manifest(&target.tag, OCI_MANIFEST, &manifest)?;
+    let digest = repository.put_manifest(destination.tag(), OCI_MANIFEST, &manifest)?;
     if digest != Digest::of(&manifest) {
         bail!(
-            "registry {} stored the manifest as {digest}, which is not the digest of what was sent",
-            target.registry
+            "{} stored the manifest as {digest}, which is not the digest of what was sent",
+            destination.location()
         );
     }
     progress.report(Event::ManifestDone {
-        reference: target.tag.clone(),
+        reference: destination.tag().to_string(),
         digest: digest.clone(),
     });
     Ok(Pushed {
         digest,
-        repository: target.repository_url(),
+        repository: destination.location(),
     })
 }
 
@@ -305,11 +306,11 @@ mod tests {
 
     impl Registries for MemoryRegistry {
         type Repository = MemoryRegistry;
-        fn open(&mut self, target: &Target) -> Result<Self> {
+        fn open(&mut self, destination: &Destination) -> Result<Self> {
             self.0
                 .borrow_mut()
                 .calls
-                .push(format!("open {}", target.repository_url()));
+                .push(format!("open {}", destination.location()));
             Ok(self.clone())
         }
     }

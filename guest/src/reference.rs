@@ -1,6 +1,62 @@
-//! Push destinations: `host[:port]/repository[:tag]`, as in the distribution reference grammar.
+//! Push destinations: a registry, `host[:port]/repository[:tag]` as in the distribution
+//! reference grammar, or an OCI image layout directory, `oci:DIR[:TAG]` as skopeo writes it.
 
 use anyhow::{bail, Result};
+
+/// Where a push goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// A repository in a registry (`host[:port]/repository[:tag]`, optionally `docker://`).
+    Registry(Target),
+    /// An OCI image layout directory on the host (`oci:DIR[:TAG]`).
+    Layout(LayoutTarget),
+}
+
+/// An OCI image layout directory and the tag (`org.opencontainers.image.ref.name`) to write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayoutTarget {
+    /// The directory, as the user named it.
+    pub path: String,
+    pub tag: String,
+}
+
+impl Destination {
+    /// Parses a destination by its transport prefix; a bare name is a registry destination.
+    /// Like skopeo, `oci:` splits the directory from the tag at the first `:` after it.
+    pub fn parse(text: &str) -> Result<Self> {
+        let Some(rest) = text.strip_prefix("oci:") else {
+            let registry = text.strip_prefix("docker://").unwrap_or(text);
+            return Ok(Self::Registry(Target::parse(registry)?));
+        };
+        let (path, tag) = rest.split_once(':').unwrap_or((rest, "latest"));
+        if path.is_empty() {
+            bail!("destination {text:?} names no directory (oci:DIR[:TAG])");
+        }
+        if !is_tag(tag) {
+            bail!("destination {text:?} has an invalid tag {tag:?} (up to 128 of A-Z a-z 0-9 _ . -, not starting with . or -)");
+        }
+        Ok(Self::Layout(LayoutTarget {
+            path: path.to_string(),
+            tag: tag.to_string(),
+        }))
+    }
+
+    /// The tag the manifest is written under.
+    pub fn tag(&self) -> &str {
+        match self {
+            Self::Registry(target) => &target.tag,
+            Self::Layout(layout) => &layout.tag,
+        }
+    }
+
+    /// Where the image goes, without the tag: `host[:port]/repository` or `oci:DIR`.
+    pub fn location(&self) -> String {
+        match self {
+            Self::Registry(target) => target.repository_url(),
+            Self::Layout(layout) => format!("oci:{}", layout.path),
+        }
+    }
+}
 
 /// Where a push goes: a registry host, a repository on it, and the tag to write.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,5 +205,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("\"Team\""), "{err}");
+    }
+
+    fn layout(path: &str, tag: &str) -> Destination {
+        Destination::Layout(LayoutTarget {
+            path: path.into(),
+            tag: tag.into(),
+        })
+    }
+
+    #[test]
+    fn transports_by_prefix() {
+        assert_eq!(
+            Destination::parse("oci:/tmp/layout:v1").unwrap(),
+            layout("/tmp/layout", "v1")
+        );
+        assert_eq!(
+            Destination::parse("oci:out").unwrap(),
+            layout("out", "latest")
+        );
+        let registry = Destination::parse("docker://127.0.0.1:5000/a:1").unwrap();
+        assert_eq!(
+            registry,
+            Destination::Registry(target("127.0.0.1:5000", "a", "1"))
+        );
+        assert_eq!(registry.location(), "127.0.0.1:5000/a");
+        assert_eq!(Destination::parse("127.0.0.1:5000/a:1").unwrap(), registry);
+        assert_eq!(layout("d", "t").location(), "oci:d");
+        assert_eq!(layout("d", "t").tag(), "t");
+        for bad in ["oci:", "oci::x", "oci:dir:", "oci:dir:-x", "oci:dir:a:b"] {
+            assert!(Destination::parse(bad).is_err(), "{bad} should be refused");
+        }
     }
 }

@@ -17,6 +17,8 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{CallHook, Config, Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use ocipush_guest::reference::Destination;
+
 use crate::daemon::Daemon;
 use crate::progress::Progress;
 
@@ -29,6 +31,8 @@ wasmtime::component::bindgen!({
         "ocipush:core/credentials.credential": crate::credentials::Credential,
         "ocipush:core/registry.repository": crate::registry::Repository,
         "ocipush:core/registry.layer-upload": crate::upload::LayerUpload,
+        "ocipush:core/layout.directory": crate::layout::Directory,
+        "ocipush:core/layout.layer-file": crate::layout::LayerFile,
     },
 });
 
@@ -94,6 +98,9 @@ pub struct HostState {
     pub tls: crate::tls::TlsOptions,
     /// The command line's credential (`--username`, `--password-stdin`), for the destination.
     pub cli_credential: Option<crate::credentials::Credential>,
+    /// The OCI layout directory the user named as the destination: the only one the guest
+    /// may open.
+    pub layout: Option<String>,
     pub progress: Progress,
     /// Where the `cache` capability keeps its entries; `None` when no directory is known.
     pub cache_dir: Option<PathBuf>,
@@ -195,6 +202,10 @@ pub fn push(rt: Handle, progress: Progress, guest: &Guest, job: &Job<'_>) -> Res
         daemon: Daemon::from_env(),
         tls: job.tls.clone(),
         cli_credential: job.cli_credential.clone(),
+        layout: match Destination::parse(job.destination) {
+            Ok(Destination::Layout(target)) => Some(target.path),
+            _ => None,
+        },
         progress,
         cache_dir,
         waits: Waits::default(),

@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod daemon;
 pub mod guest;
 pub mod gzip;
+pub mod layout;
 pub mod progress;
 pub mod registry;
 pub mod tls;

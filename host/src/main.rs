@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use ocipush::{cache, credentials, guest, progress, tls};
+use ocipush_guest::reference::Destination;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -30,12 +31,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Push an image from the Docker daemon (DOCKER_HOST) to a registry.
+    /// Push an image from the Docker daemon (DOCKER_HOST) to a registry or an OCI layout.
     Push {
         /// The image in the daemon: name:tag, name@digest or image ID.
         source: String,
-        /// Where to push: host[:port]/repository[:tag]. Loopback hosts get plain HTTP unless they
-        /// ask for HTTPS; all others HTTPS.
+        /// Where to push: host[:port]/repository[:tag] (a registry; loopback hosts get plain HTTP
+        /// unless they ask for HTTPS, all others HTTPS), or oci:DIR[:TAG] (an OCI image layout
+        /// directory, created if missing; the tag defaults to latest).
         destination: String,
         /// Write the manifest digest (sha256:...) to this file on success.
         #[arg(long)]
@@ -160,11 +162,16 @@ fn run(cli: Cli) -> Result<()> {
                 cli_credential: match username {
                     // Parsed as the guest parses it, so the credential goes to the registry the
                     // guest will open; a bad destination is refused here, before any traffic.
-                    Some(username) => Some(credentials::Credential::new(
-                        &ocipush_guest::reference::Target::parse(&destination)?.registry,
-                        &username,
-                        &read_password()?,
-                    )),
+                    Some(username) => match Destination::parse(&destination)? {
+                        Destination::Registry(target) => Some(credentials::Credential::new(
+                            &target.registry,
+                            &username,
+                            &read_password()?,
+                        )),
+                        Destination::Layout(_) => anyhow::bail!(
+                            "--username is for registries: destination {destination} is an OCI layout directory"
+                        ),
+                    },
                     None => None,
                 },
             };

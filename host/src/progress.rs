@@ -201,13 +201,13 @@ fn plain_line(event: &Event, layers: u32) -> String {
         ),
         Event::LayerSkipped(p) => {
             format!(
-                "image layer {}/{layers} already in the registry: {} ({})",
+                "image layer {}/{layers} already at the destination: {} ({})",
                 p.position,
                 p.digest,
                 size(p.size)
             )
         }
-        Event::ConfigDone(digest) => format!("config {digest} in the registry"),
+        Event::ConfigDone(digest) => format!("config {digest} stored"),
         Event::ManifestDone(m) => format!("manifest {} written as {}", m.digest, m.reference),
     }
 }

@@ -451,7 +451,7 @@ fn one_line(text: &str) -> String {
 }
 
 /// The digests a manifest or index names: its config, layers and sub-manifests.
-fn referenced_digests(body: &[u8]) -> Result<Vec<String>, String> {
+pub(crate) fn referenced_digests(body: &[u8]) -> Result<Vec<String>, String> {
     let json: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| format!("refusing to write a manifest that is not JSON: {e}"))?;
     let digest =

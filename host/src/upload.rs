@@ -45,9 +45,9 @@ pub struct LayerUpload {
 }
 
 /// The digest and size of the encoded bytes.
-struct Encoded {
-    digest: String,
-    size: u64,
+pub(crate) struct Encoded {
+    pub(crate) digest: String,
+    pub(crate) size: u64,
 }
 
 impl LayerUpload {
@@ -193,8 +193,9 @@ impl Drop for LayerUpload {
 }
 
 /// Runs on its own thread: compresses what the guest writes (on several threads where the
-/// encoding allows), hashes the encoded bytes and feeds them to the PATCH body.
-fn encode(
+/// encoding allows), hashes the encoded bytes and feeds them to `pieces` (the PATCH body, or
+/// a layout's layer file).
+pub(crate) fn encode(
     chunks: std_mpsc::Receiver<Vec<u8>>,
     pieces: mpsc::Sender<io::Result<Bytes>>,
     compression: Compression,

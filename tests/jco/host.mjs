@@ -9,6 +9,8 @@
 // - registry:    an OCI image layout in OUT_DIR (oci-layout, index.json, blobs/sha256/…), with
 //                the host's rule that a manifest may only name blobs confirmed in this session.
 //                Layers are stored as streamed: only `compression = none` is offered.
+// - layout:      offered, but declines every directory: this host publishes only through
+//                `registry` (its OCI layout in OUT_DIR).
 // - credentials: none; cache: empty and forgetful; progress: events are logged on stderr.
 // - WASI (a Rust std component imports wasi:cli, wasi:io and wasi:random even though it does no
 //   real work with them): @bytecodealliance/preview2-shim, with nothing granted: no environment,
@@ -465,6 +467,11 @@ async function main() {
       "ocipush:core/docker": docker,
       "ocipush:core/credentials": { Credential, lookup: () => undefined },
       "ocipush:core/registry": registry,
+      "ocipush:core/layout": {
+        Directory: class {},
+        LayerFile: class {},
+        open: (dir) => ({ tag: "err", val: `this host writes no OCI layout directories (asked for ${dir})` }),
+      },
       "ocipush:core/cache": { get: () => undefined, put: () => {} },
       "ocipush:core/progress": {
         report(event) {
