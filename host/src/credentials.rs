@@ -14,14 +14,23 @@ pub struct Credential {
     pub registry: String,
     username: String,
     password: String,
+    /// An OAuth2 refresh token (`identitytoken` in config.json, or a helper's `<token>` user),
+    /// exchanged at the registry's token service instead of a password.
+    identity_token: Option<String>,
 }
 
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "Credential {{ registry: {:?}, username: {:?}, password: <hidden> }}",
-            self.registry, self.username
+            "Credential {{ registry: {:?}, username: {:?}, password: <hidden>, identity token: {} }}",
+            self.registry,
+            self.username,
+            if self.identity_token.is_some() {
+                "<hidden>"
+            } else {
+                "none"
+            }
         )
     }
 }
@@ -33,7 +42,13 @@ impl Credential {
             registry: registry.to_string(),
             username: username.to_string(),
             password: password.to_string(),
+            identity_token: None,
         }
+    }
+
+    /// The OAuth2 refresh token to exchange for a bearer token, if this is an identity token.
+    pub fn identity_token(&self) -> Option<&str> {
+        self.identity_token.as_deref()
     }
 
     /// The value of an `Authorization: Basic` header.
@@ -66,6 +81,8 @@ struct AuthEntry {
     auth: Option<String>,
     username: Option<String>,
     password: Option<String>,
+    /// An OAuth2 refresh token `docker login` stored instead of the password.
+    identitytoken: Option<String>,
 }
 
 /// Looks `registry` up: the command line's credential (`cli`, for the destination registry)
@@ -137,6 +154,14 @@ fn from_docker_config(text: &str, registry: &str) -> Option<Credential> {
         return from_helper(helper, registry);
     }
     let (_, entry) = config.auths.iter().find(|(key, _)| key_is(key))?;
+    if let Some(token) = entry.identitytoken.as_ref().filter(|t| !t.is_empty()) {
+        return Some(Credential {
+            registry: registry.to_string(),
+            username: String::new(),
+            password: String::new(),
+            identity_token: Some(token.clone()),
+        });
+    }
     let (username, password) = match (&entry.auth, &entry.username, &entry.password) {
         (Some(auth), _, _) => {
             let decoded = base64::engine::general_purpose::STANDARD
@@ -153,6 +178,7 @@ fn from_docker_config(text: &str, registry: &str) -> Option<Credential> {
         registry: registry.to_string(),
         username,
         password,
+        identity_token: None,
     })
 }
 
@@ -256,19 +282,21 @@ fn from_helper(name: &str, registry: &str) -> Option<Credential> {
         secret: String,
     }
     let reply: Reply = serde_json::from_slice(&stdout).ok()?;
-    if reply.username == "<token>" {
-        // An identity token is exchanged with OAuth2, which this version does not speak.
-        tracing::debug!(
-            registry,
-            program,
-            "the helper gave an identity token, which is not supported yet"
-        );
-        return None;
-    }
+    // Docker's convention: the user `<token>` means the secret is an identity token.
+    let identity = reply.username == "<token>";
     Some(Credential {
         registry: registry.to_string(),
-        username: reply.username,
-        password: reply.secret,
+        username: if identity {
+            String::new()
+        } else {
+            reply.username
+        },
+        password: if identity {
+            String::new()
+        } else {
+            reply.secret.clone()
+        },
+        identity_token: identity.then_some(reply.secret),
     })
 }
 
@@ -299,6 +327,14 @@ mod tests {
     }
 
     #[test]
+    fn identity_tokens_take_the_place_of_passwords() {
+        let config =
+            r#"{"auths": {"127.0.0.1:5000": {"auth": "dXNlcjo=", "identitytoken": "rt-1"}}}"#;
+        let found = from_docker_config(config, "127.0.0.1:5000").unwrap();
+        assert_eq!(found.identity_token(), Some("rt-1"));
+    }
+
+    #[test]
     fn the_command_line_credential_is_only_for_its_registry() {
         let cli = Credential::new("docker.io", "me", "pw");
         let hub = lookup("index.docker.io", Some(&cli)).unwrap();
@@ -316,7 +352,12 @@ mod tests {
             registry: "r".into(),
             username: "u".into(),
             password: "pw-42".into(),
+            identity_token: Some("refresh-42".into()),
         };
-        assert!(!format!("{c:?}").contains("pw-42"));
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("pw-42") && !shown.contains("refresh-42"),
+            "{shown}"
+        );
     }
 }

@@ -101,6 +101,8 @@ pub struct HostState {
     /// The OCI layout directory the user named as the destination: the only one the guest
     /// may open.
     pub layout: Option<String>,
+    /// `--retries` and `--chunk-size`.
+    pub transfer: crate::registry::Transfer,
     pub progress: Progress,
     /// Where the `cache` capability keeps its entries; `None` when no directory is known.
     pub cache_dir: Option<PathBuf>,
@@ -184,6 +186,8 @@ pub struct Job<'a> {
     pub tls: crate::tls::TlsOptions,
     /// `--username` and `--password-stdin`, for the destination's registry.
     pub cli_credential: Option<crate::credentials::Credential>,
+    /// `--retries` and `--chunk-size`.
+    pub transfer: crate::registry::Transfer,
 }
 
 /// Pushes `job.source` from the daemon to `job.destination` through `guest`.
@@ -206,6 +210,7 @@ pub fn push(rt: Handle, progress: Progress, guest: &Guest, job: &Job<'_>) -> Res
             Ok(Destination::Layout(target)) => Some(target.path),
             _ => None,
         },
+        transfer: job.transfer,
         progress,
         cache_dir,
         waits: Waits::default(),

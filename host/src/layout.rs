@@ -14,24 +14,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
-use bytes::Bytes;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 use wasmtime::component::Resource;
 
 use crate::guest::ocipush::core::layout::{
     BlobDescriptor, Compression, Host, HostDirectory, HostLayerFile, UploadProgress,
 };
 use crate::guest::HostState;
-use crate::upload::{encode, Encoded};
+use crate::upload::{encode, Encoded, Produced};
 
 const OCI_LAYOUT: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
-/// Chunks queued for the encoder, and encoded pieces queued for the file, as for an upload.
+/// Chunks queued for the encoder, as for an upload.
 const INPUT_QUEUE: usize = 2;
-const WRITE_QUEUE: usize = 8;
 /// The largest `index.json` read back before adding an entry.
 const INDEX_LIMIT: u64 = 64 << 20;
 
@@ -48,12 +46,13 @@ type Confirmed = Arc<Mutex<HashSet<String>>>;
 /// A layer being encoded into a temporary file in `blobs/sha256`.
 pub struct LayerFile {
     input: Option<std_mpsc::SyncSender<Vec<u8>>>,
+    /// Encodes into the temporary file and syncs it.
     encoder: Option<JoinHandle<Result<Encoded, String>>>,
-    writer: Option<JoinHandle<io::Result<File>>>,
     temp: PathBuf,
     blobs: PathBuf,
     written: u64,
-    stored: Arc<AtomicU64>,
+    /// How many encoded bytes are in the file.
+    stored: watch::Receiver<Produced>,
     confirmed: Confirmed,
     /// Whether the blob was stored; then the temporary file is gone.
     done: bool,
@@ -234,31 +233,23 @@ impl Directory {
 }
 
 impl LayerFile {
-    /// Starts the encoder (`upload::encode`, as for a registry upload) and a thread that
-    /// writes what it produces to a temporary file.
+    /// Starts the encoder (`upload::encode`, as for a registry upload), writing into a
+    /// temporary file.
     fn start(directory: &Directory, compression: Compression, level: u32) -> Result<Self, String> {
         let blobs = directory.root.join("blobs/sha256");
         let temp = temp_path(&blobs);
-        let mut file =
-            File::create(&temp).map_err(|e| format!("creating {}: {e}", temp.display()))?;
+        let file = File::create(&temp).map_err(|e| format!("creating {}: {e}", temp.display()))?;
         let (input, chunks) = std_mpsc::sync_channel::<Vec<u8>>(INPUT_QUEUE);
-        let (pieces, mut encoded) = mpsc::channel::<io::Result<Bytes>>(WRITE_QUEUE);
-        let encoder = std::thread::spawn(move || encode(chunks, pieces, compression, level));
-        let stored = Arc::new(AtomicU64::new(0));
-        let counter = stored.clone();
-        let writer = std::thread::spawn(move || {
-            while let Some(piece) = encoded.blocking_recv() {
-                let piece = piece?;
-                file.write_all(&piece)?;
-                counter.fetch_add(piece.len() as u64, Ordering::Relaxed);
-            }
-            file.sync_all()?;
-            Ok(file)
+        let (produced, stored) = watch::channel(Produced::default());
+        let at = temp.display().to_string();
+        let encoder = std::thread::spawn(move || {
+            let encoded = encode(chunks, &file, produced, compression, level)?;
+            file.sync_all().map_err(|e| format!("writing {at}: {e}"))?;
+            Ok(encoded)
         });
         Ok(Self {
             input: Some(input),
             encoder: Some(encoder),
-            writer: Some(writer),
             temp,
             blobs,
             written: 0,
@@ -278,14 +269,11 @@ impl LayerFile {
         Ok(())
     }
 
-    /// Why a layer file failed: the disk's error first, else the encoder's.
+    /// Why a layer file failed: the encoder's error, which includes the disk's.
     fn failure(&mut self) -> String {
         self.input = None;
-        let encoded = self.encoder.take().map(|e| e.join());
-        let written = self.writer.take().map(|w| w.join());
-        match (written, encoded) {
-            (Some(Ok(Err(e))), _) => format!("writing {}: {e}", self.temp.display()),
-            (_, Some(Ok(Err(e)))) => e,
+        match self.encoder.take().map(|e| e.join()) {
+            Some(Ok(Err(e))) => e,
             _ => format!("writing {} failed", self.temp.display()),
         }
     }
@@ -297,12 +285,6 @@ impl LayerFile {
             Ok(Ok(encoded)) => encoded,
             _ => return Err(self.failure()),
         };
-        let writer = self.writer.take().ok_or("the layer file already ended")?;
-        match writer.join() {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(format!("writing {}: {e}", self.temp.display())),
-            Err(_) => return Err("the layer file writer panicked".into()),
-        }
         let path = self
             .blobs
             .join(encoded.digest.trim_start_matches("sha256:"));
@@ -329,9 +311,6 @@ impl Drop for LayerFile {
         self.input = None;
         if let Some(encoder) = self.encoder.take() {
             let _ = encoder.join();
-        }
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
         }
         let _ = std::fs::remove_file(&self.temp);
     }
@@ -418,7 +397,7 @@ impl HostLayerFile for HostState {
         let file = self.table.get(&file)?;
         Ok(UploadProgress {
             written: file.written,
-            sent: file.stored.load(Ordering::Relaxed),
+            sent: file.stored.borrow().len,
         })
     }
 

@@ -10,5 +10,6 @@ pub mod gzip;
 pub mod layout;
 pub mod progress;
 pub mod registry;
+pub mod retry;
 pub mod tls;
 pub mod upload;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use ocipush::{cache, credentials, guest, progress, tls};
+use ocipush::{cache, credentials, guest, progress, registry, tls, upload};
 use ocipush_guest::reference::Destination;
 use tracing_subscriber::EnvFilter;
 
@@ -69,6 +69,14 @@ enum Command {
         /// Do not verify registries' TLS certificates (e.g. a self-signed development registry).
         #[arg(long)]
         insecure: bool,
+        /// How many times a failed registry request is tried again (lost connections, 408, 429
+        /// and 5xx), with exponential backoff and jitter, honouring Retry-After.
+        #[arg(long, default_value_t = 5, value_name = "N")]
+        retries: u32,
+        /// The largest piece of a layer sent in one request, e.g. 4M or 512K (at least 256K).
+        /// Smaller chunks are used on their own when a registry refuses large ones.
+        #[arg(long, default_value = "16M", value_parser = parse_size, value_name = "SIZE")]
+        chunk_size: u64,
     },
     /// Audit the guest component: show it, or write it out.
     Guest {
@@ -113,6 +121,35 @@ fn main() -> ExitCode {
     }
 }
 
+/// A byte count: digits with an optional K, M or G suffix (powers of 1024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let upper = text.trim().to_ascii_uppercase();
+    let digits = upper.trim_end_matches(['K', 'M', 'G', 'B', 'I']);
+    let unit = match upper[digits.len()..].chars().next() {
+        None => 1,
+        Some('K') => 1 << 10,
+        Some('M') => 1 << 20,
+        Some('G') => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a size such as 16M, 512K or 1048576"
+            ))
+        }
+    };
+    let size = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("{text:?} is not a size such as 16M, 512K or 1048576"))?;
+    if size < upload::MIN_CHUNK_SIZE {
+        return Err(format!(
+            "{text} is below the smallest chunk, {}K",
+            upload::MIN_CHUNK_SIZE >> 10
+        ));
+    }
+    Ok(size)
+}
+
 /// The first line of stdin, without its line ending, like `docker login --password-stdin`.
 fn read_password() -> Result<String> {
     let mut line = String::new();
@@ -145,6 +182,8 @@ fn run(cli: Cli) -> Result<()> {
             password_stdin: _,
             ca_file,
             insecure,
+            retries,
+            chunk_size,
         } => {
             use guest::ocipush::core::registry::Compression;
             let (compression, default_level) = match compression {
@@ -159,6 +198,10 @@ fn run(cli: Cli) -> Result<()> {
                 level: compression_level.unwrap_or(default_level),
                 compute_limit: std::time::Duration::from_secs(guest_cpu_limit),
                 tls: tls::TlsOptions { ca_file, insecure },
+                transfer: registry::Transfer {
+                    retries,
+                    chunk_size,
+                },
                 cli_credential: match username {
                     // Parsed as the guest parses it, so the credential goes to the registry the
                     // guest will open; a bad destination is refused here, before any traffic.

@@ -53,6 +53,16 @@ impl Progress {
         }
     }
 
+    /// Where the host reports what it does on its own (retries), rendered like the events.
+    pub fn notices(&self) -> Notices {
+        Notices(match self {
+            Self::Bars { multi, .. } => Sink::Bars(multi.clone()),
+            Self::Plain { .. } => Sink::Plain,
+            Self::Json => Sink::Json,
+            Self::None => Sink::None,
+        })
+    }
+
     fn bars() -> Self {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         Self::Bars {
@@ -96,6 +106,61 @@ impl Progress {
                 layers,
             } => bar_event(multi, bars, layers, event),
             Self::None => {}
+        }
+    }
+}
+
+/// The host's own reports, which the guest does not see: each retry of a registry request.
+/// Cheap to clone and usable from any thread (uploads retry on the runtime).
+#[derive(Clone)]
+pub struct Notices(Sink);
+
+#[derive(Clone)]
+enum Sink {
+    Bars(MultiProgress),
+    Plain,
+    Json,
+    None,
+}
+
+impl Notices {
+    /// Nothing is reported (unit tests, `--progress none`).
+    pub fn none() -> Self {
+        Self(Sink::None)
+    }
+
+    /// Retry `attempt` of `retries` of `what`, after `reason`, in `delay`.
+    pub fn retry(&self, what: &str, attempt: u32, retries: u32, delay: Duration, reason: &str) {
+        let line = || {
+            format!(
+                "retrying {what} in {:.1} s (attempt {attempt} of {retries}): {reason}",
+                delay.as_secs_f64()
+            )
+        };
+        match &self.0 {
+            Sink::Bars(multi) => {
+                let _ = multi.println(line());
+            }
+            Sink::Plain => eprintln!("{}", line()),
+            Sink::Json => eprintln!(
+                "{}",
+                json!({"event": "retry", "what": what, "attempt": attempt, "retries": retries,
+                       "delay_ms": delay.as_millis() as u64, "reason": reason})
+            ),
+            Sink::None => {}
+        }
+    }
+
+    /// A change of course in an upload that is not a retry, e.g. smaller chunks after the
+    /// registry refused a large one, or starting a layer over in a new upload session.
+    pub fn upload(&self, message: &str) {
+        match &self.0 {
+            Sink::Bars(multi) => {
+                let _ = multi.println(message);
+            }
+            Sink::Plain => eprintln!("{message}"),
+            Sink::Json => eprintln!("{}", json!({"event": "upload", "message": message})),
+            Sink::None => {}
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
@@ -16,12 +17,22 @@ use wasmtime::component::Resource;
 use crate::credentials::Credential;
 use crate::guest::ocipush::core::registry::{Compression, Host, HostRepository};
 use crate::guest::HostState;
+use crate::retry;
 use crate::upload::LayerUpload;
 
 /// The most bytes of an error response body worth reading for a message.
 const ERROR_BODY_LIMIT: usize = 4096;
 /// The most bytes of a token service's answer read.
 const TOKEN_BODY_LIMIT: usize = 1 << 20;
+
+/// How uploads behave: `--retries` and `--chunk-size`.
+#[derive(Clone, Copy, Debug)]
+pub struct Transfer {
+    /// How many times a failed request is tried again.
+    pub retries: u32,
+    /// The largest chunk of a layer sent in one request.
+    pub chunk_size: u64,
+}
 
 /// Blobs the registry is known to hold, shared by a repository and its uploads.
 pub type Confirmed = Arc<Mutex<HashSet<String>>>;
@@ -36,6 +47,8 @@ pub struct Api {
     /// The repository path.
     pub name: String,
     auth: Arc<Auth>,
+    /// How failed requests are retried, and where retries are reported.
+    pub policy: retry::Policy,
 }
 
 /// How requests are authorized, shared by a repository and its uploads, so that a token
@@ -85,31 +98,70 @@ impl Api {
         }
     }
 
-    /// Sends a request whose body can be sent again. A bearer token can expire in the middle
-    /// of a push: on a 401 a new token is fetched once and the request repeated once.
-    pub async fn send_renewing(
+    /// Whether a 401 can be answered by fetching a new bearer token.
+    pub fn renews_tokens(&self) -> bool {
+        self.auth.token.is_some()
+    }
+
+    /// Fetches a new bearer token: the last one expired or lacks a scope.
+    pub async fn renew_token(&self) -> Result<(), String> {
+        let Some(service) = &self.auth.token else {
+            return Ok(());
+        };
+        tracing::debug!(registry = %self.registry, "the registry refused the token: renewing it");
+        let header = fetch_token(&self.client, &self.registry, service, &self.policy).await?;
+        *self.auth.header.lock().unwrap() = Some(header);
+        Ok(())
+    }
+
+    /// Sends a request whose body can be sent again, retrying what is worth retrying (lost
+    /// connections, 408, 429, 5xx) as `policy` says. A bearer token can expire in the middle of
+    /// a push: on a 401 a new token is fetched once and the request repeated. When retries run
+    /// out on an answer, that answer is returned for the caller to report.
+    pub async fn send_retrying(
         &self,
         what: &str,
         build: impl Fn() -> RequestBuilder,
     ) -> Result<Response, String> {
-        let response = self.send(what, build()).await?;
-        let Some(service) = &self.auth.token else {
-            return Ok(response);
-        };
-        if response.status() != StatusCode::UNAUTHORIZED {
-            return Ok(response);
+        let mut renewed = false;
+        let mut attempt = 0;
+        loop {
+            let (reason, retry_after) = match build().send().await {
+                Err(e) if crate::tls::is_certificate_error(&e) => {
+                    return Err(self.transport_error(what, &e))
+                }
+                Err(e) => (self.transport_error(what, &e), None),
+                Ok(response)
+                    if response.status() == StatusCode::UNAUTHORIZED
+                        && !renewed
+                        && self.renews_tokens() =>
+                {
+                    renewed = true;
+                    self.renew_token().await?;
+                    continue;
+                }
+                Ok(response) if retry::retryable(response.status()) => {
+                    if attempt >= self.policy.retries {
+                        return Ok(response);
+                    }
+                    let after = retry::retry_after(&response);
+                    (self.refusal(what, response).await, after)
+                }
+                Ok(response) => return Ok(response),
+            };
+            attempt += 1;
+            if !self.policy.wait(what, attempt, &reason, retry_after).await {
+                return Err(retry::gave_up(&reason, self.policy.retries));
+            }
         }
-        tracing::debug!(registry = %self.registry, "the registry refused the token: renewing it");
-        let header = fetch_token(&self.client, &self.registry, service).await?;
-        *self.auth.header.lock().unwrap() = Some(header);
-        self.send(what, build()).await
     }
 
     /// `GET /v2/`: does the registry speak the API, and let us in?
     async fn ping(&self, what: &str) -> Result<Response, String> {
         let mut url = self.base.clone();
         url.set_path("/v2/");
-        self.send(what, self.request(Method::GET, url)).await
+        self.send_retrying(what, || self.request(Method::GET, url.clone()))
+            .await
     }
 
     /// Sends a request; a transport failure becomes one line naming the registry.
@@ -197,7 +249,7 @@ impl Api {
     pub async fn start_upload(&self) -> Result<Url, String> {
         let what = format!("starting an upload to {}", self.name);
         let response = self
-            .send_renewing(&what, || {
+            .send_retrying(&what, || {
                 self.request(Method::POST, self.url("blobs/uploads/"))
             })
             .await?;
@@ -207,24 +259,36 @@ impl Api {
         self.location(&response)
     }
 
-    /// Completes an upload with `PUT <location>?digest=`, sending `body` as its last bytes.
+    /// Completes an upload with `PUT <location>?digest=`, sending `body` as its last bytes;
+    /// `size` is the blob's whole size. A commit whose answer was lost may have happened: when
+    /// a retried commit finds the session gone, the blob itself is looked for.
     pub async fn commit_upload(
         &self,
         location: Url,
         digest: &str,
+        size: u64,
         body: Vec<u8>,
     ) -> Result<(), String> {
         let mut url = location;
         url.query_pairs_mut().append_pair("digest", digest);
         let what = format!("committing blob {digest} to {}", self.name);
+        let attempts = AtomicU32::new(0);
         let request = || {
+            attempts.fetch_add(1, Ordering::Relaxed);
             self.request(Method::PUT, url.clone())
                 .header(CONTENT_TYPE, "application/octet-stream")
                 .header(CONTENT_LENGTH, body.len())
                 .body(body.clone())
         };
-        let response = self.send_renewing(&what, request).await?;
-        if response.status() != StatusCode::CREATED {
+        let response = self.send_retrying(&what, request).await?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND
+            && attempts.load(Ordering::Relaxed) > 1
+            && self.blob_size(digest).await? == Some(size)
+        {
+            return Ok(());
+        }
+        if status != StatusCode::CREATED {
             return Err(self.refusal(&what, response).await);
         }
         match response
@@ -237,6 +301,26 @@ impl Api {
                 self.registry
             )),
             _ => Ok(()),
+        }
+    }
+
+    /// The size of a blob if the registry has it (`HEAD /v2/<name>/blobs/<digest>`).
+    pub async fn blob_size(&self, digest: &str) -> Result<Option<u64>, String> {
+        let what = format!("checking blob {digest} in {}", self.name);
+        let response = self
+            .send_retrying(&what, || {
+                self.request(Method::HEAD, self.url(&format!("blobs/{digest}")))
+            })
+            .await?;
+        match response.status() {
+            // The header, not `content_length()`: a HEAD response's body is empty.
+            StatusCode::OK => Ok(response
+                .headers()
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(self.refusal(&what, response).await),
         }
     }
 }
@@ -360,42 +444,81 @@ fn token_service(
     })
 }
 
-/// Fetches a bearer token (`GET realm?service=…&scope=…`, with Basic credentials when there are
-/// some; Gitea's token endpoint only answers GET) and returns the `Authorization` value.
+/// Fetches a bearer token and returns the `Authorization` value: with an identity token by
+/// OAuth2 (`POST realm` with `grant_type=refresh_token`), otherwise by `GET realm?service=…&scope=…`
+/// with Basic credentials when there are some (Gitea's token endpoint only answers GET), or
+/// anonymously. Lost connections and 408/429/5xx answers are retried like registry requests.
 async fn fetch_token(
     client: &reqwest::Client,
     registry: &str,
     service: &TokenService,
+    policy: &retry::Policy,
 ) -> Result<String, String> {
-    let mut url = service.realm.clone();
-    {
-        let mut query = url.query_pairs_mut();
-        if let Some(name) = &service.service {
-            query.append_pair("service", name);
-        }
-        query.append_pair("scope", &service.scope);
-    }
     let realm = &service.realm;
-    let mut request = client.get(url);
-    if let Some(credential) = &service.credential {
-        request = request.header(AUTHORIZATION, credential.basic_authorization());
-    }
-    let mut response = request.send().await.map_err(|e| {
-        if crate::tls::is_certificate_error(&e) {
-            format!(
-                "cannot verify the TLS certificate of token service {realm} for registry {registry}: {}; trust its CA with --ca-file, or skip verification with --insecure",
-                root_cause(&e)
-            )
-        } else {
-            format!(
-                "cannot reach token service {realm} for registry {registry}: {}",
-                root_cause(&e)
-            )
+    let identity = service.credential.as_ref().and_then(|c| c.identity_token());
+    let request = || match identity {
+        Some(refresh_token) => {
+            let mut form = vec![
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+                ("client_id", "ocipush"),
+                ("scope", service.scope.as_str()),
+            ];
+            if let Some(name) = &service.service {
+                form.push(("service", name));
+            }
+            client.post(realm.clone()).form(&form)
         }
-    })?;
+        None => {
+            let mut url = realm.clone();
+            {
+                let mut query = url.query_pairs_mut();
+                if let Some(name) = &service.service {
+                    query.append_pair("service", name);
+                }
+                query.append_pair("scope", &service.scope);
+            }
+            let request = client.get(url);
+            match &service.credential {
+                Some(credential) => request.header(AUTHORIZATION, credential.basic_authorization()),
+                None => request,
+            }
+        }
+    };
+    let what = format!("fetching a token for registry {registry}");
+    let mut attempt = 0;
+    let mut response = loop {
+        let (reason, retry_after) = match request().send().await {
+            Err(e) if crate::tls::is_certificate_error(&e) => {
+                return Err(format!(
+                    "cannot verify the TLS certificate of token service {realm} for registry {registry}: {}; trust its CA with --ca-file, or skip verification with --insecure",
+                    root_cause(&e)
+                ))
+            }
+            Err(e) => (
+                format!(
+                    "cannot reach token service {realm} for registry {registry}: {}",
+                    root_cause(&e)
+                ),
+                None,
+            ),
+            Ok(response) if retry::retryable(response.status()) && attempt < policy.retries => (
+                format!("token service {realm} answered {}", response.status()),
+                retry::retry_after(&response),
+            ),
+            Ok(response) => break response,
+        };
+        attempt += 1;
+        if !policy.wait(&what, attempt, &reason, retry_after).await {
+            return Err(retry::gave_up(&reason, policy.retries));
+        }
+    };
     let status = response.status();
     if !status.is_success() {
         let hint = match (status, &service.credential) {
+            (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, Some(_)) if identity.is_some() => {
+                " (unauthorized: the identity token was refused; log in again)"
+            }
             (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, Some(_)) => {
                 " (unauthorized: check the username and password)"
             }
@@ -475,6 +598,7 @@ impl HostState {
         registry: String,
         name: String,
         credential: Option<Credential>,
+        policy: retry::Policy,
     ) -> Result<Repository, String> {
         let mut api = Api {
             client,
@@ -482,6 +606,7 @@ impl HostState {
             registry,
             name,
             auth: Arc::default(),
+            policy,
         };
         let what = "checking its API at /v2/";
         let mut response = api.ping(what).await?;
@@ -511,7 +636,7 @@ impl HostState {
                 }
                 (credential, "bearer") => {
                     let service = token_service(&api.registry, &api.name, &params, credential)?;
-                    let header = fetch_token(&api.client, &api.registry, &service).await?;
+                    let header = fetch_token(&api.client, &api.registry, &service, &api.policy).await?;
                     api.auth = Arc::new(Auth {
                         header: Mutex::new(Some(header)),
                         token: Some(service),
@@ -563,9 +688,13 @@ impl Host for HostState {
             Ok(client) => client,
             Err(e) => return Ok(Err(e)),
         };
-        let opened = self
-            .rt
-            .block_on(Self::open_repository(client, registry, name, credential));
+        let policy = retry::Policy {
+            retries: self.transfer.retries,
+            notices: self.progress.notices(),
+        };
+        let opened = self.rt.block_on(Self::open_repository(
+            client, registry, name, credential, policy,
+        ));
         Ok(match opened {
             Ok(repository) => Ok(self.table.push(repository)?),
             Err(e) => Err(e),
@@ -582,24 +711,7 @@ impl HostRepository for HostState {
         let rt = self.rt.clone();
         let repository = self.repository(&repository)?;
         let api = repository.api.clone();
-        let what = format!("checking blob {digest} in {}", api.name);
-        let found = rt.block_on(async {
-            let response = api
-                .send_renewing(&what, || {
-                    api.request(Method::HEAD, api.url(&format!("blobs/{digest}")))
-                })
-                .await?;
-            match response.status() {
-                // The header, not `content_length()`: a HEAD response's body is empty.
-                StatusCode::OK => Ok(response
-                    .headers()
-                    .get(CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok())),
-                StatusCode::NOT_FOUND => Ok(None),
-                _ => Err(api.refusal(&what, response).await),
-            }
-        });
+        let found = rt.block_on(api.blob_size(&digest));
         if let Ok(Some(_)) = found {
             repository.confirmed.lock().unwrap().insert(digest);
         }
@@ -621,9 +733,10 @@ impl HostRepository for HostState {
                 "refusing to upload blob {digest}: its bytes hash to {actual}"
             )));
         }
+        let size = data.len() as u64;
         let result = rt.block_on(async {
             let location = api.start_upload().await?;
-            api.commit_upload(location, &digest, data).await
+            api.commit_upload(location, &digest, size, data).await
         });
         if result.is_ok() {
             repository.confirmed.lock().unwrap().insert(digest);
@@ -645,6 +758,7 @@ impl HostRepository for HostState {
             repository.confirmed.clone(),
             compression,
             level,
+            self.transfer.chunk_size,
         );
         Ok(match started {
             Ok(upload) => Ok(self.table.push(upload)?),
@@ -683,7 +797,7 @@ impl HostRepository for HostState {
                     .header(CONTENT_TYPE, &media_type)
                     .body(body.clone())
             };
-            let response = api.send_renewing(&what, request).await?;
+            let response = api.send_retrying(&what, request).await?;
             if response.status() != StatusCode::CREATED {
                 return Err(api.refusal(&what, response).await);
             }
@@ -756,6 +870,10 @@ mod tests {
                 header: Mutex::new(Some("Basic c2VjcmV0".into())),
                 token: None,
             }),
+            policy: retry::Policy {
+                retries: 0,
+                notices: crate::progress::Notices::none(),
+            },
         };
         let has_auth = |url: &str| {
             let request = api

@@ -1,0 +1,134 @@
+//! When and how long to wait before trying a registry request again: connection failures, 408,
+//! 429 and 5xx are retried with exponential backoff and full jitter, honouring `Retry-After`,
+//! a bounded number of times (`--retries`). Every retry is reported, so a slow push in CI says
+//! why it is slow.
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::RETRY_AFTER;
+use reqwest::{Response, StatusCode};
+
+use crate::progress::Notices;
+
+/// The first backoff; each later one doubles, up to `MAX_DELAY`.
+const BASE_DELAY: Duration = Duration::from_millis(250);
+const MAX_DELAY: Duration = Duration::from_secs(30);
+/// The longest `Retry-After` honoured: a registry asking for more is waited on this long.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
+
+/// How many times a failed request is tried again, and where retries are reported.
+#[derive(Clone)]
+pub struct Policy {
+    pub retries: u32,
+    pub notices: Notices,
+}
+
+impl Policy {
+    /// Waits before retry number `attempt` (1-based) of `what`, after `reason`, if retries are
+    /// left: returns false when they are used up.
+    pub async fn wait(
+        &self,
+        what: &str,
+        attempt: u32,
+        reason: &str,
+        retry_after: Option<Duration>,
+    ) -> bool {
+        if attempt > self.retries {
+            return false;
+        }
+        let delay = delay(attempt, retry_after);
+        self.notices
+            .retry(what, attempt, self.retries, delay, reason);
+        tokio::time::sleep(delay).await;
+        true
+    }
+}
+
+/// The error after the last retry failed.
+pub fn gave_up(reason: &str, retries: u32) -> String {
+    match retries {
+        0 => reason.to_string(),
+        n => format!("{reason} (gave up after {n} retries; --retries sets how many)"),
+    }
+}
+
+/// Whether a registry's answer is worth trying again: a timeout, rate limiting or a server error.
+pub fn retryable(status: StatusCode) -> bool {
+    status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+}
+
+/// The backoff before retry `attempt` (1-based): `Retry-After` when the registry gave one,
+/// otherwise exponential with full jitter (a random wait between half and all of it), so many
+/// clients failing together do not retry together.
+pub fn delay(attempt: u32, retry_after: Option<Duration>) -> Duration {
+    if let Some(after) = retry_after {
+        return after.min(MAX_RETRY_AFTER);
+    }
+    let full = BASE_DELAY
+        .saturating_mul(1 << (attempt.saturating_sub(1)).min(16))
+        .min(MAX_DELAY);
+    full / 2 + full.mul_f64(fastrand::f64() / 2.0)
+}
+
+/// A response's `Retry-After`: delay-seconds or an HTTP date.
+pub fn retry_after(response: &Response) -> Option<Duration> {
+    let value = response.headers().get(RETRY_AFTER)?.to_str().ok()?.trim();
+    parse_retry_after(value, SystemTime::now())
+}
+
+fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        for attempt in 1..=4 {
+            let full = BASE_DELAY * (1 << (attempt - 1));
+            for _ in 0..50 {
+                let d = delay(attempt, None);
+                assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
+            }
+        }
+        assert!(delay(40, None) <= MAX_DELAY);
+        assert_eq!(
+            delay(1, Some(Duration::from_secs(3))),
+            Duration::from_secs(3)
+        );
+        assert_eq!(delay(1, Some(Duration::from_secs(9999))), MAX_RETRY_AFTER);
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_a_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn timeouts_rate_limits_and_server_errors_are_retried() {
+        for code in [408, 429, 500, 502, 503, 504] {
+            assert!(retryable(StatusCode::from_u16(code).unwrap()), "{code}");
+        }
+        for code in [400, 401, 403, 404, 405, 413, 416] {
+            assert!(!retryable(StatusCode::from_u16(code).unwrap()), "{code}");
+        }
+    }
+}
