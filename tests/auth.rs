@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,6 +19,9 @@ use support::*;
 
 const USER: &str = "ocipush-user";
 const PASSWORD: &str = "s3cret-Pa55word-42";
+/// The OAuth2 refresh token the token issuer accepts (what `docker login` stores as
+/// `identitytoken`).
+const REFRESH_TOKEN: &str = "refresh-T0ken-for-ocipush-77";
 
 /// Runs openssl (or any tool) in `dir`, failing the test with its output if it fails.
 fn tool(dir: &Path, program: &str, args: &[&str]) -> Vec<u8> {
@@ -503,11 +506,14 @@ fn certs_d_client_certificate_gives_mutual_tls() {
 /// A token issuer on 127.0.0.1 for a registry configured with `auth: token`: it checks HTTP
 /// Basic credentials and answers `{"token": JWT}`, RS256-signed (with `openssl dgst`) by a key
 /// whose self-signed certificate is the registry's `rootcertbundle` and rides in `x5c`. Its
-/// first token grants only `pull`, so a push must renew it to write anything.
+/// first token grants only `pull`, so a push must renew it to write anything. It also answers
+/// OAuth2 `POST` requests that present `REFRESH_TOKEN` (`grant_type=refresh_token`).
 struct TokenIssuer {
     port: u16,
     stop: Arc<AtomicBool>,
     issued: Arc<AtomicUsize>,
+    /// Tokens issued for a refresh token.
+    refreshed: Arc<AtomicUsize>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -542,14 +548,20 @@ impl TokenIssuer {
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
         let issued = Arc::new(AtomicUsize::new(0));
-        let (dir, stop2, issued2) = (dir.to_path_buf(), stop.clone(), issued.clone());
+        let refreshed = Arc::new(AtomicUsize::new(0));
+        let (dir, stop2, issued2, refreshed2) = (
+            dir.to_path_buf(),
+            stop.clone(),
+            issued.clone(),
+            refreshed.clone(),
+        );
         let thread = std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if stop2.load(Ordering::SeqCst) {
                     break;
                 }
                 if let Ok(stream) = stream {
-                    let _ = serve_token(stream, &dir, &x5c, &issued2);
+                    let _ = serve_token(stream, &dir, &x5c, &issued2, &refreshed2);
                 }
             }
         });
@@ -557,6 +569,7 @@ impl TokenIssuer {
             port,
             stop,
             issued,
+            refreshed,
             thread: Some(thread),
         }
     }
@@ -608,12 +621,14 @@ fn serve_token(
     dir: &Path,
     x5c: &str,
     issued: &AtomicUsize,
+    refreshed: &AtomicUsize,
 ) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
     let mut authorization = None;
+    let mut content_length = 0;
     for _ in 0..100 {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
@@ -623,14 +638,36 @@ fn serve_token(
             if name.eq_ignore_ascii_case("authorization") {
                 authorization = Some(value.trim().to_string());
             }
+            if name.eq_ignore_ascii_case("content-length") {
+                content_length = value.trim().parse().unwrap_or(0);
+            }
         }
     }
+    // GET /token?service=…&scope=… with Basic credentials, or an OAuth2 form POST.
+    let target = request_line.split_whitespace().nth(1).unwrap_or("");
+    let params = if request_line.starts_with("POST ") {
+        let mut body = vec![0; content_length.min(1 << 16)];
+        reader.read_exact(&mut body)?;
+        String::from_utf8_lossy(&body).into_owned()
+    } else {
+        target.split_once('?').map_or("", |(_, q)| q).to_string()
+    };
+    let param = |name: &str| {
+        params
+            .split('&')
+            .find_map(|p| p.strip_prefix(&format!("{name}=")))
+            .map(percent_decode)
+    };
+    let refresh = param("grant_type").as_deref() == Some("refresh_token")
+        && param("refresh_token").as_deref() == Some(REFRESH_TOKEN);
     let expected = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
     );
     let mut stream = stream;
-    if authorization.as_deref() != Some(expected.as_str()) {
+    if refresh {
+        refreshed.fetch_add(1, Ordering::SeqCst);
+    } else if authorization.as_deref() != Some(expected.as_str()) {
         let body = r#"{"details":"unauthorized"}"#;
         return write!(
             stream,
@@ -638,14 +675,7 @@ fn serve_token(
             body.len()
         );
     }
-    // GET /token?service=…&scope=repository:NAME:pull,push HTTP/1.1
-    let target = request_line.split_whitespace().nth(1).unwrap_or("");
-    let query = target.split_once('?').map_or("", |(_, q)| q);
-    let scope = query
-        .split('&')
-        .find_map(|p| p.strip_prefix("scope="))
-        .map(percent_decode)
-        .unwrap_or_default();
+    let scope = param("scope").unwrap_or_default();
     let repository = scope.split(':').nth(1).unwrap_or("");
     let n = issued.fetch_add(1, Ordering::SeqCst);
     let actions = if n == 0 {
@@ -687,7 +717,9 @@ fn serve_token(
         ],
     );
     let jwt = format!("{signing_input}.{}", b64url(&signature));
-    let body = format!(r#"{{"token":"{jwt}","expires_in":300}}"#);
+    // OAuth2 answers carry `access_token`; the classic endpoint `token`.
+    let key = if refresh { "access_token" } else { "token" };
+    let body = format!(r#"{{"{key}":"{jwt}","expires_in":300}}"#);
     write!(
         stream,
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -726,6 +758,111 @@ fn token_auth_push_with_credentials_renews_its_token() {
         "the push did not renew its token"
     );
     assert_eq!(skopeo_digest(&d).unwrap(), digest);
+}
+
+#[test]
+fn an_identity_token_is_exchanged_by_oauth2_and_never_shown() {
+    let (registry, issuer) = token_registry();
+    let env = CleanEnv::new();
+    let docker_config = |token: &str| {
+        let dir = &env
+            .vars()
+            .into_iter()
+            .find(|(k, _)| k == "DOCKER_CONFIG")
+            .unwrap()
+            .1;
+        let json = format!(
+            r#"{{"auths": {{"{}": {{"auth": "", "identitytoken": "{token}"}}}}}}"#,
+            registry.address
+        );
+        std::fs::write(Path::new(dir).join("config.json"), json).unwrap();
+    };
+    let name = unique("identity");
+    let tag = small_image(&name);
+    docker_config(REFRESH_TOKEN);
+    let mut debug = env.vars();
+    debug.push(("OCIPUSH_LOG".into(), "debug".into()));
+    let d = format!("{}/ocipush-test/{name}:v1", registry.address);
+    let pushed = push_stdin(&tag, &d, &[], "", &debug);
+    let digest = pushed.expect_success(&d);
+    assert!(
+        !pushed.stderr.contains(REFRESH_TOKEN),
+        "{}",
+        pushed.describe()
+    );
+    assert!(
+        issuer.refreshed.load(Ordering::SeqCst) >= 1,
+        "no OAuth2 exchange"
+    );
+    assert_eq!(skopeo_digest(&d).unwrap(), digest);
+
+    docker_config("a-revoked-token");
+    let d = format!("{}/ocipush-test/{name}:revoked", registry.address);
+    let refused = push_stdin(&tag, &d, &[], "", &env.vars());
+    let line = refused.expect_failure();
+    assert!(line.contains("identity token was refused"), "{line}");
+    assert!(!refused.stderr.contains("a-revoked-token"), "{line}");
+    assert_not_pushed(&d);
+}
+
+/// A registry with htpasswd auth over plain HTTP on loopback, for the redirect test.
+fn htpasswd_registry() -> Registry {
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = tool(dir.path(), "htpasswd", &["-Bbn", USER, PASSWORD]);
+    std::fs::write(dir.path().join("htpasswd"), htpasswd).unwrap();
+    let d = dir.path().to_path_buf();
+    Registry::start(dir, &move |_| {
+        format!(
+            "auth:\n  htpasswd: {{realm: ocipush-test, path: \"{}\"}}\n",
+            d.join("htpasswd").display()
+        )
+    })
+}
+
+#[test]
+fn uploads_moved_to_another_host_never_get_the_credentials() {
+    use support::faults::{Faults, HttpFaultProxy};
+    let registry = htpasswd_registry();
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+    );
+    let proxy = HttpFaultProxy::start(
+        &registry.address,
+        Faults {
+            redirect_uploads: true,
+            second_address_authorization: Some(basic),
+            ..Faults::default()
+        },
+    );
+    let env = CleanEnv::new();
+    let name = unique("redirect");
+    let tag = small_image(&name);
+    let d = format!("{}/ocipush-test/{name}:v1", proxy.address);
+    let args = ["--username", USER, "--password-stdin"];
+    let pushed = push_stdin(&tag, &d, &args, &format!("{PASSWORD}\n"), &env.vars());
+    let digest = pushed.expect_success(&d);
+    let seen = proxy.seen();
+    let moved: Vec<_> = seen.iter().filter(|s| s.second_address).collect();
+    // The layer's and the config's uploads went to the second address: PATCH and PUT there.
+    assert!(moved.iter().any(|s| s.method == "PATCH"), "{seen:#?}");
+    assert!(
+        moved.iter().filter(|s| s.method == "PUT").count() >= 2,
+        "{seen:#?}"
+    );
+    assert!(
+        moved.iter().all(|s| !s.authorization),
+        "credentials sent to another host: {seen:#?}"
+    );
+    // The registry's own host got them (the manifest, the upload starts).
+    assert!(
+        seen.iter()
+            .filter(|s| !s.second_address && s.method == "PUT")
+            .all(|s| s.authorization),
+        "{seen:#?}"
+    );
+    let direct = format!("{}/ocipush-test/{name}:v1", registry.address);
+    assert_eq!(skopeo_digest(&direct).unwrap(), digest);
 }
 
 #[test]

@@ -1,0 +1,275 @@
+//! Uploads through an imperfect network and imperfect registries: a fault-injecting proxy
+//! (tests/support/faults.rs) sits in front of the real registry started by scripts/services.sh.
+//! After every successful run the image reads back through skopeo with every digest verified;
+//! after every failed run no tag exists.
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::Value;
+use support::faults::{Faults, HttpFaultProxy, Seen};
+use support::*;
+
+/// An image with a 9 MiB layer of random bytes (incompressible: about 9 MiB gzipped too) and
+/// a small one; returns (tag, image ID, diff IDs).
+fn image_with_a_large_layer(name: &str) -> (String, String, Vec<String>) {
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("big.bin"), random_bytes(9 << 20)).unwrap();
+    std::fs::write(ctx.path().join("small.txt"), format!("faults {name}\n")).unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY big.bin /big.bin\nCOPY small.txt /small.txt\n",
+    )
+    .unwrap();
+    let tag = format!("{name}:1");
+    docker_build(&tag, ctx.path());
+    let id = image_id(&tag);
+    let diff_ids = rootfs_layers(&tag);
+    (tag, id, diff_ids)
+}
+
+/// A push through `proxy` with JSON progress; returns the result and the progress events.
+fn push_through(
+    proxy: &HttpFaultProxy,
+    tag: &str,
+    repo: &str,
+    args: &[&str],
+) -> (Pushed, Vec<Value>, String) {
+    let dest = format!("{}/{repo}:v1", proxy.address);
+    let pushed = push_args(tag, &dest, "json", args, &[]);
+    let events = pushed
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect();
+    (pushed, events, dest)
+}
+
+/// Success, then the image as the real registry holds it (not through the proxy) reads back
+/// through skopeo with every digest verified, and its layers hash to the diff IDs.
+fn expect_published(pushed: &Pushed, dest: &str, repo: &str, id: &str, diff_ids: &[String]) {
+    let digest = pushed.expect_success(dest);
+    let s = services();
+    check_pushed_manifest(&s.registry, repo, "v1", &digest, id, diff_ids);
+    copy_to_oci_layout_and_verify(&format!("{}/{repo}:v1", s.registry), &digest, diff_ids);
+}
+
+fn events<'a>(all: &'a [Value], name: &str) -> Vec<&'a Value> {
+    all.iter().filter(|e| e["event"] == name).collect()
+}
+
+fn upload_starts(seen: &[Seen]) -> usize {
+    seen.iter()
+        .filter(|s| s.method == "POST" && s.path.ends_with("/blobs/uploads/") && s.status == 202)
+        .count()
+}
+
+#[test]
+fn a_connection_dropped_between_chunks_resumes_from_the_upload_status() {
+    let name = unique("resume");
+    let (tag, id, diff_ids) = image_with_a_large_layer(&name);
+    let proxy = HttpFaultProxy::start(
+        &services().registry,
+        Faults {
+            drop_patch: Some(3),
+            ..Faults::default()
+        },
+    );
+    let repo = format!("faults/{name}");
+    let (pushed, events_seen, dest) = push_through(&proxy, &tag, &repo, &["--chunk-size", "2M"]);
+    expect_published(&pushed, &dest, &repo, &id, &diff_ids);
+    let seen = proxy.seen();
+    let dropped = seen
+        .iter()
+        .position(|s| s.method == "PATCH" && s.status == 0);
+    let dropped = dropped.unwrap_or_else(|| panic!("no PATCH was dropped: {seen:#?}"));
+    // After the drop: the upload status, then the same chunk again, in the same session.
+    let status_check = &seen[dropped + 1];
+    assert_eq!(
+        (status_check.method.as_str(), status_check.status),
+        ("GET", 204),
+        "{seen:#?}"
+    );
+    let resent = &seen[dropped + 2];
+    assert_eq!(resent.method, "PATCH", "{seen:#?}");
+    assert_eq!(
+        resent.content_range, seen[dropped].content_range,
+        "{seen:#?}"
+    );
+    // Two layers and the config: three sessions, none started over.
+    assert_eq!(upload_starts(&seen), 3, "{seen:#?}");
+    let retries = events(&events_seen, "retry");
+    assert_eq!(retries.len(), 1, "{events_seen:#?}");
+    assert_eq!(retries[0]["attempt"], 1);
+}
+
+#[test]
+fn a_chunk_the_registry_saw_half_of_starts_the_layer_over() {
+    let name = unique("restart");
+    let (tag, id, diff_ids) = image_with_a_large_layer(&name);
+    let proxy = HttpFaultProxy::start(
+        &services().registry,
+        Faults {
+            cut_patch: Some(2),
+            ..Faults::default()
+        },
+    );
+    let repo = format!("faults/{name}");
+    let (pushed, events_seen, dest) = push_through(&proxy, &tag, &repo, &["--chunk-size", "2M"]);
+    expect_published(&pushed, &dest, &repo, &id, &diff_ids);
+    // Distribution forgets a session that saw part of a chunk: one more session for that layer.
+    assert_eq!(upload_starts(&proxy.seen()), 4, "{:#?}", proxy.seen());
+    let notes = events(&events_seen, "upload");
+    assert!(
+        notes.iter().any(|n| n["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("starting it over")),
+        "{events_seen:#?}"
+    );
+}
+
+#[test]
+fn random_500s_and_429s_with_retry_after_are_retried() {
+    let name = unique("flaky");
+    let (tag, id, diff_ids) = image_with_a_large_layer(&name);
+    let proxy = HttpFaultProxy::start(
+        &services().registry,
+        Faults {
+            flaky: 0.2,
+            ..Faults::default()
+        },
+    );
+    let repo = format!("faults/{name}");
+    let (pushed, events_seen, dest) = push_through(
+        &proxy,
+        &tag,
+        &repo,
+        &["--chunk-size", "1M", "--retries", "8"],
+    );
+    expect_published(&pushed, &dest, &repo, &id, &diff_ids);
+    let seen = proxy.seen();
+    let refused = seen
+        .iter()
+        .filter(|s| s.status == 500 || s.status == 429)
+        .count();
+    assert!(
+        refused >= 3,
+        "the proxy should have failed several requests: {seen:#?}"
+    );
+    let retries = events(&events_seen, "retry");
+    assert_eq!(
+        retries.len(),
+        refused,
+        "every failure is retried, visibly: {events_seen:#?}"
+    );
+    // A 429's Retry-After (1 s) is what the retry waits; the others back off with jitter.
+    assert!(
+        retries
+            .iter()
+            .any(|r| r["delay_ms"] == 1000 && r["reason"].as_str().unwrap_or("").contains("429")),
+        "{retries:#?}"
+    );
+}
+
+#[test]
+fn chunks_above_4_mib_are_refused_so_smaller_ones_are_sent() {
+    let name = unique("ghcr");
+    let (tag, id, diff_ids) = image_with_a_large_layer(&name);
+    let proxy = HttpFaultProxy::start(
+        &services().registry,
+        Faults {
+            max_chunk: Some(4 << 20),
+            ..Faults::default()
+        },
+    );
+    let repo = format!("faults/{name}");
+    // The default chunk size (16M) is too large for this registry.
+    let (pushed, events_seen, dest) = push_through(&proxy, &tag, &repo, &[]);
+    expect_published(&pushed, &dest, &repo, &id, &diff_ids);
+    let seen = proxy.seen();
+    let refused: Vec<_> = seen.iter().filter(|s| s.status == 416).collect();
+    assert_eq!(
+        refused.len(),
+        1,
+        "one refusal, then only chunks that fit: {seen:#?}"
+    );
+    assert!(
+        seen.iter()
+            .filter(|s| s.method == "PATCH" && s.status == 202)
+            .all(|s| s.body_len <= 4 << 20),
+        "{seen:#?}"
+    );
+    let notes = events(&events_seen, "upload");
+    assert!(
+        notes.iter().any(|n| n["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("sending chunks of 4.00 MiB")),
+        "{events_seen:#?}"
+    );
+}
+
+#[test]
+fn gitea_patch_rule_holds_through_chunks_and_a_dropped_connection() {
+    let name = unique("gitea");
+    let (tag, id, diff_ids) = image_with_a_large_layer(&name);
+    let proxy = HttpFaultProxy::start(
+        &services().registry,
+        Faults {
+            gitea_patch_rule: true,
+            drop_patch: Some(4),
+            ..Faults::default()
+        },
+    );
+    let repo = format!("faults/{name}");
+    let (pushed, _, dest) = push_through(&proxy, &tag, &repo, &["--chunk-size", "1M"]);
+    expect_published(&pushed, &dest, &repo, &id, &diff_ids);
+    let seen = proxy.seen();
+    assert!(
+        seen.iter().all(|s| s.status != 416),
+        "a PATCH broke Gitea's rule: {seen:#?}"
+    );
+    assert!(
+        seen.iter()
+            .filter(|s| s.method == "PATCH")
+            .all(|s| s.content_range.is_some()),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter().filter(|s| s.method == "PATCH").count() >= 10,
+        "{seen:#?}"
+    );
+}
+
+#[test]
+fn when_retries_run_out_the_push_fails_in_one_line_and_writes_no_tag() {
+    let name = unique("giveup");
+    let (tag, _, _) = image_with_a_large_layer(&name);
+    let proxy = HttpFaultProxy::start(
+        &services().registry,
+        Faults {
+            flaky: 1.0,
+            flaky_patch_only: true,
+            ..Faults::default()
+        },
+    );
+    let repo = format!("faults/{name}");
+    let dest = format!("{}/{repo}:v1", proxy.address);
+    let pushed = push_args(&tag, &dest, "none", &["--retries", "2"], &[]);
+    let line = pushed.expect_failure();
+    assert!(line.contains("gave up after 2 retries"), "{line}");
+    let patches = proxy.seen().iter().filter(|s| s.method == "PATCH").count();
+    assert_eq!(patches, 3, "one try and two retries: {:#?}", proxy.seen());
+    assert_tag_absent(&services().registry, &repo, "v1");
+    // A run without faults then completes.
+    let pushed = push(&tag, &format!("{}/{repo}:v1", services().registry));
+    pushed.expect_success(&format!("{}/{repo}:v1", services().registry));
+    let out = run(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{}/{repo}:v1", services().registry),
+    ]));
+    assert!(out.status.success(), "{}", describe(&out));
+}
