@@ -1,6 +1,8 @@
 //! Integration tests for the places an image comes from and goes to beyond the daemon and a
-//! registry: the OCI image layout destination (`oci:DIR[:TAG]`), read back by skopeo, which
-//! checks every digest. Needs the services of `scripts/services.sh` (run `./scripts/test.sh`).
+//! registry: the OCI image layout destination (`oci:DIR[:TAG]`) and `docker save` tarballs as a
+//! source (`docker-archive:PATH[:REF]`, real `docker save` output and the podman and Docker >= 25
+//! dialects), all read back by skopeo, which checks every digest. Needs the services of
+//! `scripts/services.sh` (run `./scripts/test.sh`).
 
 mod support;
 
@@ -203,4 +205,217 @@ fn oci_layout_failures_write_no_manifest() {
     // Bad oci: references are refused before any traffic.
     let line = push(&tag, "oci::v1").expect_failure();
     assert!(line.contains("names no directory"), "{line}");
+}
+
+#[test]
+fn docker_archive_of_a_real_docker_save_pushes_the_image_it_names() {
+    let s = services();
+    let name = unique("archive");
+    let (first, first_id, first_diff_ids) =
+        build_image(&format!("{name}-a"), &random_bytes(300_000));
+    let (second, second_id, second_diff_ids) = build_image(&format!("{name}-b"), b"second\n");
+    let dir = tempfile::tempdir().unwrap();
+    let single = dir.path().join("single.tar");
+    let multi = dir.path().join("multi.tar");
+    docker_ok(&["save", "-o", single.to_str().unwrap(), &first]);
+    docker_ok(&["save", "-o", multi.to_str().unwrap(), &first, &second]);
+
+    // One image: no reference needed, and the manifest is the one a push from the daemon writes.
+    let repo = format!("sources/{name}");
+    let dest = format!("{}/{repo}:v1", s.registry);
+    let source = format!("docker-archive:{}", single.display());
+    let digest = push(&source, &dest).expect_success(&dest);
+    check_pushed_manifest(
+        &s.registry,
+        &repo,
+        "v1",
+        &digest,
+        &first_id,
+        &first_diff_ids,
+    );
+    copy_to_oci_layout_and_verify(&dest, &digest, &first_diff_ids);
+    let from_daemon = format!("{}/{repo}-daemon:v1", s.registry);
+    assert_eq!(
+        push(&first, &from_daemon).expect_success(&from_daemon),
+        digest
+    );
+
+    // Several images: without a reference the error lists them, and nothing is written.
+    let many = format!("{}/{repo}-many:v1", s.registry);
+    let line = push(&format!("docker-archive:{}", multi.display()), &many).expect_failure();
+    assert!(
+        line.contains("holds 2 images") && line.contains(&first) && line.contains(&second),
+        "{line}"
+    );
+    assert_tag_absent(&s.registry, &format!("{repo}-many"), "v1");
+    // Named by tag, each comes out as pushed from the daemon; only its own layers are read.
+    let named = push(
+        &format!("docker-archive:{}:{second}", multi.display()),
+        &many,
+    )
+    .expect_success(&many);
+    check_pushed_manifest(
+        &s.registry,
+        &format!("{repo}-many"),
+        "v1",
+        &named,
+        &second_id,
+        &second_diff_ids,
+    );
+    copy_to_oci_layout_and_verify(&many, &named, &second_diff_ids);
+    let line = push(
+        &format!("docker-archive:{}:nothere:1", multi.display()),
+        &many,
+    )
+    .expect_failure();
+    assert!(line.contains("no image nothere:1"), "{line}");
+
+    // A file that is not there, or not a tar.
+    let line = push(
+        &format!("docker-archive:{}/missing.tar", dir.path().display()),
+        &dest,
+    )
+    .expect_failure();
+    assert!(line.contains("cannot open archive"), "{line}");
+    std::fs::write(dir.path().join("text.tar"), "not a tarball\n".repeat(100)).unwrap();
+    let line = push(
+        &format!("docker-archive:{}/text.tar", dir.path().display()),
+        &dest,
+    )
+    .expect_failure();
+    assert!(line.contains("text.tar"), "{line}");
+}
+
+/// An image config for `diff_ids`, as `docker save` writes one.
+fn config_for(diff_ids: &[String]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2023-11-14T22:13:20Z",
+        "config": {"Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .unwrap()
+}
+
+/// The `docker save` archive of one image (`app:1`) in podman's dialect: `<diffid>.tar` layers
+/// at the top, `<v1id>/layer.tar` symlinks to them.
+fn podman_archive(layers: &[Vec<u8>], config: &[u8]) -> Vec<u8> {
+    let config_name = format!("{}.json", sha256_hex(config));
+    let mut tar = Tar::new();
+    let mut paths = Vec::new();
+    for (i, layer) in layers.iter().enumerate() {
+        let file = format!("{}.tar", sha256_hex(layer));
+        let v1 = sha256_hex(format!("v1 {i}").as_bytes());
+        tar.file(&file, 0o644, layer)
+            .dir(&v1)
+            .symlink(&format!("{v1}/layer.tar"), &format!("../{file}"));
+        paths.push(format!("{v1}/layer.tar"));
+    }
+    tar.file(&config_name, 0o644, config);
+    let manifest = serde_json::json!([{"Config": config_name, "RepoTags": ["localhost/app:1"], "Layers": paths}]);
+    tar.file(
+        "manifest.json",
+        0o644,
+        &serde_json::to_vec(&manifest).unwrap(),
+    );
+    tar.finish()
+}
+
+/// The same image in Docker >= 25's dialect: an OCI layout (uncompressed layers under their
+/// diff IDs) plus `manifest.json`.
+fn docker25_archive(layers: &[Vec<u8>], config: &[u8]) -> Vec<u8> {
+    let blob = |bytes: &[u8]| format!("blobs/sha256/{}", sha256_hex(bytes));
+    let layer_descriptors: Vec<Value> = layers
+        .iter()
+        .map(|l| {
+            serde_json::json!({"mediaType": OCI_LAYER, "digest": format!("sha256:{}", sha256_hex(l)), "size": l.len()})
+        })
+        .collect();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": format!("sha256:{}", sha256_hex(config)), "size": config.len()},
+        "layers": layer_descriptors,
+    }))
+    .unwrap();
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": format!("sha256:{}", sha256_hex(&manifest)), "size": manifest.len()}],
+    }))
+    .unwrap();
+    let mut tar = Tar::new();
+    tar.dir("blobs").dir("blobs/sha256");
+    for layer in layers {
+        tar.file(&blob(layer), 0o644, layer);
+    }
+    tar.file(&blob(config), 0o644, config)
+        .file(&blob(&manifest), 0o644, &manifest)
+        .file("index.json", 0o644, &index);
+    let save_manifest = serde_json::json!([{
+        "Config": blob(config),
+        "RepoTags": ["app:1"],
+        "Layers": layers.iter().map(|l| blob(l)).collect::<Vec<_>>(),
+    }]);
+    tar.file(
+        "manifest.json",
+        0o644,
+        &serde_json::to_vec(&save_manifest).unwrap(),
+    )
+    .file("oci-layout", 0o644, br#"{"imageLayoutVersion":"1.0.0"}"#);
+    tar.finish()
+}
+
+#[test]
+fn docker_archive_reads_the_podman_and_docker_25_dialects() {
+    let s = services();
+    let name = unique("dialects");
+    let layers = vec![
+        Tar::new()
+            .dir("etc")
+            .file("etc/hello.txt", 0o644, b"hello\n")
+            .finish(),
+        Tar::new()
+            .file("data.bin", 0o644, &random_bytes(200_000))
+            .symlink("data-link", "data.bin")
+            .finish(),
+    ];
+    let diff_ids: Vec<String> = layers
+        .iter()
+        .map(|l| format!("sha256:{}", sha256_hex(l)))
+        .collect();
+    let config = config_for(&diff_ids);
+    let image_id = format!("sha256:{}", sha256_hex(&config));
+    let dir = tempfile::tempdir().unwrap();
+    let mut digests = Vec::new();
+    for (dialect, archive) in [
+        ("podman", podman_archive(&layers, &config)),
+        ("docker25", docker25_archive(&layers, &config)),
+    ] {
+        let path = dir.path().join(format!("{dialect}.tar"));
+        std::fs::write(&path, archive).unwrap();
+        let repo = format!("sources/{name}-{dialect}");
+        let dest = format!("{}/{repo}:v1", s.registry);
+        let digest =
+            push(&format!("docker-archive:{}", path.display()), &dest).expect_success(&dest);
+        check_pushed_manifest(&s.registry, &repo, "v1", &digest, &image_id, &diff_ids);
+        copy_to_oci_layout_and_verify(&dest, &digest, &diff_ids);
+        digests.push(digest);
+    }
+    assert_eq!(
+        digests[0], digests[1],
+        "one image, one manifest, whatever the dialect"
+    );
+
+    // A layer whose bytes are not its diff ID is refused, and no tag is written.
+    let mut tampered = layers.clone();
+    let last = tampered[1].len() - 2000;
+    tampered[1][last] ^= 0xff;
+    let path = dir.path().join("tampered.tar");
+    std::fs::write(&path, podman_archive(&tampered, &config)).unwrap();
+    let repo = format!("sources/{name}-tampered");
+    let dest = format!("{}/{repo}:v1", s.registry);
+    let line = push(&format!("docker-archive:{}", path.display()), &dest).expect_failure();
+    assert!(line.contains("digest mismatch"), "{line}");
+    assert_tag_absent(&s.registry, &repo, "v1");
 }

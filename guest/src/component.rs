@@ -4,17 +4,18 @@ use std::io::{self, Read};
 
 use anyhow::{anyhow, Result};
 
+use crate::archive::{Archive, RandomAccess};
 use crate::cache::Cache;
 use crate::digest::Digest;
 use crate::manifest::{self, Encoding};
 use crate::progress::{self, ProgressSink};
 use crate::push::{self, BlobSink, ImageSource, LayerUpload, Registries, CHUNK_SIZE};
-use crate::reference::Destination;
+use crate::reference::{Destination, Source};
 use crate::save::{Blob, ImageSummary};
 
 wit_bindgen::generate!({ world: "pusher", path: "../wit" });
 
-use ocipush::core::{cache, credentials, docker, layout, progress as wit, registry};
+use ocipush::core::{archive, cache, credentials, docker, layout, progress as wit, registry};
 
 struct Component;
 
@@ -31,9 +32,10 @@ impl Guest for Component {
             destination: request.destination,
             encoding,
         };
+        let mut source = HostSource::open(&request.source).map_err(|e| format!("{e:#}"))?;
         push::push(
             &request,
-            &mut Daemon,
+            &mut source,
             &mut HostRegistries,
             &mut HostCache,
             &mut HostProgress,
@@ -47,6 +49,55 @@ impl Guest for Component {
 }
 
 export!(Component);
+
+/// The source the user named: an image in the daemon, or a `docker save` tarball.
+enum HostSource {
+    /// The image's name in the daemon, without a transport prefix.
+    Daemon(String),
+    Archive(Archive<archive::Tarball>),
+}
+
+impl HostSource {
+    fn open(source: &str) -> Result<Self> {
+        Ok(match Source::parse(source)? {
+            Source::Daemon(name) => Self::Daemon(name),
+            Source::Archive { path, reference } => {
+                let file = archive::open(&path).map_err(|e| anyhow!(e))?;
+                Self::Archive(Archive::new(file, &path, reference.as_deref()))
+            }
+        })
+    }
+}
+
+impl ImageSource for HostSource {
+    type Export = Box<dyn Read>;
+
+    /// `image` is the source as the user wrote it; each kind already holds its parsed form.
+    fn inspect(&mut self, _image: &str) -> Result<ImageSummary> {
+        match self {
+            Self::Daemon(name) => Daemon.inspect(name),
+            Self::Archive(archive) => archive.inspect(""),
+        }
+    }
+
+    fn export(&mut self, image: &str) -> Result<Box<dyn Read>> {
+        Ok(match self {
+            Self::Daemon(_) => Box::new(Daemon.export(image)?),
+            Self::Archive(archive) => Box::new(archive.export(image)?),
+        })
+    }
+}
+
+impl RandomAccess for archive::Tarball {
+    fn size(&self) -> Result<u64> {
+        archive::Tarball::size(self).map_err(|e| anyhow!(e))
+    }
+
+    fn read_at(&self, offset: u64, max: usize) -> Result<Vec<u8>> {
+        let max = max.min(CHUNK_SIZE * 4) as u32;
+        self.read(offset, max).map_err(|e| anyhow!(e))
+    }
+}
 
 struct Daemon;
 

@@ -3,6 +3,7 @@
 //! capabilities (see `wit/ocipush.wit`). Everything but `component` is plain Rust, tested
 //! natively against in-memory capabilities.
 
+pub mod archive;
 pub mod cache;
 pub mod digest;
 pub mod manifest;

@@ -1,7 +1,51 @@
-//! Push destinations: a registry, `host[:port]/repository[:tag]` as in the distribution
-//! reference grammar, or an OCI image layout directory, `oci:DIR[:TAG]` as skopeo writes it.
+//! Sources and destinations, by skopeo-style transport prefix. Sources: an image in the daemon
+//! (a bare name) or a `docker save` tarball, `docker-archive:PATH[:REF]`. Destinations: a
+//! registry, `host[:port]/repository[:tag]` as in the distribution reference grammar, or an OCI
+//! image layout directory, `oci:DIR[:TAG]`.
 
 use anyhow::{bail, Result};
+
+/// Where an image comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// An image in the daemon: `name:tag`, `name@digest` or an image ID (`docker-daemon:` may
+    /// prefix it).
+    Daemon(String),
+    /// A `docker save` tarball (`docker-archive:PATH[:REF]`) and, when it holds several images,
+    /// which one: a `name:tag` of its manifest.json, or `@N` for the N-th (from 0).
+    Archive {
+        path: String,
+        reference: Option<String>,
+    },
+}
+
+impl Source {
+    /// Parses a source by its transport prefix. Like skopeo, `docker-archive:` splits the path
+    /// from the reference at the first `:` after it.
+    pub fn parse(text: &str) -> Result<Self> {
+        if let Some(rest) = text.strip_prefix("docker-archive:") {
+            let (path, reference) = match rest.split_once(':') {
+                Some((path, reference)) => (path, Some(reference.to_string())),
+                None => (rest, None),
+            };
+            if path.is_empty() {
+                bail!("source {text:?} names no file (docker-archive:PATH[:NAME:TAG])");
+            }
+            if reference.as_deref() == Some("") {
+                bail!("source {text:?} ends in an empty image reference");
+            }
+            return Ok(Self::Archive {
+                path: path.to_string(),
+                reference,
+            });
+        }
+        let image = text.strip_prefix("docker-daemon:").unwrap_or(text);
+        if image.is_empty() {
+            bail!("the source names no image");
+        }
+        Ok(Self::Daemon(image.to_string()))
+    }
+}
 
 /// Where a push goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,6 +249,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("\"Team\""), "{err}");
+    }
+
+    #[test]
+    fn sources_by_prefix() {
+        assert_eq!(
+            Source::parse("app:1").unwrap(),
+            Source::Daemon("app:1".into())
+        );
+        assert_eq!(
+            Source::parse("docker-daemon:app:1").unwrap(),
+            Source::Daemon("app:1".into())
+        );
+        assert_eq!(
+            Source::parse("docker-archive:/tmp/a.tar").unwrap(),
+            Source::Archive {
+                path: "/tmp/a.tar".into(),
+                reference: None
+            }
+        );
+        assert_eq!(
+            Source::parse("docker-archive:a.tar:app:1").unwrap(),
+            Source::Archive {
+                path: "a.tar".into(),
+                reference: Some("app:1".into())
+            }
+        );
+        for bad in [
+            "",
+            "docker-archive:",
+            "docker-archive::app",
+            "docker-archive:a.tar:",
+        ] {
+            assert!(Source::parse(bad).is_err(), "{bad:?} should be refused");
+        }
     }
 
     fn layout(path: &str, tag: &str) -> Destination {

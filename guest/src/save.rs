@@ -315,7 +315,7 @@ fn resolve(path: &str, links: &HashMap<String, String>) -> Result<String> {
 }
 
 /// The archive path a symlink at `link` pointing to `target` refers to.
-fn join_link(link: &str, target: &str) -> String {
+pub(crate) fn join_link(link: &str, target: &str) -> String {
     if target.starts_with('/') {
         return normalize(target);
     }
@@ -326,7 +326,7 @@ fn join_link(link: &str, target: &str) -> String {
 }
 
 /// Removes `.`, empty components and resolves `..` (never above the archive root).
-fn normalize(path: &str) -> String {
+pub(crate) fn normalize(path: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
     for part in path.split('/') {
         match part {

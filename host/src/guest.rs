@@ -17,7 +17,7 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{CallHook, Config, Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use ocipush_guest::reference::Destination;
+use ocipush_guest::reference::{Destination, Source};
 
 use crate::daemon::Daemon;
 use crate::progress::Progress;
@@ -28,6 +28,7 @@ wasmtime::component::bindgen!({
     imports: { default: trappable },
     with: {
         "ocipush:core/docker.export-stream": crate::daemon::ExportStream,
+        "ocipush:core/archive.tarball": crate::archive::Tarball,
         "ocipush:core/credentials.credential": crate::credentials::Credential,
         "ocipush:core/registry.repository": crate::registry::Repository,
         "ocipush:core/registry.layer-upload": crate::upload::LayerUpload,
@@ -103,6 +104,9 @@ pub struct HostState {
     pub layout: Option<String>,
     /// `--retries` and `--chunk-size`.
     pub transfer: crate::registry::Transfer,
+    /// The `docker save` tarball the user named as the source: the only file the guest may
+    /// read.
+    pub archive: Option<String>,
     pub progress: Progress,
     /// Where the `cache` capability keeps its entries; `None` when no directory is known.
     pub cache_dir: Option<PathBuf>,
@@ -211,6 +215,10 @@ pub fn push(rt: Handle, progress: Progress, guest: &Guest, job: &Job<'_>) -> Res
             _ => None,
         },
         transfer: job.transfer,
+        archive: match Source::parse(job.source) {
+            Ok(Source::Archive { path, .. }) => Some(path),
+            _ => None,
+        },
         progress,
         cache_dir,
         waits: Waits::default(),

@@ -2,6 +2,7 @@
 //! the runner that sandboxes it. The binary (`main.rs`) is only the command line; fuzz targets
 //! and tests reach the parsers here.
 
+pub mod archive;
 pub mod cache;
 pub mod credentials;
 pub mod daemon;

@@ -9,6 +9,7 @@
 // - registry:    an OCI image layout in OUT_DIR (oci-layout, index.json, blobs/sha256/…), with
 //                the host's rule that a manifest may only name blobs confirmed in this session.
 //                Layers are stored as streamed: only `compression = none` is offered.
+// - archive:     offered, but declines every file: this host's source is its `docker` tarball.
 // - layout:      offered, but declines every directory: this host publishes only through
 //                `registry` (its OCI layout in OUT_DIR).
 // - credentials: none; cache: empty and forgetful; progress: events are logged on stderr.
@@ -467,6 +468,10 @@ async function main() {
       "ocipush:core/docker": docker,
       "ocipush:core/credentials": { Credential, lookup: () => undefined },
       "ocipush:core/registry": registry,
+      "ocipush:core/archive": {
+        Tarball: class {},
+        open: (file) => ({ tag: "err", val: `this host opens no archives (asked for ${file})` }),
+      },
       "ocipush:core/layout": {
         Directory: class {},
         LayerFile: class {},
