@@ -1,8 +1,9 @@
 //! Integration tests for the places an image comes from and goes to beyond the daemon and a
 //! registry: the OCI image layout destination (`oci:DIR[:TAG]`) and `docker save` tarballs as a
 //! source (`docker-archive:PATH[:REF]`, real `docker save` output and the podman and Docker >= 25
-//! dialects), all read back by skopeo, which checks every digest. Needs the services of
-//! `scripts/services.sh` (run `./scripts/test.sh`).
+//! dialects), and podman's Docker-compatible API service as the daemon, all read back by skopeo,
+//! which checks every digest. Needs the services of `scripts/services.sh` (run
+//! `./scripts/test.sh`).
 
 mod support;
 
@@ -418,4 +419,73 @@ fn docker_archive_reads_the_podman_and_docker_25_dialects() {
     let line = push(&format!("docker-archive:{}", path.display()), &dest).expect_failure();
     assert!(line.contains("digest mismatch"), "{line}");
     assert_tag_absent(&s.registry, &repo, "v1");
+}
+
+#[test]
+fn the_daemon_source_works_against_podmans_api_service() {
+    let s = services();
+    let podman = std::env::var("OCIPUSH_TEST_PODMAN_HOST")
+        .expect("OCIPUSH_TEST_PODMAN_HOST is not set: run ./scripts/test.sh (services.sh starts podman's service)");
+    let name = unique("podman");
+    // Two layers, built by dockerd and loaded into podman through its Docker API.
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("a.bin"), random_bytes(400_000)).unwrap();
+    std::fs::write(ctx.path().join("b.txt"), b"second layer\n").unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY a.bin /a.bin\nCOPY b.txt /b.txt\nENV OCIPUSH_TEST=podman\n",
+    )
+    .unwrap();
+    let tag = format!("{name}:1.0");
+    docker_build(&tag, ctx.path());
+    let (id, diff_ids) = (image_id(&tag), rootfs_layers(&tag));
+    assert_eq!(diff_ids.len(), 2);
+    let archive = ctx.path().join("image.tar");
+    docker_ok(&["save", "-o", archive.to_str().unwrap(), &tag]);
+    let mut load = Command::new("docker");
+    load.args(["load", "-q", "-i", archive.to_str().unwrap()])
+        .env("DOCKER_HOST", &podman);
+    run_ok(&mut load);
+
+    // podman's export is its own dialect (layers named by diff ID, symlinked from v1 dirs):
+    // the manifest comes out as it does from dockerd.
+    let repo = format!("sources/{name}");
+    let dest = format!("{}/{repo}:v1", s.registry);
+    let pushed = push_with(&tag, &dest, "json", &[("DOCKER_HOST", &podman)]);
+    let digest = pushed.expect_success(&dest);
+    let entries: Vec<String> = pushed
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == "layer-done")
+        .map(|e| e["entry"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(entries.len(), 2, "{}", pushed.describe());
+    for diff_id in &diff_ids {
+        let file = format!("{}.tar", &diff_id["sha256:".len()..]);
+        assert!(
+            entries.contains(&file),
+            "podman's layer entries: {entries:?}"
+        );
+    }
+    check_pushed_manifest(&s.registry, &repo, "v1", &digest, &id, &diff_ids);
+    copy_to_oci_layout_and_verify(&dest, &digest, &diff_ids);
+    let from_docker = format!("{}/{repo}-docker:v1", s.registry);
+    assert_eq!(
+        push(&tag, &from_docker).expect_success(&from_docker),
+        digest
+    );
+
+    // An image podman does not have: one line naming it and the service.
+    let line = push_with(
+        &format!("{name}-absent:1"),
+        &dest,
+        "none",
+        &[("DOCKER_HOST", &podman)],
+    )
+    .expect_failure();
+    assert!(
+        line.contains("not found") && line.contains(&podman),
+        "{line}"
+    );
 }
