@@ -287,6 +287,8 @@ impl<F: RandomAccess> ImageSource for Archive<F> {
             id: Digest::of(&config),
             diff_ids,
             size,
+            // From the config itself: the tarball's word is the config.
+            platform: crate::config::platform(&config).ok(),
         };
         parts.extend(file_parts(
             &config_path,

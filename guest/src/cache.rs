@@ -98,6 +98,22 @@ pub fn remember_image_config(cache: &mut impl Cache, image: &ImageSummary, confi
     }
 }
 
+fn config_bytes_key(config: &Blob) -> String {
+    format!("config-bytes/v1/{}", config.digest.hex())
+}
+
+/// The bytes of a config blob, if the cache holds bytes that hash to its digest.
+pub fn config_bytes(cache: &mut impl Cache, config: &Blob) -> Option<Vec<u8>> {
+    let bytes = cache.get(&config_bytes_key(config))?;
+    (bytes.len() as u64 == config.size && Digest::of(&bytes) == config.digest).then_some(bytes)
+}
+
+/// Keeps a verified config's bytes: a push that skips the export still needs what the
+/// manifest takes from them (annotations, the platform).
+pub fn remember_config_bytes(cache: &mut impl Cache, config: &Blob, bytes: &[u8]) {
+    cache.put(&config_bytes_key(config), bytes);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +135,21 @@ mod tests {
         let mut changed = image.clone();
         changed.diff_ids.pop();
         assert_eq!(image_config(&mut cache, &changed), None);
+    }
+
+    #[test]
+    fn config_bytes_must_hash_to_the_config_digest() {
+        let mut cache = MemoryCache::default();
+        let f = fixture();
+        let config = Blob {
+            digest: Digest::of(&f.config),
+            size: f.config.len() as u64,
+        };
+        assert_eq!(config_bytes(&mut cache, &config), None);
+        remember_config_bytes(&mut cache, &config, &f.config);
+        assert_eq!(config_bytes(&mut cache, &config), Some(f.config.clone()));
+        cache.put(&config_bytes_key(&config), b"{\"tampered\": true}");
+        assert_eq!(config_bytes(&mut cache, &config), None);
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! The component glue: the pipeline's capabilities implemented over the WIT imports.
 
+// The generated export glue takes a request's fields flattened into one argument each.
+#![allow(clippy::too_many_arguments)]
+
 use std::io::{self, Read};
 
 use anyhow::{anyhow, Result};
@@ -21,31 +24,78 @@ struct Component;
 
 impl Guest for Component {
     fn push(request: PushRequest) -> Result<PushResult, String> {
-        let compression = match request.compression {
-            registry::Compression::None => manifest::Compression::None,
-            registry::Compression::Gzip => manifest::Compression::Gzip,
-            registry::Compression::Zstd => manifest::Compression::Zstd,
+        let run = || {
+            let request = push::PushRequest {
+                source: request.source,
+                destination: request.destination,
+                settings: settings(request.settings)?,
+            };
+            let mut source = HostSource::open(&request.source)?;
+            push::push(
+                &request,
+                &mut source,
+                &mut HostRegistries,
+                &mut HostCache,
+                &mut HostProgress,
+            )
         };
-        let encoding = Encoding::new(compression, request.level).map_err(|e| format!("{e:#}"))?;
-        let request = push::PushRequest {
-            source: request.source,
-            destination: request.destination,
-            encoding,
+        result(run())
+    }
+
+    fn push_index(request: IndexRequest) -> Result<PushResult, String> {
+        let run = || {
+            for source in &request.sources {
+                if let Source::Archive { .. } = Source::parse(source)? {
+                    anyhow::bail!("index source {source}: an index's sources are images in the daemon (docker load the tarball first)");
+                }
+            }
+            let request = push::IndexRequest {
+                sources: request.sources,
+                destination: request.destination,
+                settings: settings(request.settings)?,
+            };
+            push::push_index(
+                &request,
+                &mut Daemon,
+                &mut HostRegistries,
+                &mut HostCache,
+                &mut HostProgress,
+            )
         };
-        let mut source = HostSource::open(&request.source).map_err(|e| format!("{e:#}"))?;
-        push::push(
-            &request,
-            &mut source,
-            &mut HostRegistries,
-            &mut HostCache,
-            &mut HostProgress,
-        )
+        result(run())
+    }
+}
+
+fn settings(settings: PublishSettings) -> Result<push::Settings> {
+    let compression = match settings.compression {
+        registry::Compression::None => manifest::Compression::None,
+        registry::Compression::Gzip => manifest::Compression::Gzip,
+        registry::Compression::Zstd => manifest::Compression::Zstd,
+    };
+    let mut annotations = manifest::Annotations::new();
+    for (key, value) in settings.annotations {
+        // Checked as the command line checks them, for hosts that do not.
+        let (key, value) = manifest::parse_annotation(&format!("{key}={value}"))?;
+        annotations.insert(key, value);
+    }
+    Ok(push::Settings {
+        encoding: Encoding::new(compression, settings.level)?,
+        format: match settings.format {
+            ManifestFormat::Oci => manifest::Format::Oci,
+            ManifestFormat::Docker => manifest::Format::Docker,
+        },
+        annotations,
+        verify: settings.verify,
+    })
+}
+
+fn result(pushed: Result<push::Pushed>) -> Result<PushResult, String> {
+    pushed
         .map(|pushed| PushResult {
             digest: pushed.digest.to_string(),
             repository: pushed.repository,
         })
         .map_err(|e| format!("{e:#}"))
-    }
 }
 
 export!(Component);
@@ -114,6 +164,11 @@ impl ImageSource for Daemon {
                 .map(|d| Digest::parse(d, "the daemon's diff ID"))
                 .collect::<Result<_>>()?,
             size: summary.size,
+            platform: summary.platform.map(|p| manifest::Platform {
+                os: p.os,
+                architecture: p.architecture,
+                variant: p.variant,
+            }),
         })
     }
 
@@ -226,6 +281,14 @@ impl BlobSink for Sink {
         .map_err(|e| anyhow!(e))?;
         Digest::parse(&digest, "the stored manifest's digest")
     }
+
+    fn get_manifest(&mut self, reference: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            Sink::Registry(r) => r.get_manifest(reference),
+            Sink::Layout(l) => l.get_manifest(reference),
+        }
+        .map_err(|e| anyhow!(e))
+    }
 }
 
 impl LayerUpload for Upload {
@@ -327,6 +390,15 @@ impl ProgressSink for HostProgress {
                     digest: digest.to_string(),
                 })
             }
+            E::Verified {
+                digest,
+                manifests,
+                blobs,
+            } => wit::Event::Verified(wit::Verification {
+                digest: digest.to_string(),
+                manifests,
+                blobs,
+            }),
         };
         wit::report(&event);
     }

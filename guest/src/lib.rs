@@ -5,6 +5,7 @@
 
 pub mod archive;
 pub mod cache;
+pub mod config;
 pub mod digest;
 pub mod manifest;
 pub mod progress;

@@ -49,6 +49,13 @@ pub enum Event {
         reference: String,
         digest: Digest,
     },
+    /// What was written was read back by digest: `manifests` manifests (an index and those it
+    /// names, or one) hashed to their digests, and all `blobs` blobs they name are present.
+    Verified {
+        digest: Digest,
+        manifests: u32,
+        blobs: u32,
+    },
 }
 
 /// Where events go.

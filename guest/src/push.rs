@@ -5,8 +5,11 @@ use std::io::Read;
 use anyhow::{bail, Context, Result};
 
 use crate::cache::{self, Cache};
+use crate::config;
 use crate::digest::{Digest, Hasher};
-use crate::manifest::{oci_manifest, Encoding, OCI_MANIFEST};
+use crate::manifest::{
+    image_index, image_manifest, Annotations, Encoding, Format, Platform, PlatformManifest,
+};
 use crate::progress::{Event, LayerBytes, LayerRef, ProgressSink};
 use crate::reference::Destination;
 use crate::save::{read_export, Blob, ImageSummary, Layer, LayerEntry};
@@ -41,6 +44,8 @@ pub trait BlobSink {
     fn start_layer(&mut self, encoding: &Encoding) -> Result<Self::Upload>;
     /// Writes a manifest under `reference`; returns the digest the registry stored.
     fn put_manifest(&mut self, reference: &str, media_type: &str, body: &[u8]) -> Result<Digest>;
+    /// The bytes of the manifest under `reference`, if the registry has it.
+    fn get_manifest(&mut self, reference: &str) -> Result<Option<Vec<u8>>>;
 }
 
 /// A layer being streamed to a registry. Dropping it unfinished cancels it.
@@ -52,11 +57,30 @@ pub trait LayerUpload {
     fn finish(self) -> Result<Blob>;
 }
 
-/// What to push, where, and how to encode its layers.
+/// What to push, where, and how to encode and describe it.
 pub struct PushRequest {
     pub source: String,
     pub destination: String,
+    pub settings: Settings,
+}
+
+/// Several images, one per platform, to publish under one tag as an image index.
+pub struct IndexRequest {
+    pub sources: Vec<String>,
+    pub destination: String,
+    pub settings: Settings,
+}
+
+/// How images are published: layer encoding, manifest format, annotations, and whether to read
+/// the result back.
+#[derive(Clone, Debug)]
+pub struct Settings {
     pub encoding: Encoding,
+    pub format: Format,
+    /// The user's annotations, on every manifest and index written (OCI format only).
+    pub annotations: Annotations,
+    /// After writing, fetch what was written by digest and check every blob it names.
+    pub verify: bool,
 }
 
 /// What was published.
@@ -74,56 +98,322 @@ pub fn push(
     cache: &mut impl Cache,
     progress: &mut impl ProgressSink,
 ) -> Result<Pushed> {
+    let settings = &request.settings;
     let destination = Destination::parse(&request.destination)?;
-    let encoding = request.encoding;
+    settings
+        .format
+        .check(&settings.encoding, &settings.annotations)?;
     // The daemon gives the diff IDs up front: enough to find what the registry already has,
     // and to verify each layer as it streams.
     let image = source.inspect(&request.source)?;
     let mut repository = registries.open(&destination)?;
-    progress.report(Event::Started {
-        image: request.source.clone(),
-        layers: image.diff_ids.len() as u32,
-        total_bytes: image.size,
-    });
 
-    // Blobs: none to send if the registry holds them all (the export is the slow part);
-    // otherwise one pass over the export.
-    let (config, layers) =
-        match already_published(&image, &encoding, &mut repository, cache, progress)? {
-            Some(published) => published,
-            None => export_and_upload(&image, &encoding, source, &mut repository, cache, progress)?,
-        };
+    let manifest = publish_blobs_and_manifest(
+        &request.source,
+        &image,
+        settings,
+        source,
+        &mut repository,
+        cache,
+        progress,
+    )?;
 
     // The manifest, last: every blob it names is in the registry now.
-    let manifest = oci_manifest(&config, &layers, &encoding)?;
-    let digest = repository.put_manifest(destination.tag(), OCI_MANIFEST, &manifest)?;
-    if digest != Digest::of(&manifest) {
-        bail!(
-            "{} stored the manifest as {digest}, which is not the digest of what was sent",
-            destination.location()
-        );
-    }
+    let media_type = settings.format.manifest_media_type();
+    let digest = write_manifest(
+        &mut repository,
+        &destination,
+        destination.tag(),
+        media_type,
+        &manifest.body,
+    )?;
     progress.report(Event::ManifestDone {
         reference: destination.tag().to_string(),
         digest: digest.clone(),
     });
+    if settings.verify {
+        verify(&mut repository, &destination, &digest, progress)?;
+    }
     Ok(Pushed {
         digest,
         repository: destination.location(),
     })
 }
 
+/// Pushes several images and then an image index naming each image's manifest with the
+/// platform from its config. Two sources for one platform are refused before any upload. Each
+/// image's manifest is written by its digest; only the index gets the tag, and last.
+pub fn push_index(
+    request: &IndexRequest,
+    source: &mut impl ImageSource,
+    registries: &mut impl Registries,
+    cache: &mut impl Cache,
+    progress: &mut impl ProgressSink,
+) -> Result<Pushed> {
+    let settings = &request.settings;
+    let destination = Destination::parse(&request.destination)?;
+    if let Destination::Layout(_) = destination {
+        bail!("destination {}: an index goes to a registry (OCI layout directories take single images)", request.destination);
+    }
+    settings
+        .format
+        .check(&settings.encoding, &settings.annotations)?;
+    if request.sources.is_empty() {
+        bail!("an index needs at least one source image");
+    }
+    // The daemon says each image's platform before any export: duplicates are refused here.
+    let mut images: Vec<(&String, ImageSummary, Platform)> = Vec::new();
+    for name in &request.sources {
+        let image = source.inspect(name)?;
+        let Some(platform) = image.platform.clone() else {
+            bail!("the daemon does not say which platform image {name} is for: it cannot go in an index");
+        };
+        if let Some((other, _, _)) = images.iter().find(|(_, _, p)| p == &platform) {
+            bail!("images {other} and {name} are both for {platform}: an index names one image per platform");
+        }
+        images.push((name, image, platform));
+    }
+    let mut repository = registries.open(&destination)?;
+
+    let mut manifests = Vec::with_capacity(images.len());
+    for (name, image, platform) in &images {
+        let manifest = publish_blobs_and_manifest(
+            name,
+            image,
+            settings,
+            source,
+            &mut repository,
+            cache,
+            progress,
+        )?;
+        // The platform the index states is the config's; the daemon's answer only ordered the
+        // refusal of duplicates, and must agree.
+        let from_config =
+            config::platform(&manifest.config).with_context(|| format!("image {name}"))?;
+        if &from_config != platform {
+            bail!("image {name}: the daemon said it is for {platform} but its config says {from_config}");
+        }
+        let digest = Digest::of(&manifest.body);
+        let written = write_manifest(
+            &mut repository,
+            &destination,
+            digest.as_str(),
+            settings.format.manifest_media_type(),
+            &manifest.body,
+        )?;
+        progress.report(Event::ManifestDone {
+            reference: digest.to_string(),
+            digest: written,
+        });
+        manifests.push(PlatformManifest {
+            digest,
+            size: manifest.body.len() as u64,
+            platform: from_config,
+        });
+    }
+
+    let index = image_index(settings.format, &manifests, &settings.annotations)?;
+    let media_type = settings.format.index_media_type();
+    let digest = write_manifest(
+        &mut repository,
+        &destination,
+        destination.tag(),
+        media_type,
+        &index,
+    )?;
+    progress.report(Event::ManifestDone {
+        reference: destination.tag().to_string(),
+        digest: digest.clone(),
+    });
+    if settings.verify {
+        verify(&mut repository, &destination, &digest, progress)?;
+    }
+    Ok(Pushed {
+        digest,
+        repository: destination.location(),
+    })
+}
+
+/// An image's manifest, ready to write, and the config it names.
+struct ImageManifest {
+    body: Vec<u8>,
+    config: Vec<u8>,
+}
+
+/// Puts an image's config and layers in the registry (none to send if the registry holds them
+/// all: the export is the slow part; otherwise one pass over the export), and builds the
+/// manifest that names them, with the annotations its config implies and the user's.
+fn publish_blobs_and_manifest(
+    name: &str,
+    image: &ImageSummary,
+    settings: &Settings,
+    source: &mut impl ImageSource,
+    repository: &mut impl BlobSink,
+    cache: &mut impl Cache,
+    progress: &mut impl ProgressSink,
+) -> Result<ImageManifest> {
+    progress.report(Event::Started {
+        image: name.to_string(),
+        layers: image.diff_ids.len() as u32,
+        total_bytes: image.size,
+    });
+    let encoding = &settings.encoding;
+    let (config, layers) = match already_published(image, encoding, repository, cache, progress)? {
+        Some(published) => published,
+        None => export_and_upload(image, encoding, source, repository, cache, progress)?,
+    };
+    let annotations = match settings.format {
+        // Docker's schema has no annotations: the config's are not carried over.
+        Format::Docker => Annotations::new(),
+        Format::Oci => {
+            let mut annotations =
+                config::annotations(&config.bytes).with_context(|| format!("image {name}"))?;
+            annotations.extend(settings.annotations.clone());
+            annotations
+        }
+    };
+    let body = image_manifest(
+        settings.format,
+        &config.blob,
+        &layers,
+        encoding,
+        &annotations,
+    )?;
+    Ok(ImageManifest {
+        body,
+        config: config.bytes,
+    })
+}
+
+/// Writes a manifest or index under `reference` and checks the digest the registry reports.
+fn write_manifest(
+    repository: &mut impl BlobSink,
+    destination: &Destination,
+    reference: &str,
+    media_type: &str,
+    body: &[u8],
+) -> Result<Digest> {
+    let digest = repository.put_manifest(reference, media_type, body)?;
+    if digest != Digest::of(body) {
+        bail!(
+            "{} stored the manifest as {digest}, which is not the digest of what was sent",
+            destination.location()
+        );
+    }
+    Ok(digest)
+}
+
+/// Reads back what was published, by digest: the manifest (or index, and each manifest it
+/// names) must hash to its digest, and every blob it names must be in the registry with the
+/// size it states. Any difference fails the push.
+fn verify(
+    repository: &mut impl BlobSink,
+    destination: &Destination,
+    digest: &Digest,
+    progress: &mut impl ProgressSink,
+) -> Result<()> {
+    let (manifests, blobs) = read_back(repository, destination, digest).with_context(|| {
+        format!(
+            "verify after writing {}:{}",
+            destination.location(),
+            destination.tag()
+        )
+    })?;
+    progress.report(Event::Verified {
+        digest: digest.clone(),
+        manifests,
+        blobs,
+    });
+    Ok(())
+}
+
+/// Fetches `digest` and what it names; returns how many manifests and blobs were checked.
+fn read_back(
+    repository: &mut impl BlobSink,
+    destination: &Destination,
+    digest: &Digest,
+) -> Result<(u32, u32)> {
+    let location = destination.location();
+    let mut manifests = 0u32;
+    let mut blobs = 0u32;
+    let mut pending = vec![digest.clone()];
+    while let Some(digest) = pending.pop() {
+        let Some(body) = repository.get_manifest(digest.as_str())? else {
+            bail!("{location} has no manifest {digest}");
+        };
+        if Digest::of(&body) != digest {
+            bail!(
+                "{location} serves manifest {digest} with bytes that hash to {}",
+                Digest::of(&body)
+            );
+        }
+        manifests += 1;
+        let named: Named = serde_json::from_slice(&body)
+            .with_context(|| format!("manifest {digest} is not valid JSON"))?;
+        for child in named.manifests {
+            pending.push(Digest::parse(&child.digest, "an index entry's digest")?);
+        }
+        for (what, blob) in named
+            .config
+            .iter()
+            .map(|c| ("config", c))
+            .chain(named.layers.iter().map(|l| ("layer", l)))
+        {
+            let blob_digest = Digest::parse(&blob.digest, "a manifest's blob digest")?;
+            match repository.blob_size(&blob_digest)? {
+                Some(size) if size == blob.size => blobs += 1,
+                Some(size) => bail!(
+                    "{location} holds {what} {blob_digest} of manifest {digest} with {size} bytes, not the {} the manifest states",
+                    blob.size
+                ),
+                None => bail!(
+                    "{location} does not have {what} {blob_digest} that manifest {digest} names"
+                ),
+            }
+        }
+    }
+    Ok((manifests, blobs))
+}
+
+/// What a manifest or index names, as far as verifying needs.
+#[derive(serde::Deserialize)]
+struct Named {
+    #[serde(default)]
+    config: Option<NamedBlob>,
+    #[serde(default)]
+    layers: Vec<NamedBlob>,
+    #[serde(default)]
+    manifests: Vec<NamedBlob>,
+}
+
+#[derive(serde::Deserialize)]
+struct NamedBlob {
+    digest: String,
+    size: u64,
+}
+
+/// A config as published: its blob, and its bytes (the manifest's annotations and the index's
+/// platform come from them).
+struct Config {
+    blob: Blob,
+    bytes: Vec<u8>,
+}
+
 /// The config and layers as already in the registry, when the cache names a blob for each
-/// and a HEAD finds every one with the size recorded. The blobs are content-addressed and
-/// were recorded only after verified uploads, so the manifest is the one a full push writes.
+/// (and holds the config's bytes, checked against its digest) and a HEAD finds every one with
+/// the size recorded. The blobs are content-addressed and were recorded only after verified
+/// uploads, so the manifest is the one a full push writes.
 fn already_published(
     image: &ImageSummary,
     encoding: &Encoding,
     repository: &mut impl BlobSink,
     cache: &mut impl Cache,
     progress: &mut impl ProgressSink,
-) -> Result<Option<(Blob, Vec<Layer>)>> {
+) -> Result<Option<(Config, Vec<Layer>)>> {
     let Some(config) = cache::image_config(cache, image) else {
+        return Ok(None);
+    };
+    let Some(bytes) = cache::config_bytes(cache, &config) else {
         return Ok(None);
     };
     if repository.blob_size(&config.digest)? != Some(config.size) {
@@ -151,7 +441,13 @@ fn already_published(
         });
     }
     progress.report(Event::ConfigDone(config.digest.clone()));
-    Ok(Some((config, layers)))
+    Ok(Some((
+        Config {
+            blob: config,
+            bytes,
+        },
+        layers,
+    )))
 }
 
 /// Streams the export once: each layer is hashed while it uploads and committed only if its
@@ -164,7 +460,7 @@ fn export_and_upload(
     repository: &mut impl BlobSink,
     cache: &mut impl Cache,
     progress: &mut impl ProgressSink,
-) -> Result<(Blob, Vec<Layer>)> {
+) -> Result<(Config, Vec<Layer>)> {
     // Export by ID, so inspect and export see one image.
     let export = source.export(image.id.as_str())?;
     let saved = read_export(export, image, |entry| {
@@ -181,8 +477,15 @@ fn export_and_upload(
     for layer in &saved.layers {
         cache::remember_layer(cache, &layer.diff_id, encoding, &layer.blob);
     }
+    cache::remember_config_bytes(cache, &config, &saved.config);
     cache::remember_image_config(cache, image, &config);
-    Ok((config, saved.layers))
+    Ok((
+        Config {
+            blob: config,
+            bytes: saved.config,
+        },
+        saved.layers,
+    ))
 }
 
 /// Streams one layer to the registry, hashing it on the way, and commits it only once its diff
@@ -298,6 +601,7 @@ mod tests {
         calls: Vec<String>,
         blobs: HashMap<Digest, Vec<u8>>,
         manifest: Option<Vec<u8>>,
+        manifests: HashMap<String, Vec<u8>>,
         misreport_manifest_digest: bool,
     }
 
@@ -342,11 +646,19 @@ mod tests {
             let mut log = self.0.borrow_mut();
             log.calls.push(format!("manifest {reference} {media_type}"));
             log.manifest = Some(body.to_vec());
+            log.manifests
+                .insert(Digest::of(body).to_string(), body.to_vec());
+            log.manifests.insert(reference.to_string(), body.to_vec());
             Ok(if log.misreport_manifest_digest {
                 Digest::of(b"other")
             } else {
                 Digest::of(body)
             })
+        }
+        fn get_manifest(&mut self, reference: &str) -> Result<Option<Vec<u8>>> {
+            let mut log = self.0.borrow_mut();
+            log.calls.push(format!("get {reference}"));
+            Ok(log.manifests.get(reference).cloned())
         }
     }
 
@@ -394,11 +706,20 @@ mod tests {
         }
     }
 
+    fn settings() -> Settings {
+        Settings {
+            encoding: Encoding::new(Compression::Gzip, 6).unwrap(),
+            format: Format::Oci,
+            annotations: Annotations::new(),
+            verify: false,
+        }
+    }
+
     fn request() -> PushRequest {
         PushRequest {
             source: "app:1".into(),
             destination: "127.0.0.1:5000/team/app:1.0".into(),
-            encoding: Encoding::new(Compression::Gzip, 6).unwrap(),
+            settings: settings(),
         }
     }
 
@@ -440,7 +761,7 @@ mod tests {
                 format!("layer {}", f.diff_ids[0]),
                 format!("layer {}", f.diff_ids[1]),
                 format!("blob {config}"),
-                format!("manifest 1.0 {OCI_MANIFEST}"),
+                format!("manifest 1.0 {}", crate::manifest::OCI_MANIFEST),
             ]
         );
         let json: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
@@ -570,7 +891,7 @@ mod tests {
             registry.0.borrow().calls,
             vec![
                 "open 127.0.0.1:5000/team/app".to_string(),
-                format!("manifest 1.0 {OCI_MANIFEST}")
+                format!("manifest 1.0 {}", crate::manifest::OCI_MANIFEST)
             ]
         );
         let skipped: Vec<u32> = events
@@ -615,5 +936,339 @@ mod tests {
             .calls
             .iter()
             .any(|c| c.starts_with("layer ")));
+    }
+
+    fn manifest_of(registry: &MemoryRegistry) -> serde_json::Value {
+        serde_json::from_slice(registry.0.borrow().manifest.as_ref().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn docker_format_names_docker_media_types_and_no_annotations() {
+        let f = fixture();
+        let mut source = Memory::new(classic_export(&f), summary(&f));
+        let registry = MemoryRegistry::default();
+        let request = PushRequest {
+            settings: Settings {
+                format: Format::Docker,
+                ..settings()
+            },
+            ..request()
+        };
+        run(
+            &request,
+            &mut source,
+            &registry,
+            &mut MemoryCache::default(),
+            &mut Events::default(),
+        )
+        .unwrap();
+        let json = manifest_of(&registry);
+        assert_eq!(json["mediaType"], crate::manifest::DOCKER_MANIFEST);
+        assert_eq!(json["config"]["mediaType"], crate::manifest::DOCKER_CONFIG);
+        assert!(json.get("annotations").is_none(), "{json}");
+        assert!(registry.0.borrow().calls.contains(&format!(
+            "manifest 1.0 {}",
+            crate::manifest::DOCKER_MANIFEST
+        )));
+    }
+
+    #[test]
+    fn zstd_with_docker_format_is_refused_before_any_traffic() {
+        let f = fixture();
+        let mut source = Memory::new(classic_export(&f), summary(&f));
+        let registry = MemoryRegistry::default();
+        let request = PushRequest {
+            settings: Settings {
+                format: Format::Docker,
+                encoding: Encoding::new(Compression::Zstd, 3).unwrap(),
+                ..settings()
+            },
+            ..request()
+        };
+        let err = run(
+            &request,
+            &mut source,
+            &registry,
+            &mut MemoryCache::default(),
+            &mut Events::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("zstd"), "{err}");
+        assert!(registry.0.borrow().calls.is_empty());
+        assert_eq!(source.exports, 0);
+    }
+
+    #[test]
+    fn annotations_come_from_the_config_and_the_user_and_survive_a_repeat_push() {
+        let f = fixture_with_labels();
+        let mut source = Memory::new(classic_export(&f), summary(&f));
+        let registry = MemoryRegistry::default();
+        let mut cache = MemoryCache::default();
+        let mut annotations = Annotations::new();
+        annotations.insert("org.example.team".into(), "infra".into());
+        annotations.insert(
+            "org.opencontainers.image.source".into(),
+            "https://override".into(),
+        );
+        let request = PushRequest {
+            settings: Settings {
+                annotations,
+                ..settings()
+            },
+            ..request()
+        };
+        let first = run(
+            &request,
+            &mut source,
+            &registry,
+            &mut cache,
+            &mut Events::default(),
+        )
+        .unwrap();
+        let json = manifest_of(&registry);
+        assert_eq!(
+            json["annotations"],
+            serde_json::json!({
+                "org.example.team": "infra",
+                "org.opencontainers.image.created": "2024-01-02T03:04:05Z",
+                "org.opencontainers.image.revision": "abc123",
+                "org.opencontainers.image.source": "https://override",
+            })
+        );
+        // From the cache, without an export, the very same manifest.
+        let again = run(
+            &request,
+            &mut source,
+            &registry,
+            &mut cache,
+            &mut Events::default(),
+        )
+        .unwrap();
+        assert_eq!(source.exports, 1);
+        assert_eq!(again, first);
+    }
+
+    fn fixture_with_labels() -> crate::testing::Fixture {
+        let mut f = fixture();
+        let mut config: serde_json::Value = serde_json::from_slice(&f.config).unwrap();
+        config["created"] = "2024-01-02T03:04:05Z".into();
+        config["config"] = serde_json::json!({"Labels": {
+            "org.opencontainers.image.source": "https://example.com/app",
+            "org.opencontainers.image.revision": "abc123",
+            "maintainer": "not an OCI key",
+        }});
+        f.config = serde_json::to_vec(&config).unwrap();
+        f.id = Digest::of(&f.config);
+        f
+    }
+
+    #[test]
+    fn verify_reads_back_the_manifest_and_checks_every_blob() {
+        let f = fixture();
+        let mut source = Memory::new(classic_export(&f), summary(&f));
+        let registry = MemoryRegistry::default();
+        let request = PushRequest {
+            settings: Settings {
+                verify: true,
+                ..settings()
+            },
+            ..request()
+        };
+        let mut events = Events::default();
+        let pushed = run(
+            &request,
+            &mut source,
+            &registry,
+            &mut MemoryCache::default(),
+            &mut events,
+        )
+        .unwrap();
+        assert!(registry
+            .0
+            .borrow()
+            .calls
+            .contains(&format!("get {}", pushed.digest)));
+        assert_eq!(
+            events.0.last(),
+            Some(&Event::Verified {
+                digest: pushed.digest.clone(),
+                manifests: 1,
+                blobs: 3
+            })
+        );
+
+        // A layer the registry lost after the push: verify names it.
+        let lose = f.diff_ids[1].clone();
+        registry.0.borrow_mut().blobs.remove(&lose);
+        let mut repository = registry.clone();
+        let target = Destination::parse(&request.destination).unwrap();
+        let err = verify(
+            &mut repository,
+            &target,
+            &pushed.digest,
+            &mut Events::default(),
+        )
+        .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.starts_with("verify after writing 127.0.0.1:5000/team/app:1.0: ")
+                && err.contains(lose.as_str())
+                && err.contains("does not have layer"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn verify_fails_on_a_manifest_served_with_other_bytes() {
+        let registry = MemoryRegistry::default();
+        let digest = Digest::of(b"{}");
+        registry
+            .0
+            .borrow_mut()
+            .manifests
+            .insert(digest.to_string(), b"{ }".to_vec());
+        let target = Destination::parse("127.0.0.1:5000/team/app:1").unwrap();
+        let err = verify(
+            &mut registry.clone(),
+            &target,
+            &digest,
+            &mut Events::default(),
+        )
+        .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(err.contains("hash to"), "{err}");
+        let missing = Digest::of(b"missing");
+        let err = verify(
+            &mut registry.clone(),
+            &target,
+            &missing,
+            &mut Events::default(),
+        )
+        .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(err.contains("has no manifest"), "{err}");
+    }
+
+    /// Two images in one daemon, one per platform.
+    struct TwoImages(Memory, Memory);
+
+    impl ImageSource for TwoImages {
+        type Export = Cursor<Vec<u8>>;
+        fn inspect(&mut self, image: &str) -> Result<ImageSummary> {
+            match image {
+                "amd" => self.0.inspect(image),
+                _ => self.1.inspect(image),
+            }
+        }
+        fn export(&mut self, image: &str) -> Result<Self::Export> {
+            if image == self.0.image.id.as_str() {
+                self.0.export(image)
+            } else {
+                self.1.export(image)
+            }
+        }
+    }
+
+    fn arm_fixture() -> crate::testing::Fixture {
+        let mut f = fixture();
+        let mut config: serde_json::Value = serde_json::from_slice(&f.config).unwrap();
+        config["architecture"] = "arm64".into();
+        config["variant"] = "v8".into();
+        f.config = serde_json::to_vec(&config).unwrap();
+        f.id = Digest::of(&f.config);
+        f
+    }
+
+    fn index_request(sources: &[&str]) -> IndexRequest {
+        IndexRequest {
+            sources: sources.iter().map(|s| s.to_string()).collect(),
+            destination: "127.0.0.1:5000/team/multi:1".into(),
+            settings: Settings {
+                verify: true,
+                ..settings()
+            },
+        }
+    }
+
+    #[test]
+    fn an_index_names_each_platform_manifest_and_is_tagged_last() {
+        let (amd, arm) = (fixture(), arm_fixture());
+        let mut arm_summary = summary(&arm);
+        arm_summary.platform = Some(Platform {
+            os: "linux".into(),
+            architecture: "arm64".into(),
+            variant: Some("v8".into()),
+        });
+        let mut source = TwoImages(
+            Memory::new(classic_export(&amd), summary(&amd)),
+            Memory::new(classic_export(&arm), arm_summary),
+        );
+        let registry = MemoryRegistry::default();
+        let mut events = Events::default();
+        let pushed = push_index(
+            &index_request(&["amd", "arm"]),
+            &mut source,
+            &mut registry.clone(),
+            &mut MemoryCache::default(),
+            &mut events,
+        )
+        .unwrap();
+        let log = registry.0.borrow();
+        let index: serde_json::Value =
+            serde_json::from_slice(log.manifest.as_ref().unwrap()).unwrap();
+        assert_eq!(pushed.digest, Digest::of(log.manifest.as_ref().unwrap()));
+        assert_eq!(index["mediaType"], crate::manifest::OCI_INDEX);
+        let entries = index["manifests"].as_array().unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0]["platform"]["architecture"], "amd64");
+        assert_eq!(entries[1]["platform"]["architecture"], "arm64");
+        assert_eq!(entries[1]["platform"]["variant"], "v8");
+        // Children by digest, the tag last.
+        let writes: Vec<&String> = log
+            .calls
+            .iter()
+            .filter(|c| c.starts_with("manifest "))
+            .collect();
+        assert_eq!(writes.len(), 3);
+        for (write, entry) in writes.iter().zip(entries) {
+            assert!(
+                write.starts_with(&format!("manifest {} ", entry["digest"].as_str().unwrap())),
+                "{write}"
+            );
+        }
+        assert_eq!(
+            writes[2],
+            &format!("manifest 1 {}", crate::manifest::OCI_INDEX)
+        );
+        assert!(matches!(
+            events.0.last(),
+            Some(Event::Verified {
+                manifests: 3,
+                blobs: 6,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn two_images_for_one_platform_are_refused_before_any_upload() {
+        let (amd, other) = (fixture(), arm_fixture());
+        // The daemon says both are linux/amd64.
+        let mut source = TwoImages(
+            Memory::new(classic_export(&amd), summary(&amd)),
+            Memory::new(classic_export(&other), summary(&amd)),
+        );
+        let registry = MemoryRegistry::default();
+        let err = push_index(
+            &index_request(&["amd", "amd2"]),
+            &mut source,
+            &mut registry.clone(),
+            &mut MemoryCache::default(),
+            &mut Events::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("both for linux/amd64"), "{err}");
+        assert!(registry.0.borrow().calls.is_empty());
     }
 }

@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::digest::Digest;
+use crate::manifest::Platform;
 
 /// The most bytes one metadata file (config, `manifest.json`, index) may have.
 const METADATA_FILE_LIMIT: u64 = 16 << 20;
@@ -35,6 +36,8 @@ pub struct ImageSummary {
     pub diff_ids: Vec<Digest>,
     /// The layers' total content size in bytes.
     pub size: u64,
+    /// The platform the daemon says the image is for (from its config), when it says.
+    pub platform: Option<Platform>,
 }
 
 /// A blob as stored in a registry.

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use crate::cache::Cache;
 use crate::digest::Digest;
+use crate::manifest::Platform;
 use crate::save::ImageSummary;
 
 /// A tar entry for test archives.
@@ -63,6 +64,11 @@ pub fn summary(f: &Fixture) -> ImageSummary {
         id: f.id.clone(),
         diff_ids: f.diff_ids.clone(),
         size: 73_000,
+        platform: Some(Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None,
+        }),
     }
 }
 

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use wasmtime::component::Resource;
 
 use crate::guest::ocipush::core::docker::{Host, HostExportStream, ImageSummary};
+use crate::guest::ocipush::core::types::Platform;
 use crate::guest::HostState;
 
 /// Export chunks handed to the guest are gathered to about this size.
@@ -145,8 +146,23 @@ impl HostState {
             .ok_or_else(|| format!("the Docker daemon reported no ID for image {image}"))?;
         let diff_ids = inspect.root_fs.and_then(|r| r.layers).unwrap_or_default();
         let size = inspect.size.unwrap_or(0).max(0) as u64;
-        tracing::debug!(image, %id, layers = diff_ids.len(), size, "inspected");
-        Ok(ImageSummary { id, diff_ids, size })
+        let platform = match (inspect.os, inspect.architecture) {
+            (Some(os), Some(architecture)) if !os.is_empty() && !architecture.is_empty() => {
+                Some(Platform {
+                    os,
+                    architecture,
+                    variant: inspect.variant.filter(|v| !v.is_empty()),
+                })
+            }
+            _ => None,
+        };
+        tracing::debug!(image, %id, layers = diff_ids.len(), size, ?platform, "inspected");
+        Ok(ImageSummary {
+            id,
+            diff_ids,
+            size,
+            platform,
+        })
     }
 }
 

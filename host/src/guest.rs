@@ -179,12 +179,20 @@ impl ResourceLimiter for MemoryLimit {
     }
 }
 
+/// The images a job pushes.
+pub enum Images<'a> {
+    /// One image, its manifest under the destination's tag.
+    One(&'a str),
+    /// One image per platform, and an index naming them under the tag.
+    Index(&'a [String]),
+}
+
 /// What to push, where, and how.
 pub struct Job<'a> {
-    pub source: &'a str,
+    pub images: Images<'a>,
     pub destination: &'a str,
-    pub compression: ocipush::core::registry::Compression,
-    pub level: u32,
+    /// Compression, format, annotations and verification, as the guest takes them.
+    pub settings: PublishSettings,
     /// How long the guest may compute without calling the host before it is stopped.
     pub compute_limit: Duration,
     pub tls: crate::tls::TlsOptions,
@@ -215,9 +223,13 @@ pub fn push(rt: Handle, progress: Progress, guest: &Guest, job: &Job<'_>) -> Res
             _ => None,
         },
         transfer: job.transfer,
-        archive: match Source::parse(job.source) {
-            Ok(Source::Archive { path, .. }) => Some(path),
-            _ => None,
+        // Only a single image may come from a tarball: an index's sources are in the daemon.
+        archive: match job.images {
+            Images::One(source) => match Source::parse(source) {
+                Ok(Source::Archive { path, .. }) => Some(path),
+                _ => None,
+            },
+            Images::Index(_) => None,
         },
         progress,
         cache_dir,
@@ -267,14 +279,26 @@ pub fn push(rt: Handle, progress: Progress, guest: &Guest, job: &Job<'_>) -> Res
         let pusher = Pusher::instantiate(&mut store, &component, &linker)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("guest {} does not fit this host", guest.origin))?;
-        let request = PushRequest {
-            source: job.source.to_string(),
-            destination: job.destination.to_string(),
-            compression: job.compression,
-            level: job.level,
-        };
         let started = Instant::now();
-        let result = pusher.call_push(&mut store, &request).map_err(|e| {
+        let called = match job.images {
+            Images::One(source) => pusher.call_push(
+                &mut store,
+                &PushRequest {
+                    source: source.to_string(),
+                    destination: job.destination.to_string(),
+                    settings: job.settings.clone(),
+                },
+            ),
+            Images::Index(sources) => pusher.call_push_index(
+                &mut store,
+                &IndexRequest {
+                    sources: sources.to_vec(),
+                    destination: job.destination.to_string(),
+                    settings: job.settings.clone(),
+                },
+            ),
+        };
+        let result = called.map_err(|e| {
             // One line for the user: what stopped the guest. The wasm backtrace is for debugging.
             let e = anyhow::Error::from(e);
             tracing::debug!("the guest failed: {e:?}");

@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
@@ -32,6 +32,8 @@ const REF_NAME: &str = "org.opencontainers.image.ref.name";
 const INPUT_QUEUE: usize = 2;
 /// The largest `index.json` read back before adding an entry.
 const INDEX_LIMIT: u64 = 64 << 20;
+/// The most bytes of a manifest read back, as registries cap them.
+const MANIFEST_LIMIT: u64 = 4 << 20;
 
 /// One layout directory, opened for writing.
 pub struct Directory {
@@ -165,6 +167,28 @@ impl Directory {
         write_atomic(&path, data).map_err(|e| format!("writing {}: {e}", path.display()))?;
         self.confirmed.lock().unwrap().insert(digest.to_string());
         Ok(())
+    }
+
+    /// The manifest stored as blob `digest`, read back for `--verify`; at most 4 MiB.
+    fn get_manifest(&mut self, digest: &str) -> Result<Option<Vec<u8>>, String> {
+        let path = blob_path(&self.root, digest)?;
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let mut body = Vec::new();
+        file.take(MANIFEST_LIMIT + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if body.len() as u64 > MANIFEST_LIMIT {
+            return Err(format!(
+                "{} is over {} MiB: not a manifest",
+                path.display(),
+                MANIFEST_LIMIT >> 20
+            ));
+        }
+        Ok(Some(body))
     }
 
     fn put_manifest(&mut self, tag: &str, media_type: &str, body: &[u8]) -> Result<String, String> {
@@ -373,6 +397,14 @@ impl HostDirectory for HostState {
             .table
             .get_mut(&directory)?
             .put_manifest(&tag, &media_type, &body))
+    }
+
+    fn get_manifest(
+        &mut self,
+        directory: Resource<Directory>,
+        digest: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, String>> {
+        Ok(self.table.get_mut(&directory)?.get_manifest(&digest))
     }
 
     fn drop(&mut self, directory: Resource<Directory>) -> wasmtime::Result<()> {

@@ -40,50 +40,82 @@ enum Command {
         /// unless they ask for HTTPS, all others HTTPS), or oci:DIR[:TAG] (an OCI image layout
         /// directory, created if missing; the tag defaults to latest).
         destination: String,
-        /// Write the manifest digest (sha256:...) to this file on success.
-        #[arg(long)]
-        digest_file: Option<PathBuf>,
-        /// Progress on stderr: bars on a terminal and plain lines otherwise (auto), or JSON lines.
-        #[arg(long, value_enum, default_value = "auto")]
-        progress: progress::Mode,
-        /// How layers are compressed for the registry.
-        #[arg(long, value_enum, default_value = "gzip")]
-        compression: CompressionArg,
-        /// Compression level: gzip 1-9 (default 1: libdeflate's level 1 is about as small as
-        /// zlib's 6), zstd 1-19 (default 3). Part of a layer's digest, like the compression.
-        #[arg(long)]
-        compression_level: Option<u32>,
-        /// Stop the guest when it computes this long without calling the host (a push calls
-        /// the host at least every few milliseconds).
-        #[arg(long, default_value_t = 30, value_name = "SECONDS")]
-        guest_cpu_limit: u64,
-        /// The user name for the destination registry; the password is read from stdin.
-        /// Takes precedence over Docker's config.json and podman's auth.json.
-        #[arg(long, requires = "password_stdin")]
-        username: Option<String>,
-        /// Read the password (or token) for --username from the first line of stdin.
-        #[arg(long, requires = "username")]
-        password_stdin: bool,
-        /// Also trust the CA certificates in this PEM file.
-        #[arg(long, value_name = "PEM")]
-        ca_file: Option<PathBuf>,
-        /// Do not verify registries' TLS certificates (e.g. a self-signed development registry).
-        #[arg(long)]
-        insecure: bool,
-        /// How many times a failed registry request is tried again (lost connections, 408, 429
-        /// and 5xx), with exponential backoff and jitter, honouring Retry-After.
-        #[arg(long, default_value_t = 5, value_name = "N")]
-        retries: u32,
-        /// The largest piece of a layer sent in one request, e.g. 4M or 512K (at least 256K).
-        /// Smaller chunks are used on their own when a registry refuses large ones.
-        #[arg(long, default_value = "16M", value_parser = parse_size, value_name = "SIZE")]
-        chunk_size: u64,
+        #[command(flatten)]
+        options: PushOptions,
+    },
+    /// Push one image per platform and an image index naming them (a multi-platform image):
+    /// each image's manifest is written by digest, the index under DEST's tag, last.
+    Index {
+        /// Where the index goes: host[:port]/repository[:tag].
+        destination: String,
+        /// The images in the daemon, one per platform (os/architecture/variant from each
+        /// image's config), in the order the index lists them.
+        #[arg(required = true, num_args = 1..)]
+        sources: Vec<String>,
+        #[command(flatten)]
+        options: PushOptions,
     },
     /// Audit the guest component: show it, or write it out.
     Guest {
         #[command(subcommand)]
         command: GuestCommand,
     },
+}
+
+/// How `push` and `index` publish.
+#[derive(clap::Args)]
+struct PushOptions {
+    /// Write the manifest digest (sha256:...) to this file on success.
+    #[arg(long)]
+    digest_file: Option<PathBuf>,
+    /// Progress on stderr: bars on a terminal and plain lines otherwise (auto), or JSON lines.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: progress::Mode,
+    /// How layers are compressed for the registry.
+    #[arg(long, value_enum, default_value = "gzip")]
+    compression: CompressionArg,
+    /// Compression level: gzip 1-9 (default 1: libdeflate's level 1 is about as small as
+    /// zlib's 6), zstd 1-19 (default 3). Part of a layer's digest, like the compression.
+    #[arg(long)]
+    compression_level: Option<u32>,
+    /// The manifest format: OCI (default), or Docker's v2 schema 2 for older registries and
+    /// tools (no zstd, no annotations).
+    #[arg(long, value_enum, default_value = "oci")]
+    format: FormatArg,
+    /// An annotation KEY=VALUE on the manifest (and index); repeatable. Added to those taken
+    /// from the image config (org.opencontainers.image.created and org.opencontainers.image.*
+    /// labels), replacing one with the same key. OCI format only.
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    annotations: Vec<String>,
+    /// After the push, read the manifest back by digest and check that every blob it names is
+    /// in the registry; fail if anything is missing.
+    #[arg(long)]
+    verify: bool,
+    /// Stop the guest when it computes this long without calling the host (a push calls
+    /// the host at least every few milliseconds).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    guest_cpu_limit: u64,
+    /// The user name for the destination registry; the password is read from stdin.
+    /// Takes precedence over Docker's config.json and podman's auth.json.
+    #[arg(long, requires = "password_stdin")]
+    username: Option<String>,
+    /// Read the password (or token) for --username from the first line of stdin.
+    #[arg(long, requires = "username")]
+    password_stdin: bool,
+    /// Also trust the CA certificates in this PEM file.
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// Do not verify registries' TLS certificates (e.g. a self-signed development registry).
+    #[arg(long)]
+    insecure: bool,
+    /// How many times a failed registry request is tried again (lost connections, 408, 429
+    /// and 5xx), with exponential backoff and jitter, honouring Retry-After.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    retries: u32,
+    /// The largest piece of a layer sent in one request, e.g. 4M or 512K (at least 256K).
+    /// Smaller chunks are used on their own when a registry refuses large ones.
+    #[arg(long, default_value = "16M", value_parser = parse_size, value_name = "SIZE")]
+    chunk_size: u64,
 }
 
 #[derive(Subcommand)]
@@ -93,6 +125,12 @@ enum GuestCommand {
     Info,
     /// Write the guest component to PATH, to inspect it or compare it with a rebuild.
     Export { path: PathBuf },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FormatArg {
+    Oci,
+    Docker,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -174,64 +212,25 @@ fn run(cli: Cli) -> Result<()> {
         Command::Push {
             source,
             destination,
-            digest_file,
-            progress,
-            compression,
-            compression_level,
-            guest_cpu_limit,
-            username,
-            password_stdin: _,
-            ca_file,
-            insecure,
-            retries,
-            chunk_size,
-        } => {
-            use guest::ocipush::core::registry::Compression;
-            let (compression, default_level) = match compression {
-                CompressionArg::Gzip => (Compression::Gzip, 1),
-                CompressionArg::Zstd => (Compression::Zstd, 3),
-                CompressionArg::None => (Compression::None, 0),
-            };
-            let job = guest::Job {
-                source: &source,
-                destination: &destination,
-                compression,
-                level: compression_level.unwrap_or(default_level),
-                compute_limit: std::time::Duration::from_secs(guest_cpu_limit),
-                tls: tls::TlsOptions { ca_file, insecure },
-                transfer: registry::Transfer {
-                    retries,
-                    chunk_size,
-                },
-                cli_credential: match username {
-                    // Parsed as the guest parses it, so the credential goes to the registry the
-                    // guest will open; a bad destination is refused here, before any traffic.
-                    Some(username) => match Destination::parse(&destination)? {
-                        Destination::Registry(target) => Some(credentials::Credential::new(
-                            &target.registry,
-                            &username,
-                            &read_password()?,
-                        )),
-                        Destination::Layout(_) => anyhow::bail!(
-                            "--username is for registries: destination {destination} is an OCI layout directory"
-                        ),
-                    },
-                    None => None,
-                },
-            };
-            // The guest runs here, outside the runtime: its host calls block on the runtime.
-            let pushed = guest::push(
-                rt.handle().clone(),
-                progress::Progress::new(progress),
-                &guest,
-                &job,
-            )?;
-            if let Some(path) = digest_file {
-                std::fs::write(&path, &pushed.digest)
-                    .with_context(|| format!("writing the digest to {}", path.display()))?;
-            }
-            println!("{destination}@{}", pushed.digest);
-        }
+            options,
+        } => publish(
+            &rt,
+            &guest,
+            guest::Images::One(&source),
+            &destination,
+            options,
+        )?,
+        Command::Index {
+            destination,
+            sources,
+            options,
+        } => publish(
+            &rt,
+            &guest,
+            guest::Images::Index(&sources),
+            &destination,
+            options,
+        )?,
         Command::Guest {
             command: GuestCommand::Info,
         } => {
@@ -245,5 +244,78 @@ fn run(cli: Cli) -> Result<()> {
             println!("{} {}", guest.digest, path.display());
         }
     }
+    Ok(())
+}
+
+/// Runs the guest on one image or an index, and reports what was published.
+fn publish(
+    rt: &tokio::runtime::Runtime,
+    guest: &guest::Guest,
+    images: guest::Images<'_>,
+    destination: &str,
+    options: PushOptions,
+) -> Result<()> {
+    use guest::ocipush::core::registry::Compression;
+    use guest::ManifestFormat;
+    let (compression, default_level) = match options.compression {
+        CompressionArg::Gzip => (Compression::Gzip, 1),
+        CompressionArg::Zstd => (Compression::Zstd, 3),
+        CompressionArg::None => (Compression::None, 0),
+    };
+    let job = guest::Job {
+        images,
+        destination,
+        settings: guest::PublishSettings {
+            compression,
+            level: options.compression_level.unwrap_or(default_level),
+            format: match options.format {
+                FormatArg::Oci => ManifestFormat::Oci,
+                FormatArg::Docker => ManifestFormat::Docker,
+            },
+            // Checked here, so a typo is one line before any traffic.
+            annotations: options
+                .annotations
+                .iter()
+                .map(|a| ocipush_guest::manifest::parse_annotation(a).context("--annotation"))
+                .collect::<Result<_>>()?,
+            verify: options.verify,
+        },
+        compute_limit: std::time::Duration::from_secs(options.guest_cpu_limit),
+        tls: tls::TlsOptions {
+            ca_file: options.ca_file,
+            insecure: options.insecure,
+        },
+        transfer: registry::Transfer {
+            retries: options.retries,
+            chunk_size: options.chunk_size,
+        },
+        cli_credential: match options.username {
+            // Parsed as the guest parses it, so the credential goes to the registry the
+            // guest will open; a bad destination is refused here, before any traffic.
+            Some(username) => match Destination::parse(destination)? {
+                Destination::Registry(target) => Some(credentials::Credential::new(
+                    &target.registry,
+                    &username,
+                    &read_password()?,
+                )),
+                Destination::Layout(_) => anyhow::bail!(
+                    "--username is for registries: destination {destination} is an OCI layout directory"
+                ),
+            },
+            None => None,
+        },
+    };
+    // The guest runs here, outside the runtime: its host calls block on the runtime.
+    let pushed = guest::push(
+        rt.handle().clone(),
+        progress::Progress::new(options.progress),
+        guest,
+        &job,
+    )?;
+    if let Some(path) = options.digest_file {
+        std::fs::write(&path, &pushed.digest)
+            .with_context(|| format!("writing the digest to {}", path.display()))?;
+    }
+    println!("{destination}@{}", pushed.digest);
     Ok(())
 }

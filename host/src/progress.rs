@@ -207,7 +207,10 @@ fn bar_event(
                 ));
             }
         }
-        Event::LayerSkipped(_) | Event::ConfigDone(_) | Event::ManifestDone(_) => {
+        Event::LayerSkipped(_)
+        | Event::ConfigDone(_)
+        | Event::ManifestDone(_)
+        | Event::Verified(_) => {
             let _ = multi.println(plain_line(event, *layers));
         }
     }
@@ -231,6 +234,9 @@ fn json_line(event: &Event) -> String {
         Event::ConfigDone(digest) => json!({"event": "config-done", "digest": digest}),
         Event::ManifestDone(m) => {
             json!({"event": "manifest-done", "reference": m.reference, "digest": m.digest})
+        }
+        Event::Verified(v) => {
+            json!({"event": "verified", "digest": v.digest, "manifests": v.manifests, "blobs": v.blobs})
         }
     };
     value.to_string()
@@ -274,6 +280,13 @@ fn plain_line(event: &Event, layers: u32) -> String {
         }
         Event::ConfigDone(digest) => format!("config {digest} stored"),
         Event::ManifestDone(m) => format!("manifest {} written as {}", m.digest, m.reference),
+        Event::Verified(v) => format!(
+            "verified {}: read back {} manifest{} by digest, all {} blobs present",
+            v.digest,
+            v.manifests,
+            if v.manifests == 1 { "" } else { "s" },
+            v.blobs
+        ),
     }
 }
 

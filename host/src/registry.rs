@@ -9,7 +9,9 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE,
+};
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use sha2::{Digest as _, Sha256};
 use wasmtime::component::Resource;
@@ -24,6 +26,10 @@ use crate::upload::LayerUpload;
 const ERROR_BODY_LIMIT: usize = 4096;
 /// The most bytes of a token service's answer read.
 const TOKEN_BODY_LIMIT: usize = 1 << 20;
+/// The most bytes of a manifest read back: registries cap manifests at 4 MiB.
+const MANIFEST_BODY_LIMIT: usize = 4 << 20;
+/// What `get-manifest` accepts: every manifest and index type ocipush writes.
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// How uploads behave: `--retries` and `--chunk-size`.
 #[derive(Clone, Copy, Debug)]
@@ -811,6 +817,44 @@ impl HostRepository for HostState {
             repository.confirmed.lock().unwrap().insert(digest.clone());
         }
         Ok(result)
+    }
+
+    fn get_manifest(
+        &mut self,
+        repository: Resource<Repository>,
+        reference: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, String>> {
+        let rt = self.rt.clone();
+        let api = self.repository(&repository)?.api.clone();
+        let what = format!("reading manifest {}:{reference}", api.name);
+        Ok(rt.block_on(async {
+            let request = || {
+                api.request(Method::GET, api.url(&format!("manifests/{reference}")))
+                    .header(ACCEPT, MANIFEST_TYPES)
+            };
+            let mut response = api.send_retrying(&what, request).await?;
+            match response.status() {
+                StatusCode::OK => {}
+                StatusCode::NOT_FOUND => return Ok(None),
+                _ => return Err(api.refusal(&what, response).await),
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|e| api.transport_error(&what, &e))?
+            {
+                if body.len() + chunk.len() > MANIFEST_BODY_LIMIT {
+                    return Err(format!(
+                        "registry {} answered {what} with more than {} MiB",
+                        api.registry,
+                        MANIFEST_BODY_LIMIT >> 20
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(Some(body))
+        }))
     }
 
     fn drop(&mut self, repository: Resource<Repository>) -> wasmtime::Result<()> {

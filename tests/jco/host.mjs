@@ -371,6 +371,18 @@ function registryOverLayout(outDir) {
         return digest;
       });
     }
+    getManifest(reference) {
+      return result(() => {
+        // By digest, or by the tag index.json names it under.
+        const entry = isDigest(reference)
+          ? { digest: reference }
+          : JSON.parse(fs.readFileSync(path.join(outDir, "index.json"), "utf8")).manifests.find(
+              (m) => m.annotations?.[REF_NAME] === reference,
+            );
+        if (!entry || sizeOf(blobPath(entry.digest)) === undefined) return undefined;
+        return new Uint8Array(fs.readFileSync(blobPath(entry.digest)));
+      });
+    }
   }
 
   return {
@@ -501,8 +513,13 @@ async function main() {
       pushed = guest.push({
         source: SOURCE,
         destination: DESTINATION,
-        compression: "none",
-        level: 0,
+        settings: {
+          compression: "none",
+          level: 0,
+          format: "oci",
+          annotations: [],
+          verify: false,
+        },
       });
     } catch (e) {
       fail(e.payload ?? e.message);

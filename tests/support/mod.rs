@@ -674,6 +674,16 @@ impl Tar {
 /// A classic (Docker <= 24) `docker save` archive for one image made of `layers` (layer tars),
 /// tagged `repo_tag` (`name:tag`). Returns (archive bytes, image ID, diff IDs).
 pub fn docker_save_archive(repo_tag: &str, layers: &[Vec<u8>]) -> (Vec<u8>, String, Vec<String>) {
+    docker_save_archive_with(repo_tag, layers, |_| {})
+}
+
+/// Like `docker_save_archive`, with the image config changed by `edit` first (e.g. another
+/// architecture).
+pub fn docker_save_archive_with(
+    repo_tag: &str,
+    layers: &[Vec<u8>],
+    edit: impl FnOnce(&mut Value),
+) -> (Vec<u8>, String, Vec<String>) {
     let diff_ids: Vec<String> = layers
         .iter()
         .map(|l| format!("sha256:{}", sha256_hex(l)))
@@ -686,7 +696,7 @@ pub fn docker_save_archive(repo_tag: &str, layers: &[Vec<u8>]) -> (Vec<u8>, Stri
             })
         })
         .collect();
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
         "created": "2023-11-14T22:13:20Z",
@@ -697,6 +707,7 @@ pub fn docker_save_archive(repo_tag: &str, layers: &[Vec<u8>]) -> (Vec<u8>, Stri
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": history,
     });
+    edit(&mut config);
     let config_bytes = serde_json::to_vec(&config).unwrap();
     let image_hex = sha256_hex(&config_bytes);
     let image_id = format!("sha256:{image_hex}");

@@ -3,6 +3,8 @@
 //! request's source names: `trap`, `oom` (grows its memory until stopped) or `loop` (computes
 //! forever without calling the host).
 #![cfg(target_arch = "wasm32")]
+// The generated export glue takes a request's fields flattened into one argument each.
+#![allow(clippy::too_many_arguments)]
 
 wit_bindgen::generate!({ world: "pusher", path: "../../../wit" });
 
@@ -42,6 +44,15 @@ impl Guest for Misbehaving {
             }
             other => Err(format!("unknown misbehaviour {other:?}")),
         }
+    }
+
+    fn push_index(request: IndexRequest) -> Result<PushResult, String> {
+        let source = request.sources.first().cloned().unwrap_or_default();
+        Self::push(PushRequest {
+            source,
+            destination: request.destination,
+            settings: request.settings,
+        })
     }
 }
 

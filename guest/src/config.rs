@@ -1,0 +1,109 @@
+//! What the manifest and the index take from an image config: the platform it runs on, and the
+//! OCI annotations the config already states (its creation time, and `org.opencontainers.image.*`
+//! labels such as the source repository).
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::manifest::{Annotations, Platform};
+
+/// The label and annotation namespace of the OCI image spec's pre-defined keys.
+const OCI_KEY_PREFIX: &str = "org.opencontainers.image.";
+/// The annotation for when the image was created (RFC 3339).
+pub const CREATED: &str = "org.opencontainers.image.created";
+
+#[derive(Deserialize)]
+struct ImageConfig {
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    variant: Option<String>,
+    #[serde(default)]
+    created: Option<String>,
+    #[serde(default)]
+    config: Option<RunConfig>,
+}
+
+#[derive(Deserialize)]
+struct RunConfig {
+    #[serde(rename = "Labels", default)]
+    labels: Option<Annotations>,
+}
+
+fn parse(config: &[u8]) -> Result<ImageConfig> {
+    serde_json::from_slice(config).context("the image config is not valid JSON")
+}
+
+/// The platform the config says the image is for; `os` and `architecture` are required.
+pub fn platform(config: &[u8]) -> Result<Platform> {
+    let config = parse(config)?;
+    if config.os.is_empty() || config.architecture.is_empty() {
+        bail!("the image config does not say which os and architecture it is for");
+    }
+    Ok(Platform {
+        os: config.os,
+        architecture: config.architecture,
+        variant: config.variant.filter(|v| !v.is_empty()),
+    })
+}
+
+/// The manifest annotations the config implies: `org.opencontainers.image.created` from its
+/// `created`, and every `org.opencontainers.image.*` label as it is (a label named `created`
+/// wins over the config's time, as the image's author set it).
+pub fn annotations(config: &[u8]) -> Result<Annotations> {
+    let config = parse(config)?;
+    let mut annotations = Annotations::new();
+    if let Some(created) = config.created.filter(|c| !c.is_empty()) {
+        annotations.insert(CREATED.to_string(), created);
+    }
+    let labels = config.config.and_then(|c| c.labels).unwrap_or_default();
+    for (key, value) in labels {
+        if key.starts_with(OCI_KEY_PREFIX) {
+            annotations.insert(key, value);
+        }
+    }
+    Ok(annotations)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_and_oci_labels_become_annotations() {
+        let config = br#"{"os":"linux","architecture":"arm","variant":"v7",
+            "created":"2023-11-14T22:13:20.5Z",
+            "config":{"Labels":{"org.opencontainers.image.source":"https://example.com/app",
+                                "org.example.other":"x"}}}"#;
+        let found = annotations(config).unwrap();
+        assert_eq!(
+            found.into_iter().collect::<Vec<_>>(),
+            vec![
+                (CREATED.to_string(), "2023-11-14T22:13:20.5Z".to_string()),
+                (
+                    "org.opencontainers.image.source".to_string(),
+                    "https://example.com/app".to_string()
+                ),
+            ]
+        );
+        assert_eq!(platform(config).unwrap().to_string(), "linux/arm/v7");
+    }
+
+    #[test]
+    fn a_config_without_them_gives_none() {
+        let config = br#"{"os":"linux","architecture":"amd64","config":{"Labels":null}}"#;
+        assert!(annotations(config).unwrap().is_empty());
+        assert_eq!(
+            platform(config).unwrap(),
+            Platform {
+                os: "linux".into(),
+                architecture: "amd64".into(),
+                variant: None
+            }
+        );
+        assert!(platform(br#"{"os":"linux"}"#).is_err());
+        assert!(annotations(b"[").is_err());
+    }
+}
