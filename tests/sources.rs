@@ -323,14 +323,15 @@ fn podman_archive(layers: &[Vec<u8>], config: &[u8]) -> Vec<u8> {
     tar.finish()
 }
 
-/// The same image in Docker >= 25's dialect: an OCI layout (uncompressed layers under their
-/// diff IDs) plus `manifest.json`.
-fn docker25_archive(layers: &[Vec<u8>], config: &[u8]) -> Vec<u8> {
+/// The same image in Docker >= 25's dialect: an OCI layout plus `manifest.json`. Its layers are
+/// `blobs` of media type `layer_type`: the layer tars themselves (named by their diff IDs), or,
+/// as with the containerd image store, already compressed.
+fn docker25_archive(layers: &[Vec<u8>], config: &[u8], layer_type: &str) -> Vec<u8> {
     let blob = |bytes: &[u8]| format!("blobs/sha256/{}", sha256_hex(bytes));
     let layer_descriptors: Vec<Value> = layers
         .iter()
         .map(|l| {
-            serde_json::json!({"mediaType": OCI_LAYER, "digest": format!("sha256:{}", sha256_hex(l)), "size": l.len()})
+            serde_json::json!({"mediaType": layer_type, "digest": format!("sha256:{}", sha256_hex(l)), "size": l.len()})
         })
         .collect();
     let manifest = serde_json::to_vec(&serde_json::json!({
@@ -391,7 +392,7 @@ fn docker_archive_reads_the_podman_and_docker_25_dialects() {
     let mut digests = Vec::new();
     for (dialect, archive) in [
         ("podman", podman_archive(&layers, &config)),
-        ("docker25", docker25_archive(&layers, &config)),
+        ("docker25", docker25_archive(&layers, &config, OCI_LAYER)),
     ] {
         let path = dir.path().join(format!("{dialect}.tar"));
         std::fs::write(&path, archive).unwrap();
@@ -488,4 +489,90 @@ fn the_daemon_source_works_against_podmans_api_service() {
         line.contains("not found") && line.contains(&podman),
         "{line}"
     );
+}
+
+#[test]
+fn docker_25_compressed_layers_are_pushed_as_they_are() {
+    use std::io::Write;
+    let s = services();
+    let name = unique("compressed");
+    let layers = [
+        Tar::new()
+            .file("etc/motd", 0o644, b"already compressed\n")
+            .finish(),
+        Tar::new()
+            .file("data.bin", 0o644, &random_bytes(300_000))
+            .finish(),
+    ];
+    let diff_ids: Vec<String> = layers
+        .iter()
+        .map(|l| format!("sha256:{}", sha256_hex(l)))
+        .collect();
+    // Compressed by someone else (zlib's level 9 here, unlike ocipush's own gzip).
+    let gzipped: Vec<Vec<u8>> = layers
+        .iter()
+        .map(|l| {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            gz.write_all(l).unwrap();
+            gz.finish().unwrap()
+        })
+        .collect();
+    let blob_digests: Vec<String> = gzipped
+        .iter()
+        .map(|b| format!("sha256:{}", sha256_hex(b)))
+        .collect();
+    let config = config_for(&diff_ids);
+    let image_id = format!("sha256:{}", sha256_hex(&config));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("containerd.tar");
+    std::fs::write(&path, docker25_archive(&gzipped, &config, OCI_LAYER_GZIP)).unwrap();
+
+    // Whatever compression is asked for, the blobs go up byte for byte as the export held
+    // them, with their media types; skopeo's copy verifies each digest and the gunzipped
+    // layers hash to the diff IDs.
+    let repo = format!("sources/{name}");
+    let dest = format!("{}/{repo}:v1", s.registry);
+    let pushed = push_args(
+        &format!("docker-archive:{}", path.display()),
+        &dest,
+        "json",
+        &["--compression", "zstd"],
+        &[],
+    );
+    let digest = pushed.expect_success(&dest);
+    let manifest = check_pushed_manifest(&s.registry, &repo, "v1", &digest, &image_id, &diff_ids);
+    let pushed_blobs: Vec<&str> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        pushed_blobs, blob_digests,
+        "the export's own blobs, not recompressed"
+    );
+    copy_to_oci_layout_and_verify(&dest, &digest, &diff_ids);
+    let done: Vec<Value> = pushed
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == "layer-done")
+        .collect();
+    assert_eq!(done.len(), 2, "{}", pushed.describe());
+
+    // A compressed blob that does not hash to its name is refused; no tag is written.
+    let original = &gzipped[1];
+    let at = original.len() / 2;
+    let mut archive = docker25_archive(&gzipped, &config, OCI_LAYER_GZIP);
+    let offset = archive
+        .windows(original.len())
+        .position(|w| w == &original[..])
+        .unwrap();
+    archive[offset + at] ^= 0xff;
+    std::fs::write(&path, archive).unwrap();
+    let repo = format!("sources/{name}-tampered");
+    let dest = format!("{}/{repo}:v1", s.registry);
+    let line = push(&format!("docker-archive:{}", path.display()), &dest).expect_failure();
+    assert!(line.contains("digest mismatch"), "{line}");
+    assert_tag_absent(&s.registry, &repo, "v1");
 }

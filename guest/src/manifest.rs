@@ -120,6 +120,21 @@ impl Format {
         }
     }
 
+    /// The media type of a layer stored as an export held it (already compressed), in this
+    /// format's vocabulary: gzip has a type in both, zstd only in OCI.
+    fn stored_layer_media_type(self, stored: &str) -> Result<&str> {
+        const OCI_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+        const DOCKER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+        Ok(match (self, stored) {
+            (Format::Oci, DOCKER_GZIP) => OCI_GZIP,
+            (Format::Docker, OCI_GZIP) => DOCKER_GZIP,
+            (Format::Docker, other) if other != DOCKER_GZIP => bail!(
+                "the image has a layer stored as {other}, which Docker's manifest v2 schema 2 cannot name (use --format oci)"
+            ),
+            (_, other) => other,
+        })
+    }
+
     /// Refuses what the format cannot say, before anything is sent: Docker's schema has no
     /// zstd layer type and no annotations (dropping the user's annotations silently would
     /// publish something other than what was asked for).
@@ -210,6 +225,13 @@ pub fn image_manifest(
 ) -> Result<Vec<u8>> {
     format.check(encoding, annotations)?;
     let layer_type = format.layer_media_type(encoding.compression);
+    let layer_types = layers
+        .iter()
+        .map(|layer| match &layer.media_type {
+            Some(stored) => format.stored_layer_media_type(stored),
+            None => Ok(layer_type),
+        })
+        .collect::<Result<Vec<_>>>()?;
     let manifest = Manifest {
         schema_version: 2,
         media_type: format.manifest_media_type(),
@@ -221,7 +243,8 @@ pub fn image_manifest(
         },
         layers: layers
             .iter()
-            .map(|layer| Descriptor {
+            .zip(&layer_types)
+            .map(|(layer, layer_type)| Descriptor {
                 media_type: layer_type,
                 digest: layer.blob.digest.as_str(),
                 size: layer.blob.size,
@@ -282,10 +305,12 @@ mod tests {
             Layer {
                 diff_id: Digest::of(b"a"),
                 blob: blob(b"A", 10),
+                media_type: None,
             },
             Layer {
                 diff_id: Digest::of(b"b"),
                 blob: blob(b"B", 20),
+                media_type: None,
             },
         ]
     }
@@ -302,6 +327,31 @@ mod tests {
 
     fn gzip() -> Encoding {
         Encoding::new(Compression::Gzip, 6).unwrap()
+    }
+
+    #[test]
+    fn stored_layers_keep_their_type_in_each_format() {
+        let mut stored = layers();
+        stored[1].media_type = Some("application/vnd.oci.image.layer.v1.tar+gzip".into());
+        let none = Annotations::new();
+        let json = |format, stored: &[Layer]| -> Result<serde_json::Value> {
+            let bytes = image_manifest(format, &blob(b"{}", 2), stored, &gzip(), &none)?;
+            Ok(serde_json::from_slice(&bytes).unwrap())
+        };
+        let oci = json(Format::Oci, &stored).unwrap();
+        assert_eq!(
+            oci["layers"][1]["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        );
+        let docker = json(Format::Docker, &stored).unwrap();
+        assert_eq!(
+            docker["layers"][1]["mediaType"],
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        );
+        stored[1].media_type = Some("application/vnd.oci.image.layer.v1.tar+zstd".into());
+        assert!(json(Format::Oci, &stored).is_ok());
+        let err = json(Format::Docker, &stored).unwrap_err().to_string();
+        assert!(err.contains("tar+zstd"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The push pipeline, top to bottom, over the capabilities the host offers.
 
+use std::collections::HashMap;
 use std::io::Read;
 
 use anyhow::{bail, Context, Result};
@@ -8,11 +9,12 @@ use crate::cache::{self, Cache};
 use crate::config;
 use crate::digest::{Digest, Hasher};
 use crate::manifest::{
-    image_index, image_manifest, Annotations, Encoding, Format, Platform, PlatformManifest,
+    image_index, image_manifest, Annotations, Compression, Encoding, Format, Platform,
+    PlatformManifest,
 };
 use crate::progress::{Event, LayerBytes, LayerRef, ProgressSink};
 use crate::reference::Destination;
-use crate::save::{read_export, Blob, ImageSummary, Layer, LayerEntry};
+use crate::save::{read_export, Blob, ImageSummary, Layer, LayerEntry, Publish};
 
 /// Bytes per crossing of the component boundary: large, because each crossing copies.
 pub const CHUNK_SIZE: usize = 1 << 20;
@@ -430,6 +432,7 @@ fn already_published(
         layers.push(Layer {
             diff_id: diff_id.clone(),
             blob,
+            media_type: None,
         });
     }
     for (position, layer) in layers.iter().enumerate() {
@@ -451,7 +454,8 @@ fn already_published(
 }
 
 /// Streams the export once: each layer is hashed while it uploads and committed only if its
-/// diff ID is one the image lists; then the config goes up byte for byte as the daemon wrote
+/// diff ID is one the image lists (a layer the export holds already compressed is stored as it
+/// is, if it hashes to its name); then the config goes up byte for byte as the daemon wrote
 /// it, so its digest stays the image ID. What was verified is remembered in the cache.
 fn export_and_upload(
     image: &ImageSummary,
@@ -463,9 +467,27 @@ fn export_and_upload(
 ) -> Result<(Config, Vec<Layer>)> {
     // Export by ID, so inspect and export see one image.
     let export = source.export(image.id.as_str())?;
-    let saved = read_export(export, image, |entry| {
-        upload_layer(repository, entry, image, encoding, progress)
-    })?;
+    let mut publisher = Publisher {
+        repository: &mut *repository,
+        image,
+        encoding,
+        progress: &mut *progress,
+        stored: HashMap::new(),
+    };
+    let saved = read_export(export, image, &mut publisher)?;
+    // A stored blob's place in the image is known only now.
+    let stored = std::mem::take(&mut publisher.stored);
+    for (position, layer) in saved.layers.iter().enumerate() {
+        if let Some(entry) = stored.get(&layer.blob.digest) {
+            progress.report(Event::LayerDone {
+                layer: entry.clone(),
+                diff_id: layer.diff_id.clone(),
+                position: position as u32 + 1,
+                digest: layer.blob.digest.clone(),
+                size: layer.blob.size,
+            });
+        }
+    }
     let config = Blob {
         digest: Digest::of(&saved.config),
         size: saved.config.len() as u64,
@@ -474,11 +496,19 @@ fn export_and_upload(
         repository.put_blob(&config.digest, &saved.config)?;
     }
     progress.report(Event::ConfigDone(config.digest.clone()));
-    for layer in &saved.layers {
+    // Only layers this encoding produced: a stored blob is not what it gives for the diff ID.
+    let encoded: Vec<&Layer> = saved
+        .layers
+        .iter()
+        .filter(|l| l.media_type.is_none())
+        .collect();
+    for layer in &encoded {
         cache::remember_layer(cache, &layer.diff_id, encoding, &layer.blob);
     }
     cache::remember_config_bytes(cache, &config, &saved.config);
-    cache::remember_image_config(cache, image, &config);
+    if encoded.len() == saved.layers.len() {
+        cache::remember_image_config(cache, image, &config);
+    }
     Ok((
         Config {
             blob: config,
@@ -488,58 +518,101 @@ fn export_and_upload(
     ))
 }
 
-/// Streams one layer to the registry, hashing it on the way, and commits it only once its diff
-/// ID proves to be one the image lists; otherwise the upload is dropped, which cancels it.
-fn upload_layer(
-    repository: &mut impl BlobSink,
-    entry: LayerEntry<'_>,
-    image: &ImageSummary,
-    encoding: &Encoding,
-    progress: &mut impl ProgressSink,
-) -> Result<Layer> {
-    let layer = LayerRef {
-        index: entry.index,
-        entry: entry.name.clone(),
-    };
-    let bytes = |done, sent| LayerBytes {
-        layer: layer.clone(),
-        done,
-        sent,
-        total: entry.size,
-    };
-    progress.report(Event::LayerStarted(bytes(0, 0)));
-    let mut upload = repository.start_layer(encoding)?;
-    let mut hasher = Hasher::default();
-    let mut chunk = vec![0u8; CHUNK_SIZE.min(entry.size as usize).max(1)];
-    let mut done = 0u64;
-    loop {
-        let n = fill(entry.data, &mut chunk)
-            .with_context(|| format!("reading layer {} from the export", entry.name))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&chunk[..n]);
-        upload.write(&chunk[..n])?;
-        done += n as u64;
-        progress.report(Event::LayerProgress(bytes(done, upload.sent())));
+/// Publishes the layers of an export as they pass.
+struct Publisher<'a, S: BlobSink, P: ProgressSink> {
+    repository: &'a mut S,
+    image: &'a ImageSummary,
+    encoding: &'a Encoding,
+    progress: &'a mut P,
+    /// Blobs stored as the export held them, by digest: where they were in the export.
+    stored: HashMap<Digest, LayerRef>,
+}
+
+impl<S: BlobSink, P: ProgressSink> Publish for Publisher<'_, S, P> {
+    /// Streams one layer to the registry, hashing it on the way, and commits it only once its
+    /// diff ID proves to be one the image lists; otherwise the upload is dropped, which
+    /// cancels it.
+    fn layer(&mut self, entry: LayerEntry<'_>) -> Result<Layer> {
+        let (layer, upload, diff_id) = self.stream(entry, self.encoding)?;
+        let Some(position) = self.image.diff_ids.iter().position(|d| d == &diff_id) else {
+            bail!(
+                "digest mismatch: layer {} of the export hashes to {diff_id}, which is not a diff ID of image {}",
+                layer.entry,
+                self.image.id
+            );
+        };
+        let blob = upload.finish()?;
+        self.progress.report(Event::LayerDone {
+            layer,
+            diff_id: diff_id.clone(),
+            position: position as u32 + 1,
+            digest: blob.digest.clone(),
+            size: blob.size,
+        });
+        Ok(Layer {
+            diff_id,
+            blob,
+            media_type: None,
+        })
     }
-    let diff_id = hasher.finish();
-    let Some(position) = image.diff_ids.iter().position(|d| d == &diff_id) else {
-        bail!(
-            "digest mismatch: layer {} of the export hashes to {diff_id}, which is not a diff ID of image {}",
-            entry.name,
-            image.id
-        );
-    };
-    let blob = upload.finish()?;
-    progress.report(Event::LayerDone {
-        layer,
-        diff_id: diff_id.clone(),
-        position: position as u32 + 1,
-        digest: blob.digest.clone(),
-        size: blob.size,
-    });
-    Ok(Layer { diff_id, blob })
+
+    /// Streams an already compressed layer to the registry as it is, and commits it only if
+    /// it hashes to the digest that names it.
+    fn blob(&mut self, entry: LayerEntry<'_>, digest: &Digest) -> Result<Blob> {
+        let as_is = Encoding::new(Compression::None, 0)?;
+        let (layer, upload, hashed) = self.stream(entry, &as_is)?;
+        if &hashed != digest {
+            bail!(
+                "digest mismatch: blob {} of the export hashes to {hashed}",
+                layer.entry
+            );
+        }
+        let blob = upload.finish()?;
+        if &blob.digest != digest {
+            bail!("the destination stored blob {digest} as {}", blob.digest);
+        }
+        self.stored.insert(blob.digest.clone(), layer);
+        Ok(blob)
+    }
+}
+
+impl<S: BlobSink, P: ProgressSink> Publisher<'_, S, P> {
+    /// Streams an entry whole into a new upload encoded as `encoding`, reporting progress;
+    /// returns the upload, still to finish, and the digest of the bytes streamed.
+    fn stream(
+        &mut self,
+        entry: LayerEntry<'_>,
+        encoding: &Encoding,
+    ) -> Result<(LayerRef, S::Upload, Digest)> {
+        let layer = LayerRef {
+            index: entry.index,
+            entry: entry.name.clone(),
+        };
+        let bytes = |done, sent| LayerBytes {
+            layer: layer.clone(),
+            done,
+            sent,
+            total: entry.size,
+        };
+        self.progress.report(Event::LayerStarted(bytes(0, 0)));
+        let mut upload = self.repository.start_layer(encoding)?;
+        let mut hasher = Hasher::default();
+        let mut chunk = vec![0u8; CHUNK_SIZE.min(entry.size as usize).max(1)];
+        let mut done = 0u64;
+        loop {
+            let n = fill(entry.data, &mut chunk)
+                .with_context(|| format!("reading layer {} from the export", entry.name))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&chunk[..n]);
+            upload.write(&chunk[..n])?;
+            done += n as u64;
+            self.progress
+                .report(Event::LayerProgress(bytes(done, upload.sent())));
+        }
+        Ok((layer, upload, hasher.finish()))
+    }
 }
 
 /// Reads until `buf` is full or the input ends, so crossings stay large.

@@ -5,6 +5,9 @@
 //!   at the end of the stream;
 //! - podman's API service: `<diff id>.tar` layers at the top, `<v1id>/layer.tar` symlinks to them;
 //! - Docker >= 25: an OCI layout, `blobs/sha256/<hex>` for layers and config, plus `manifest.json`.
+//!   With the containerd image store its layers may already be compressed: such a blob is stored
+//!   as it is (its bytes checked against the digest that names it), with the media type the
+//!   export's OCI manifest gives it; its diff ID is the config's, as the daemon reports it.
 //!
 //! The stream is read once, in order, and never held whole: each layer is handed to the caller
 //! to hash and upload as it passes, and only small metadata files are kept. Because
@@ -52,6 +55,19 @@ pub struct Blob {
 pub struct Layer {
     pub diff_id: Digest,
     pub blob: Blob,
+    /// The blob's media type when it was stored as the export held it (already compressed);
+    /// `None` when the host encoded it, as the push's encoding says.
+    pub media_type: Option<String>,
+}
+
+/// What the caller does with layers as they pass in the export stream. Each entry must be read
+/// whole.
+pub trait Publish {
+    /// An uncompressed layer tar: stored (encoded) only if it hashes to a diff ID of the image.
+    fn layer(&mut self, entry: LayerEntry<'_>) -> Result<Layer>;
+    /// A blob the export holds already encoded (a compressed layer): stored as it is, only if
+    /// it hashes to `digest`, the digest that names it.
+    fn blob(&mut self, entry: LayerEntry<'_>, digest: &Digest) -> Result<Blob>;
 }
 
 /// A layer tar as it passes in the export stream, for the caller to consume whole.
@@ -76,15 +92,16 @@ pub struct SavedImage {
 }
 
 /// Reads a `docker save` stream of the image `image` describes. Every layer entry is passed to
-/// `stream_layer`, which must read it whole and return the layer it published; the result is
-/// then checked against the config's `rootfs.diff_ids` and the daemon's summary.
+/// `publish`; the result is then checked against the config's `rootfs.diff_ids` and the
+/// daemon's summary.
 pub fn read_export(
     stream: impl Read,
     image: &ImageSummary,
-    mut stream_layer: impl FnMut(LayerEntry<'_>) -> Result<Layer>,
+    publish: &mut impl Publish,
 ) -> Result<SavedImage> {
     let mut archive = tar::Archive::new(stream);
     let mut layers_by_path: HashMap<String, Layer> = HashMap::new();
+    let mut blobs_by_path: HashMap<String, Blob> = HashMap::new();
     let mut links: HashMap<String, String> = HashMap::new();
     let mut metadata: HashMap<String, Vec<u8>> = HashMap::new();
     let mut metadata_bytes = 0u64;
@@ -119,7 +136,7 @@ pub fn read_export(
                     name: &name,
                     left: size,
                 };
-                let layer = stream_layer(LayerEntry {
+                let layer = publish.layer(LayerEntry {
                     index: layer_count,
                     name: name.clone(),
                     size,
@@ -127,12 +144,30 @@ pub fn read_export(
                 })?;
                 layers_by_path.insert(name, layer);
             }
-            EntryKind::Metadata => {
+            // Too large for metadata: an already compressed layer, stored as it passes.
+            EntryKind::Blob(digest) if size > METADATA_FILE_LIMIT => {
+                layer_count += 1;
+                let mut data = Exact {
+                    inner: &mut entry,
+                    name: &name,
+                    left: size,
+                };
+                let blob = publish.blob(
+                    LayerEntry {
+                        index: layer_count,
+                        name: name.clone(),
+                        size,
+                        data: &mut data,
+                    },
+                    &digest,
+                )?;
+                blobs_by_path.insert(name, blob);
+            }
+            EntryKind::Metadata | EntryKind::Blob(_) => {
                 metadata_bytes += size;
                 if size > METADATA_FILE_LIMIT || metadata_bytes > METADATA_TOTAL_LIMIT {
                     bail!(
-                        "export entry {name} ({size} bytes) is neither a layer the image lists nor small metadata \
-                         (layers already compressed by the containerd image store are not read by this version)"
+                        "export entry {name} ({size} bytes) is neither a layer the image lists nor small metadata"
                     );
                 }
                 let mut bytes = Vec::with_capacity(size as usize);
@@ -159,14 +194,45 @@ pub fn read_export(
             image.diff_ids.len()
         );
     }
+    let config_digest = Digest::of(&config);
     let mut layers = Vec::with_capacity(manifest.layers.len());
     for (position, (path, expected)) in manifest.layers.iter().zip(&image.diff_ids).enumerate() {
         let path = resolve(path, &links)?;
-        let layer = layers_by_path.get(&path).with_context(|| {
-            format!(
-                "the export's manifest.json names layer {path}, which the export does not contain"
-            )
-        })?;
+        let Some(layer) = layers_by_path.get(&path) else {
+            // Not an uncompressed layer: a blob the export holds already compressed.
+            let Some(digest) = path
+                .strip_prefix("blobs/sha256/")
+                .and_then(Digest::from_hex)
+            else {
+                bail!("the export's manifest.json names layer {path}, which the export does not contain");
+            };
+            let media_type = compressed_layer_type(&metadata, &config_digest, &digest)
+                .with_context(|| format!("the export's manifest.json names layer {path}, which is neither an uncompressed layer of the image nor a compressed layer its OCI manifest describes"))?;
+            let blob = match blobs_by_path.get(&path) {
+                Some(blob) => blob.clone(),
+                None => {
+                    let bytes = metadata.get(&path).with_context(|| {
+                        format!("the export's manifest.json names layer {path}, which the export does not contain")
+                    })?;
+                    layer_count += 1;
+                    publish.blob(
+                        LayerEntry {
+                            index: layer_count,
+                            name: path.clone(),
+                            size: bytes.len() as u64,
+                            data: &mut &bytes[..],
+                        },
+                        &digest,
+                    )?
+                }
+            };
+            layers.push(Layer {
+                diff_id: expected.clone(),
+                blob,
+                media_type: Some(media_type),
+            });
+            continue;
+        };
         if &layer.diff_id != expected {
             bail!(
                 "digest mismatch: layer {} of the image ({path}) has diff ID {} but the image config lists {expected}",
@@ -209,7 +275,10 @@ impl<R: Read> Read for Exact<'_, R> {
 enum EntryKind {
     /// An uncompressed layer tar, to be streamed.
     Layer,
-    /// A small file to keep: `manifest.json`, the config, an OCI index or manifest.
+    /// Another OCI blob: kept if small (a config, manifest or index, or a small compressed
+    /// layer), stored as it passes if not (a compressed layer).
+    Blob(Digest),
+    /// A small file to keep: `manifest.json`, the config.
     Metadata,
     /// Anything else: directories' legacy `json` and `VERSION`, `repositories`, `oci-layout`.
     Other,
@@ -220,7 +289,8 @@ fn classify(name: &str, diff_ids: &[Digest]) -> EntryKind {
         // In the OCI dialect an uncompressed layer's blob is named by its diff ID.
         return match Digest::from_hex(hex) {
             Some(digest) if diff_ids.contains(&digest) => EntryKind::Layer,
-            _ => EntryKind::Metadata,
+            Some(digest) => EntryKind::Blob(digest),
+            None => EntryKind::Other,
         };
     }
     let top_level = !name.contains('/');
@@ -269,6 +339,31 @@ fn find_manifest(
                 image.id
             )
         })
+}
+
+/// Layer media types a registry stores compressed.
+const COMPRESSED_LAYER_TYPES: [&str; 3] = [
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+];
+
+/// The media type of `layer` in the export's OCI manifest for the config `config` (Docker
+/// >= 25 exports hold one among their blobs), when it is a compressed layer type.
+fn compressed_layer_type(
+    metadata: &HashMap<String, Vec<u8>>,
+    config: &Digest,
+    layer: &Digest,
+) -> Option<String> {
+    metadata
+        .iter()
+        .filter(|(name, _)| name.starts_with("blobs/sha256/"))
+        .filter_map(|(_, bytes)| serde_json::from_slice::<serde_json::Value>(bytes).ok())
+        .filter(|json| json["config"]["digest"] == config.as_str())
+        .flat_map(|json| json["layers"].as_array().cloned().unwrap_or_default())
+        .find(|descriptor| descriptor["digest"] == layer.as_str())
+        .and_then(|descriptor| descriptor["mediaType"].as_str().map(str::to_string))
+        .filter(|media_type| COMPRESSED_LAYER_TYPES.contains(&media_type.as_str()))
 }
 
 #[derive(Deserialize)]
@@ -346,28 +441,16 @@ pub(crate) fn normalize(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{fixture, manifest_json, summary, tar, Fixture, Item};
+    use crate::testing::{fixture, manifest_json, summary, tar, Fixture, Hashing, Item};
 
     /// A layer entry as the reader handed it over: index, path, size.
     type Seen = (u32, String, u64);
 
     /// Reads an export, "publishing" each layer as its own digest; returns the entries seen.
     fn read(stream: &[u8], image: &ImageSummary) -> Result<(SavedImage, Vec<Seen>)> {
-        let mut seen = Vec::new();
-        let saved = read_export(stream, image, |entry| {
-            let mut bytes = Vec::new();
-            entry.data.read_to_end(&mut bytes)?;
-            seen.push((entry.index, entry.name.clone(), entry.size));
-            let diff_id = Digest::of(&bytes);
-            Ok(Layer {
-                blob: Blob {
-                    digest: diff_id.clone(),
-                    size: entry.size,
-                },
-                diff_id,
-            })
-        })?;
-        Ok((saved, seen))
+        let mut publisher = Hashing::new(image);
+        let saved = read_export(stream, image, &mut publisher)?;
+        Ok((saved, publisher.seen))
     }
 
     fn check(saved: &SavedImage, f: &Fixture) {
@@ -495,16 +578,75 @@ mod tests {
         assert!(err.contains("zzz/layer.tar"), "{err}");
     }
 
-    #[test]
-    fn oversized_unknown_blob_is_refused() {
+    /// Docker >= 25 with the containerd store: layer 1 of the fixture held as a "compressed"
+    /// blob (any bytes: the reader does not decompress), described by the export's OCI manifest.
+    fn containerd_export(compressed: &[u8], described: bool) -> Vec<u8> {
         let f = fixture();
-        let big = vec![0u8; (METADATA_FILE_LIMIT + 1) as usize];
-        let stream = tar(&[Item::File(
-            &format!("blobs/sha256/{}", Digest::of(&big).hex()),
-            &big,
-        )]);
+        let blob = |d: &Digest| format!("blobs/sha256/{}", d.hex());
+        let z = Digest::of(compressed);
+        let mut layers = vec![serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": f.diff_ids[0].as_str(), "size": 3000,
+        })];
+        if described {
+            layers.push(serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+zstd", "digest": z.as_str(), "size": compressed.len(),
+            }));
+        }
+        let oci_manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": f.id.as_str(), "size": f.config.len()},
+            "layers": layers,
+        }))
+        .unwrap();
+        let manifest = manifest_json(&blob(&f.id), &[&blob(&f.diff_ids[0]), &blob(&z)]);
+        tar(&[
+            Item::File(&blob(&Digest::of(&oci_manifest)), &oci_manifest),
+            Item::File(&blob(&f.diff_ids[0]), &f.layers[0]),
+            Item::File(&blob(&z), compressed),
+            Item::File(&blob(&f.id), &f.config),
+            Item::File("index.json", b"{}"),
+            Item::File("manifest.json", &manifest),
+        ])
+    }
+
+    #[test]
+    fn compressed_layers_are_stored_as_they_are_small_or_large() {
+        let f = fixture();
+        let large = vec![7u8; (METADATA_FILE_LIMIT + 1) as usize];
+        for compressed in [&b"zstd bytes"[..], &large[..]] {
+            let (saved, seen) = read(&containerd_export(compressed, true), &summary(&f)).unwrap();
+            assert_eq!(saved.config, f.config);
+            assert_eq!(seen.len(), 2, "each layer streamed once");
+            assert_eq!(saved.layers[0].media_type, None);
+            assert_eq!(saved.layers[0].diff_id, f.diff_ids[0]);
+            assert_eq!(
+                saved.layers[1],
+                Layer {
+                    diff_id: f.diff_ids[1].clone(),
+                    blob: Blob {
+                        digest: Digest::of(compressed),
+                        size: compressed.len() as u64
+                    },
+                    media_type: Some("application/vnd.oci.image.layer.v1.tar+zstd".into()),
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_compressed_layer_must_match_its_name_and_be_described() {
+        let f = fixture();
+        let mut stream = containerd_export(b"zstd bytes", true);
+        let at = stream.windows(10).position(|w| w == b"zstd bytes").unwrap();
+        stream[at] ^= 0xff;
         let err = read(&stream, &summary(&f)).unwrap_err().to_string();
-        assert!(err.contains("neither a layer"), "{err}");
+        assert!(err.contains("digest mismatch"), "{err}");
+
+        let err = format!(
+            "{:#}",
+            read(&containerd_export(b"zstd bytes", false), &summary(&f)).unwrap_err()
+        );
+        assert!(err.contains("neither an uncompressed layer"), "{err}");
     }
 
     #[test]

@@ -2,10 +2,12 @@
 
 use std::collections::HashMap;
 
+use anyhow::{bail, Result};
+
 use crate::cache::Cache;
 use crate::digest::Digest;
 use crate::manifest::Platform;
-use crate::save::ImageSummary;
+use crate::save::{Blob, ImageSummary, Layer, LayerEntry, Publish};
 
 /// A tar entry for test archives.
 pub enum Item<'a> {
@@ -102,5 +104,57 @@ impl Cache for MemoryCache {
     }
     fn put(&mut self, key: &str, value: &[u8]) {
         self.0.insert(key.to_string(), value.to_vec());
+    }
+}
+
+/// Publishes layers as the pipeline does, storing nothing: a layer must hash to one of
+/// `diff_ids` and is "stored" uncompressed; a blob must hash to its digest.
+pub struct Hashing {
+    pub diff_ids: Vec<Digest>,
+    /// The entries handed over: index, path, size.
+    pub seen: Vec<(u32, String, u64)>,
+}
+
+impl Hashing {
+    pub fn new(image: &ImageSummary) -> Self {
+        Self {
+            diff_ids: image.diff_ids.clone(),
+            seen: Vec::new(),
+        }
+    }
+
+    fn read(&mut self, entry: LayerEntry<'_>) -> Result<Blob> {
+        let mut bytes = Vec::new();
+        entry.data.read_to_end(&mut bytes)?;
+        self.seen
+            .push((entry.index, entry.name.clone(), entry.size));
+        Ok(Blob {
+            digest: Digest::of(&bytes),
+            size: bytes.len() as u64,
+        })
+    }
+}
+
+impl Publish for Hashing {
+    fn layer(&mut self, entry: LayerEntry<'_>) -> Result<Layer> {
+        let name = entry.name.clone();
+        let blob = self.read(entry)?;
+        if !self.diff_ids.contains(&blob.digest) {
+            bail!("digest mismatch: {name} is not a layer of the image");
+        }
+        Ok(Layer {
+            diff_id: blob.digest.clone(),
+            blob,
+            media_type: None,
+        })
+    }
+
+    fn blob(&mut self, entry: LayerEntry<'_>, digest: &Digest) -> Result<Blob> {
+        let name = entry.name.clone();
+        let blob = self.read(entry)?;
+        if &blob.digest != digest {
+            bail!("digest mismatch: blob {name} hashes to {}", blob.digest);
+        }
+        Ok(blob)
     }
 }
