@@ -514,6 +514,8 @@ struct TokenIssuer {
     issued: Arc<AtomicUsize>,
     /// Tokens issued for a refresh token.
     refreshed: Arc<AtomicUsize>,
+    /// Every scope a token was asked for.
+    scopes: Arc<std::sync::Mutex<Vec<String>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -549,11 +551,13 @@ impl TokenIssuer {
         let stop = Arc::new(AtomicBool::new(false));
         let issued = Arc::new(AtomicUsize::new(0));
         let refreshed = Arc::new(AtomicUsize::new(0));
-        let (dir, stop2, issued2, refreshed2) = (
+        let scopes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (dir, stop2, issued2, refreshed2, scopes2) = (
             dir.to_path_buf(),
             stop.clone(),
             issued.clone(),
             refreshed.clone(),
+            scopes.clone(),
         );
         let thread = std::thread::spawn(move || {
             for stream in listener.incoming() {
@@ -561,7 +565,7 @@ impl TokenIssuer {
                     break;
                 }
                 if let Ok(stream) = stream {
-                    let _ = serve_token(stream, &dir, &x5c, &issued2, &refreshed2);
+                    let _ = serve_token(stream, &dir, &x5c, &issued2, &refreshed2, &scopes2);
                 }
             }
         });
@@ -570,6 +574,7 @@ impl TokenIssuer {
             stop,
             issued,
             refreshed,
+            scopes,
             thread: Some(thread),
         }
     }
@@ -622,6 +627,7 @@ fn serve_token(
     x5c: &str,
     issued: &AtomicUsize,
     refreshed: &AtomicUsize,
+    seen_scopes: &std::sync::Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -675,24 +681,43 @@ fn serve_token(
             body.len()
         );
     }
-    let scope = param("scope").unwrap_or_default();
-    let repository = scope.split(':').nth(1).unwrap_or("");
+    // Every scope asked for: repeated `scope` parameters (GET), or one space-separated (POST).
+    let scopes: Vec<String> = params
+        .split('&')
+        .filter_map(|p| p.strip_prefix("scope="))
+        .flat_map(|s| {
+            percent_decode(s)
+                .split(' ')
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .filter(|s| !s.is_empty())
+        .collect();
+    seen_scopes.lock().unwrap().extend(scopes.iter().cloned());
     let n = issued.fetch_add(1, Ordering::SeqCst);
-    let actions = if n == 0 {
-        r#"["pull"]"#
-    } else {
-        r#"["pull","push"]"#
-    };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
     let header = format!(r#"{{"alg":"RS256","typ":"JWT","x5c":["{x5c}"]}}"#);
-    let access = if repository.is_empty() {
-        "[]".to_string()
-    } else {
-        format!(r#"[{{"type":"repository","name":"{repository}","actions":{actions}}}]"#)
-    };
+    // Each scope's actions, except that the first token ever only allows pulling.
+    let access: Vec<String> = scopes
+        .iter()
+        .filter_map(|scope| {
+            let mut parts = scope.splitn(3, ':');
+            let (_, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+            let actions: Vec<String> = actions
+                .split(',')
+                .filter(|a| n > 0 || *a == "pull")
+                .map(|a| format!("{a:?}"))
+                .collect();
+            Some(format!(
+                r#"{{"type":"repository","name":"{name}","actions":[{}]}}"#,
+                actions.join(",")
+            ))
+        })
+        .collect();
+    let access = format!("[{}]", access.join(","));
     let claims = format!(
         r#"{{"iss":"test-issuer","sub":"{USER}","aud":"test-registry","exp":{},"nbf":{},"iat":{now},"jti":"ocipush-{n}-{now}","access":{access}}}"#,
         now + 300,
@@ -863,6 +888,41 @@ fn uploads_moved_to_another_host_never_get_the_credentials() {
     );
     let direct = format!("{}/ocipush-test/{name}:v1", registry.address);
     assert_eq!(skopeo_digest(&direct).unwrap(), digest);
+}
+
+#[test]
+fn a_mount_asks_the_token_service_for_pull_on_its_source() {
+    let (registry, issuer) = token_registry();
+    let env = CleanEnv::new();
+    let name = unique("token-mount");
+    let tag = small_image(&name);
+    let args = ["--username", USER, "--password-stdin"];
+    let first = format!("ocipush-test/{name}-a");
+    let d = format!("{}/{first}:v1", registry.address);
+    push_stdin(&tag, &d, &args, &format!("{PASSWORD}\n"), &env.vars()).expect_success(&d);
+    let d = format!("{}/ocipush-test/{name}-b:v1", registry.address);
+    let pushed = push_input(
+        &tag,
+        &d,
+        "json",
+        &args,
+        &env.vars(),
+        Some(&format!("{PASSWORD}\n")),
+    );
+    let digest = pushed.expect_success(&d);
+    let scopes = issuer.scopes.lock().unwrap().clone();
+    assert!(
+        scopes.contains(&format!("repository:{first}:pull")),
+        "{scopes:?}"
+    );
+    let mounted = pushed
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "layer-skipped" && e["mounted_from"] == first.as_str())
+        .count();
+    assert_eq!(mounted, 1, "{}", pushed.describe());
+    assert_eq!(skopeo_digest(&d).unwrap(), digest);
 }
 
 #[test]

@@ -273,3 +273,74 @@ fn when_retries_run_out_the_push_fails_in_one_line_and_writes_no_tag() {
     ]));
     assert!(out.status.success(), "{}", describe(&out));
 }
+
+/// Pushes `tag` through `proxy` as `repo:v1`, so the cache records its blobs as being there
+/// (on the registry at the proxy's address: mounts are only tried within one registry).
+fn push_first(proxy: &HttpFaultProxy, tag: &str, repo: &str) {
+    let dest = format!("{}/{repo}:v1", proxy.address);
+    push(tag, &dest).expect_success(&dest);
+}
+
+fn mounts(seen: &[Seen]) -> Vec<&Seen> {
+    seen.iter()
+        .filter(|s| s.method == "POST" && s.query.contains("mount="))
+        .collect()
+}
+
+#[test]
+fn blobs_pushed_to_another_repository_are_mounted_not_uploaded() {
+    let name = unique("mount");
+    let (tag, id, diff_ids) = image_with_a_large_layer(&name);
+    let first = format!("faults/{name}-a");
+    let proxy = HttpFaultProxy::start(&services().registry, Faults::default());
+    push_first(&proxy, &tag, &first);
+    let before = proxy.seen().len();
+    let repo = format!("faults/{name}-b");
+    let (pushed, events_seen, dest) = push_through(&proxy, &tag, &repo, &[]);
+    expect_published(&pushed, &dest, &repo, &id, &diff_ids);
+    let seen = proxy.seen()[before..].to_vec();
+    // Config and both layers: mounted (201), nothing uploaded.
+    let mounted = mounts(&seen);
+    assert_eq!(mounted.len(), 3, "{seen:#?}");
+    assert!(
+        mounted.iter().all(|m| m.status == 201
+            && m.query
+                .contains(&format!("from={}", first.replace('/', "%2F")))),
+        "{seen:#?}"
+    );
+    assert!(seen.iter().all(|s| s.method != "PATCH"), "{seen:#?}");
+    let skipped = events(&events_seen, "layer-skipped");
+    assert_eq!(skipped.len(), 2, "{events_seen:#?}");
+    assert!(
+        skipped.iter().all(|e| e["mounted_from"] == first.as_str()),
+        "{skipped:#?}"
+    );
+}
+
+#[test]
+fn a_mount_refused_with_401_as_harbor_does_falls_back_to_uploading() {
+    let name = unique("harbor");
+    let (tag, id, diff_ids) = image_with_a_large_layer(&name);
+    let proxy = HttpFaultProxy::start(
+        &services().registry,
+        Faults {
+            refuse_mounts: true,
+            ..Faults::default()
+        },
+    );
+    push_first(&proxy, &tag, &format!("faults/{name}-a"));
+    let before = proxy.seen().len();
+    let repo = format!("faults/{name}-b");
+    let (pushed, _, dest) = push_through(&proxy, &tag, &repo, &[]);
+    expect_published(&pushed, &dest, &repo, &id, &diff_ids);
+    let seen = proxy.seen()[before..].to_vec();
+    let refused = mounts(&seen);
+    assert!(
+        !refused.is_empty() && refused.iter().all(|m| m.status == 401),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter().any(|s| s.method == "PATCH" && s.status == 202),
+        "{seen:#?}"
+    );
+}

@@ -114,6 +114,45 @@ pub fn remember_config_bytes(cache: &mut impl Cache, config: &Blob, bytes: &[u8]
     cache.put(&config_bytes_key(config), bytes);
 }
 
+/// The repositories (`host[:port]/name`) a blob was last published to, most recent first.
+#[derive(Serialize, Deserialize)]
+struct HomesEntry {
+    digest: String,
+    homes: Vec<String>,
+}
+
+/// How many repositories are remembered per blob.
+const HOMES: usize = 8;
+
+fn homes_key(digest: &Digest) -> String {
+    format!("homes/v1/{}", digest.hex())
+}
+
+/// Where `digest` was published, most recent first: repositories it might be mounted from.
+pub fn homes(cache: &mut impl Cache, digest: &Digest) -> Vec<String> {
+    cache
+        .get(&homes_key(digest))
+        .and_then(|bytes| serde_json::from_slice::<HomesEntry>(&bytes).ok())
+        .filter(|entry| entry.digest == digest.as_str())
+        .map(|entry| entry.homes)
+        .unwrap_or_default()
+}
+
+/// Records that `digest` is in `repository` (`host[:port]/name`) as part of a published image.
+pub fn remember_home(cache: &mut impl Cache, digest: &Digest, repository: &str) {
+    let mut homes = homes(cache, digest);
+    homes.retain(|h| h != repository);
+    homes.insert(0, repository.to_string());
+    homes.truncate(HOMES);
+    let entry = HomesEntry {
+        digest: digest.to_string(),
+        homes,
+    };
+    if let Ok(bytes) = serde_json::to_vec(&entry) {
+        cache.put(&homes_key(digest), &bytes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,5 +240,26 @@ mod tests {
         assert_eq!(layer_blob(&mut cache, &b, &gzip), None);
         cache.put(&key(&a, &gzip), b"{\"diff_id\": trunc");
         assert_eq!(layer_blob(&mut cache, &a, &gzip), None);
+    }
+
+    #[test]
+    fn homes_are_most_recent_first_and_bounded() {
+        let mut cache = MemoryCache::default();
+        let digest = Digest::of(b"blob");
+        assert!(homes(&mut cache, &digest).is_empty());
+        for i in 0..10 {
+            remember_home(&mut cache, &digest, &format!("r:5000/repo{i}"));
+        }
+        remember_home(&mut cache, &digest, "r:5000/repo3");
+        let found = homes(&mut cache, &digest);
+        assert_eq!(found.len(), HOMES);
+        assert_eq!(found[0], "r:5000/repo3");
+        assert_eq!(found[1], "r:5000/repo9");
+        assert_eq!(found.iter().filter(|h| *h == "r:5000/repo3").count(), 1);
+        // An entry filed under another digest's key is ignored.
+        let other = Digest::of(b"other");
+        let misplaced = cache.get(&homes_key(&digest)).unwrap();
+        cache.put(&homes_key(&other), &misplaced);
+        assert!(homes(&mut cache, &other).is_empty());
     }
 }

@@ -248,6 +248,15 @@ impl BlobSink for Sink {
         .map_err(|e| anyhow!(e))
     }
 
+    fn mount_blob(&mut self, digest: &Digest, source: &str) -> Result<bool> {
+        match self {
+            Sink::Registry(r) => r.mount_blob(digest.as_str(), source),
+            // A layout is one directory: there is nowhere to mount from.
+            Sink::Layout(_) => Ok(false),
+        }
+        .map_err(|e| anyhow!(e))
+    }
+
     fn put_blob(&mut self, digest: &Digest, data: &[u8]) -> Result<()> {
         match self {
             Sink::Registry(r) => r.put_blob(digest.as_str(), data),
@@ -377,11 +386,13 @@ impl ProgressSink for HostProgress {
                 diff_id,
                 digest,
                 size,
+                mounted_from,
             } => wit::Event::LayerSkipped(wit::LayerPresent {
                 position,
                 diff_id: diff_id.to_string(),
                 digest: digest.to_string(),
                 size,
+                mounted_from,
             }),
             E::ConfigDone(digest) => wit::Event::ConfigDone(digest.to_string()),
             E::ManifestDone { reference, digest } => {

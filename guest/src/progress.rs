@@ -37,12 +37,14 @@ pub enum Event {
         digest: Digest,
         size: u64,
     },
-    /// The registry already holds this layer: neither exported nor uploaded.
+    /// The registry already holds this layer, or mounted it: neither exported nor uploaded.
     LayerSkipped {
         position: u32,
         diff_id: Digest,
         digest: Digest,
         size: u64,
+        /// The repository it was mounted from, if it was.
+        mounted_from: Option<String>,
     },
     ConfigDone(Digest),
     ManifestDone {

@@ -40,6 +40,8 @@ pub trait BlobSink {
     type Upload: LayerUpload;
     /// The size of a blob if the registry has it.
     fn blob_size(&mut self, digest: &Digest) -> Result<Option<u64>>;
+    /// Links a blob from repository `source` of the same registry; false if declined.
+    fn mount_blob(&mut self, digest: &Digest, source: &str) -> Result<bool>;
     /// Uploads a blob held whole.
     fn put_blob(&mut self, digest: &Digest, data: &[u8]) -> Result<()>;
     /// Starts streaming a layer, which the host encodes.
@@ -114,6 +116,7 @@ pub fn push(
         &request.source,
         &image,
         settings,
+        &destination,
         source,
         &mut repository,
         cache,
@@ -183,6 +186,7 @@ pub fn push_index(
             name,
             image,
             settings,
+            &destination,
             source,
             &mut repository,
             cache,
@@ -243,12 +247,15 @@ struct ImageManifest {
 }
 
 /// Puts an image's config and layers in the registry (none to send if the registry holds them
-/// all: the export is the slow part; otherwise one pass over the export), and builds the
-/// manifest that names them, with the annotations its config implies and the user's.
+/// all or can mount them from repositories they were pushed to: the export is the slow part;
+/// otherwise one pass over the export), and builds the manifest that names them, with the
+/// annotations its config implies and the user's.
+#[allow(clippy::too_many_arguments)]
 fn publish_blobs_and_manifest(
     name: &str,
     image: &ImageSummary,
     settings: &Settings,
+    destination: &Destination,
     source: &mut impl ImageSource,
     repository: &mut impl BlobSink,
     cache: &mut impl Cache,
@@ -260,10 +267,17 @@ fn publish_blobs_and_manifest(
         total_bytes: image.size,
     });
     let encoding = &settings.encoding;
-    let (config, layers) = match already_published(image, encoding, repository, cache, progress)? {
-        Some(published) => published,
-        None => export_and_upload(image, encoding, source, repository, cache, progress)?,
-    };
+    let (config, layers) =
+        match already_published(image, encoding, destination, repository, cache, progress)? {
+            Some(published) => published,
+            None => export_and_upload(image, encoding, source, repository, cache, progress)?,
+        };
+    // Where these blobs now are: a later push to another repository can mount them from here.
+    if let Destination::Registry(target) = destination {
+        for blob in std::iter::once(&config.blob).chain(layers.iter().map(|l| &l.blob)) {
+            cache::remember_home(cache, &blob.digest, &target.repository_url());
+        }
+    }
     let annotations = match settings.format {
         // Docker's schema has no annotations: the config's are not carried over.
         Format::Docker => Annotations::new(),
@@ -402,12 +416,14 @@ struct Config {
 }
 
 /// The config and layers as already in the registry, when the cache names a blob for each
-/// (and holds the config's bytes, checked against its digest) and a HEAD finds every one with
-/// the size recorded. The blobs are content-addressed and were recorded only after verified
-/// uploads, so the manifest is the one a full push writes.
+/// (and holds the config's bytes, checked against its digest) and each is found (a HEAD with
+/// the size recorded) or mounted from another repository of the registry it was pushed to.
+/// The blobs are content-addressed and were recorded only after verified uploads, so the
+/// manifest is the one a full push writes.
 fn already_published(
     image: &ImageSummary,
     encoding: &Encoding,
+    destination: &Destination,
     repository: &mut impl BlobSink,
     cache: &mut impl Cache,
     progress: &mut impl ProgressSink,
@@ -418,29 +434,32 @@ fn already_published(
     let Some(bytes) = cache::config_bytes(cache, &config) else {
         return Ok(None);
     };
-    if repository.blob_size(&config.digest)? != Some(config.size) {
+    if find_or_mount(&config, destination, repository, cache)?.is_none() {
         return Ok(None);
     }
     let mut layers = Vec::with_capacity(image.diff_ids.len());
+    let mut found = Vec::with_capacity(image.diff_ids.len());
     for diff_id in &image.diff_ids {
         let Some(blob) = cache::layer_blob(cache, diff_id, encoding) else {
             return Ok(None);
         };
-        if repository.blob_size(&blob.digest)? != Some(blob.size) {
+        let Some(how) = find_or_mount(&blob, destination, repository, cache)? else {
             return Ok(None);
-        }
+        };
+        found.push(how);
         layers.push(Layer {
             diff_id: diff_id.clone(),
             blob,
             media_type: None,
         });
     }
-    for (position, layer) in layers.iter().enumerate() {
+    for (position, (layer, how)) in layers.iter().zip(found).enumerate() {
         progress.report(Event::LayerSkipped {
             position: position as u32 + 1,
             diff_id: layer.diff_id.clone(),
             digest: layer.blob.digest.clone(),
             size: layer.blob.size,
+            mounted_from: how.mounted_from,
         });
     }
     progress.report(Event::ConfigDone(config.digest.clone()));
@@ -451,6 +470,46 @@ fn already_published(
         },
         layers,
     )))
+}
+
+/// How a blob came to be in the destination.
+struct Found {
+    /// The repository it was mounted from; `None` when the destination held it.
+    mounted_from: Option<String>,
+}
+
+/// Whether the destination holds `blob` (a HEAD with the recorded size), or can be made to by
+/// mounting it from a repository of the same registry that the cache says it was pushed to.
+/// Each mount the registry declines (Harbor answers 401) only means trying the next, then
+/// uploading.
+fn find_or_mount(
+    blob: &Blob,
+    destination: &Destination,
+    repository: &mut impl BlobSink,
+    cache: &mut impl Cache,
+) -> Result<Option<Found>> {
+    if repository.blob_size(&blob.digest)? == Some(blob.size) {
+        return Ok(Some(Found { mounted_from: None }));
+    }
+    let Destination::Registry(target) = destination else {
+        return Ok(None);
+    };
+    for home in cache::homes(cache, &blob.digest) {
+        let Some(source) = home
+            .strip_prefix(&format!("{}/", target.registry))
+            .filter(|s| *s != target.repository)
+        else {
+            continue;
+        };
+        if repository.mount_blob(&blob.digest, source)?
+            && repository.blob_size(&blob.digest)? == Some(blob.size)
+        {
+            return Ok(Some(Found {
+                mounted_from: Some(source.to_string()),
+            }));
+        }
+    }
+    Ok(None)
 }
 
 /// Streams the export once: each layer is hashed while it uploads and committed only if its
@@ -696,6 +755,11 @@ mod tests {
         type Upload = MemoryUpload;
         fn blob_size(&mut self, digest: &Digest) -> Result<Option<u64>> {
             Ok(self.0.borrow().blobs.get(digest).map(|b| b.len() as u64))
+        }
+        fn mount_blob(&mut self, digest: &Digest, source: &str) -> Result<bool> {
+            let mut log = self.0.borrow_mut();
+            log.calls.push(format!("mount {digest} from {source}"));
+            Ok(false)
         }
         fn put_blob(&mut self, digest: &Digest, data: &[u8]) -> Result<()> {
             let mut log = self.0.borrow_mut();

@@ -230,6 +230,7 @@ fn json_line(event: &Event) -> String {
         }),
         Event::LayerSkipped(p) => json!({
             "event": "layer-skipped", "position": p.position, "diff_id": p.diff_id, "digest": p.digest, "size": p.size,
+            "mounted_from": p.mounted_from,
         }),
         Event::ConfigDone(digest) => json!({"event": "config-done", "digest": digest}),
         Event::ManifestDone(m) => {
@@ -270,14 +271,20 @@ fn plain_line(event: &Event, layers: u32) -> String {
             d.digest,
             size(d.size)
         ),
-        Event::LayerSkipped(p) => {
-            format!(
+        Event::LayerSkipped(p) => match &p.mounted_from {
+            Some(source) => format!(
+                "image layer {}/{layers} mounted from {source}: {} ({})",
+                p.position,
+                p.digest,
+                size(p.size)
+            ),
+            None => format!(
                 "image layer {}/{layers} already at the destination: {} ({})",
                 p.position,
                 p.digest,
                 size(p.size)
-            )
-        }
+            ),
+        },
         Event::ConfigDone(digest) => format!("config {digest} stored"),
         Event::ManifestDone(m) => format!("manifest {} written as {}", m.digest, m.reference),
         Event::Verified(v) => format!(

@@ -71,8 +71,8 @@ struct Auth {
 struct TokenService {
     realm: Url,
     service: Option<String>,
-    /// `repository:NAME:pull,push`.
-    scope: String,
+    /// `repository:NAME:pull,push`, then `repository:SOURCE:pull` for each mount source.
+    scopes: Mutex<Vec<String>>,
     /// Sent as HTTP Basic to the realm; anonymous without it.
     credential: Option<Credential>,
 }
@@ -310,6 +310,49 @@ impl Api {
         }
     }
 
+    /// Mounts `digest` from repository `source` of this registry (`POST
+    /// blobs/uploads/?mount=&from=`). A bearer token gets `pull` on `source` first. Declined
+    /// (false): 202 (an upload session was opened instead; it is cancelled), 401/403 (Harbor
+    /// answers 401 for a source the user cannot read) and 404.
+    pub async fn mount_blob(&self, digest: &str, source: &str) -> Result<bool, String> {
+        if let Some(service) = &self.auth.token {
+            let scope = format!("repository:{source}:pull");
+            let added = {
+                let mut scopes = service.scopes.lock().unwrap();
+                let added = !scopes.contains(&scope);
+                if added {
+                    scopes.push(scope);
+                }
+                added
+            };
+            if added {
+                self.renew_token().await?;
+            }
+        }
+        let mut url = self.url("blobs/uploads/");
+        url.query_pairs_mut()
+            .append_pair("mount", digest)
+            .append_pair("from", source);
+        let what = format!("mounting blob {digest} from {source} into {}", self.name);
+        // Not `send_retrying`: a 401 here is an answer (the source may not be read), not an
+        // expired token.
+        let response = self.send(&what, self.request(Method::POST, url)).await?;
+        match response.status() {
+            StatusCode::CREATED => Ok(true),
+            StatusCode::ACCEPTED => {
+                if let Ok(session) = self.location(&response) {
+                    let _ = self.request(Method::DELETE, session).send().await;
+                }
+                Ok(false)
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => {
+                tracing::debug!(registry = %self.registry, source, status = %response.status(), "mount declined");
+                Ok(false)
+            }
+            _ => Err(self.refusal(&what, response).await),
+        }
+    }
+
     /// The size of a blob if the registry has it (`HEAD /v2/<name>/blobs/<digest>`).
     pub async fn blob_size(&self, digest: &str) -> Result<Option<u64>, String> {
         let what = format!("checking blob {digest} in {}", self.name);
@@ -445,7 +488,7 @@ fn token_service(
     Ok(TokenService {
         realm,
         service: param("service"),
-        scope: format!("repository:{name}:pull,push"),
+        scopes: Mutex::new(vec![format!("repository:{name}:pull,push")]),
         credential,
     })
 }
@@ -462,13 +505,15 @@ async fn fetch_token(
 ) -> Result<String, String> {
     let realm = &service.realm;
     let identity = service.credential.as_ref().and_then(|c| c.identity_token());
+    let scopes = service.scopes.lock().unwrap().clone();
+    let scope = scopes.join(" ");
     let request = || match identity {
         Some(refresh_token) => {
             let mut form = vec![
                 ("grant_type", "refresh_token"),
                 ("refresh_token", refresh_token),
                 ("client_id", "ocipush"),
-                ("scope", service.scope.as_str()),
+                ("scope", scope.as_str()),
             ];
             if let Some(name) = &service.service {
                 form.push(("service", name));
@@ -482,7 +527,9 @@ async fn fetch_token(
                 if let Some(name) = &service.service {
                     query.append_pair("service", name);
                 }
-                query.append_pair("scope", &service.scope);
+                for scope in &scopes {
+                    query.append_pair("scope", scope);
+                }
             }
             let request = client.get(url);
             match &service.credential {
@@ -724,6 +771,22 @@ impl HostRepository for HostState {
         Ok(found)
     }
 
+    fn mount_blob(
+        &mut self,
+        repository: Resource<Repository>,
+        digest: String,
+        source: String,
+    ) -> wasmtime::Result<Result<bool, String>> {
+        let rt = self.rt.clone();
+        let repository = self.repository(&repository)?;
+        let api = repository.api.clone();
+        let mounted = rt.block_on(api.mount_blob(&digest, &source));
+        if let Ok(true) = mounted {
+            repository.confirmed.lock().unwrap().insert(digest);
+        }
+        Ok(mounted)
+    }
+
     fn put_blob(
         &mut self,
         repository: Resource<Repository>,
@@ -953,7 +1016,7 @@ mod tests {
     fn token_realms_must_be_https_unless_on_loopback() {
         let realm = |r: &str| {
             token_service("reg", "a/b", &[("realm".into(), r.into())], None)
-                .map(|s| (s.realm.to_string(), s.scope))
+                .map(|s| (s.realm.to_string(), s.scopes.lock().unwrap()[0].clone()))
         };
         assert_eq!(
             realm("https://auth.example/token").unwrap(),

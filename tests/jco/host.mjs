@@ -318,6 +318,10 @@ function registryOverLayout(outDir) {
         return BigInt(size);
       });
     }
+    // One directory stands for the registry: there is no other repository to mount from.
+    mountBlob(_digest, _source) {
+      return result(() => false);
+    }
     putBlob(digest, data) {
       return result(() => {
         const actual = sha256(data);

@@ -28,6 +28,9 @@ pub struct Faults {
     /// Gitea's rule: a PATCH without Content-Range only as an upload's first write, and a
     /// Content-Range must start where the upload is; 416 otherwise.
     pub gitea_patch_rule: bool,
+    /// Answer 401 to every cross-repository mount (`POST …/blobs/uploads/?mount=`), as Harbor
+    /// does for a source repository it does not let the user read.
+    pub refuse_mounts: bool,
     /// Answer the start of an upload with a Location on the second address (127.0.0.2).
     pub redirect_uploads: bool,
     /// Requests at the second address are sent on with this `Authorization` (the proxy plays
@@ -42,6 +45,8 @@ pub struct Seen {
     pub second_address: bool,
     pub method: String,
     pub path: String,
+    /// The query string, without `?`.
+    pub query: String,
     /// Whether the client sent an `Authorization` header.
     pub authorization: bool,
     pub content_range: Option<String>,
@@ -211,6 +216,11 @@ fn serve(client: TcpStream, shared: &Shared, second: bool) -> std::io::Result<()
         second_address: second,
         method: request.method.clone(),
         path: request.target.split('?').next().unwrap_or("").to_string(),
+        query: request
+            .target
+            .split_once('?')
+            .map_or("", |(_, q)| q)
+            .to_string(),
         authorization: request.header("authorization").is_some(),
         content_range: request.header("content-range").map(str::to_string),
         body_len: request.body.len(),
@@ -226,6 +236,11 @@ fn serve(client: TcpStream, shared: &Shared, second: bool) -> std::io::Result<()
         0
     };
 
+    if faults.refuse_mounts && request.method == "POST" && seen.query.contains("mount=") {
+        seen.status = 401;
+        record(seen);
+        return answer(&mut client, "401 Unauthorized", "");
+    }
     if is_patch && faults.drop_patch == Some(patch_number) {
         record(seen);
         return client.shutdown(Shutdown::Both);
