@@ -394,10 +394,11 @@ fn serve(client: TcpStream, shared: &Shared, second: bool) -> std::io::Result<()
         out += &format!("{k}: {v}\r\n");
     }
     out += "Connection: close\r\n\r\n";
+    // Recorded before the client hears the answer, so the log is in the order things happened.
+    seen.status = status;
+    record(seen);
     client.write_all(out.as_bytes())?;
     client.write_all(&body)?;
     client.flush()?;
-    seen.status = status;
-    record(seen);
     client.shutdown(Shutdown::Both)
 }
