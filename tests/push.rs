@@ -541,16 +541,53 @@ fn a_repeat_push_exports_nothing_and_a_stale_or_damaged_cache_costs_only_time() 
     assert_eq!(skipped, expected);
     check_pushed_manifest(&s.registry, &repo, "two", &first, &id, &diff_ids);
 
-    // A repository holding none of the blobs: the cache is stale there; a full push follows.
+    // Another repository of the registry: every blob is mounted from the first, none exported.
     let other = format!("{repo}-other");
     let d3 = dest(&s.registry, &other, "one");
-    let fresh = push_with(&tag, &d3, "json", &cache_env);
-    assert_eq!(fresh.expect_success(&d3), first);
+    let mounted = push_with(&tag, &d3, "json", &cache_env);
+    assert_eq!(mounted.expect_success(&d3), first);
+    let events = json_events(&mounted.stderr);
+    assert_eq!(count(&events, "layer-started"), 0, "{events:?}");
+    let from: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "layer-skipped")
+        .filter_map(|e| e["mounted_from"].as_str())
+        .collect();
+    assert_eq!(from, vec![repo.as_str(); diff_ids.len()], "{events:?}");
+    copy_to_oci_layout_and_verify(&format!("{}/{other}:one", s.registry), &first, &diff_ids);
+
+    // The blobs deleted from every repository the cache names: the cache is stale, mounts are
+    // declined, and a full push follows.
+    let manifest = skopeo_raw_manifest(&format!("{}/{repo}:one", s.registry));
+    let mut blobs = vec![manifest["config"]["digest"].as_str().unwrap().to_string()];
+    for layer in manifest["layers"].as_array().unwrap() {
+        blobs.push(layer["digest"].as_str().unwrap().to_string());
+    }
+    for r in [&repo, &other] {
+        for blob in &blobs {
+            let url = format!("http://{}/v2/{r}/blobs/{blob}", s.registry);
+            let code = run_ok(std::process::Command::new("curl").args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "DELETE",
+                &url,
+            ]));
+            assert_eq!(code.trim(), "202", "DELETE {url}");
+        }
+    }
+    let third = format!("{repo}-third");
+    let d5 = dest(&s.registry, &third, "one");
+    let fresh = push_with(&tag, &d5, "json", &cache_env);
+    assert_eq!(fresh.expect_success(&d5), first);
     assert_eq!(
         count(&json_events(&fresh.stderr), "layer-done"),
         diff_ids.len()
     );
-    copy_to_oci_layout_and_verify(&format!("{}/{other}:one", s.registry), &first, &diff_ids);
+    copy_to_oci_layout_and_verify(&format!("{}/{third}:one", s.registry), &first, &diff_ids);
 
     // Damaged entries, and a damaged compiled guest, are ignored.
     let mut damaged = 0;
