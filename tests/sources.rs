@@ -585,3 +585,74 @@ fn docker_25_compressed_layers_are_pushed_as_they_are() {
     assert!(line.contains("digest mismatch"), "{line}");
     assert_tag_absent(&s.registry, &repo, "v1");
 }
+
+#[test]
+fn oci_layout_source_pushes_its_blobs_as_they_are() {
+    let s = services();
+    let name = unique("from-layout");
+    let (tag, id, diff_ids) = build_image(&name, &random_bytes(300_000));
+    let (other, _, _) = build_image(&format!("{name}-other"), b"other\n");
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let at = |t: &str| format!("oci:{}:{t}", layout.display());
+    let digest = push(&tag, &at("v1")).expect_success(&at("v1"));
+
+    // From the layout to a registry: whatever --compression says, the layout's gzip blobs go
+    // up as they are, so the registry gets the very manifest the layout holds.
+    let repo = format!("sources/{name}");
+    let dest = format!("{}/{repo}:v1", s.registry);
+    let pushed = push_args(&at("v1"), &dest, "none", &["--compression", "zstd"], &[]);
+    assert_eq!(pushed.expect_success(&dest), digest);
+    check_pushed_manifest(&s.registry, &repo, "v1", &digest, &id, &diff_ids);
+    copy_to_oci_layout_and_verify(&dest, &digest, &diff_ids);
+
+    // A layout written by skopeo reads the same.
+    let copied = dir.path().join("skopeo");
+    run_ok(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        &format!("docker://{dest}"),
+        &format!("oci:{}:copied", copied.display()),
+    ]));
+    let again = format!("{}/{repo}-again:v1", s.registry);
+    let source = format!("oci:{}", copied.display());
+    assert_eq!(push(&source, &again).expect_success(&again), digest);
+
+    // Several images and no tag: the error lists them; an unknown tag too.
+    push(&other, &at("v2")).expect_success(&at("v2"));
+    let bare = format!("oci:{}", layout.display());
+    let line = push(&bare, &dest).expect_failure();
+    assert!(
+        line.contains("holds 2 images") && line.contains("v1") && line.contains("v2"),
+        "{line}"
+    );
+    let line = push(&at("v9"), &dest).expect_failure();
+    assert!(line.contains("has no image v9"), "{line}");
+
+    // A blob that does not hash to its name is refused; no tag is written.
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(layout.join("blobs/sha256").join(&digest["sha256:".len()..])).unwrap(),
+    )
+    .unwrap();
+    let layer = layout
+        .join("blobs/sha256")
+        .join(&manifest["layers"][0]["digest"].as_str().unwrap()["sha256:".len()..]);
+    let mut bytes = std::fs::read(&layer).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&layer, bytes).unwrap();
+    // (With a cache of its own: the shared one would let the push mount the verified blobs
+    // from the repositories above without reading the layout's.)
+    let tampered = format!("{}/{repo}-tampered:v1", s.registry);
+    let cache = tempfile::tempdir().unwrap();
+    let line = push_with(
+        &at("v1"),
+        &tampered,
+        "none",
+        &[("OCIPUSH_CACHE_DIR", cache.path().to_str().unwrap())],
+    )
+    .expect_failure();
+    assert!(line.contains("digest mismatch"), "{line}");
+    assert_tag_absent(&s.registry, &format!("{repo}-tampered"), "v1");
+}

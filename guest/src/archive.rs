@@ -249,8 +249,8 @@ impl<F: RandomAccess> Archive<F> {
     }
 }
 
-impl<F: RandomAccess> ImageSource for Archive<F> {
-    type Export = Export<F>;
+impl<F: RandomAccess + 'static> ImageSource for Archive<F> {
+    type Export = Export;
 
     /// Indexes the archive and summarizes the image it names; `image` is the source as the
     /// user wrote it, which this archive was opened for.
@@ -293,7 +293,16 @@ impl<F: RandomAccess> ImageSource for Archive<F> {
             layers.push(path.clone());
             if seen.insert(path.clone()) {
                 size += length;
-                parts.extend(file_parts(&path, length, Part::Range { offset, length })?);
+                let file: Rc<dyn RandomAccess> = self.file.clone();
+                parts.extend(file_parts(
+                    &path,
+                    length,
+                    Part::Range {
+                        file,
+                        offset,
+                        length,
+                    },
+                )?);
             }
         }
         let (config_path, _, _) = self.resolve(&index, &manifest.config)?;
@@ -338,7 +347,7 @@ impl<F: RandomAccess> ImageSource for Archive<F> {
         Ok(summary)
     }
 
-    fn export(&mut self, image: &str) -> Result<Export<F>> {
+    fn export(&mut self, image: &str) -> Result<Export> {
         let chosen = self
             .chosen
             .take()
@@ -350,22 +359,22 @@ impl<F: RandomAccess> ImageSource for Archive<F> {
                 chosen.summary.id
             );
         }
-        Ok(Export {
-            file: self.file.clone(),
-            path: self.path.clone(),
-            parts: chosen.parts.into(),
-        })
+        Ok(Export::new(&format!("archive {}", self.path), chosen.parts))
     }
 }
 
-/// A piece of the image's export: bytes held here, or a range of the archive.
-enum Part {
+/// A piece of an image's export: bytes held here, or a range of a file the host opened.
+pub(crate) enum Part {
     Bytes(Vec<u8>),
-    Range { offset: u64, length: u64 },
+    Range {
+        file: Rc<dyn RandomAccess>,
+        offset: u64,
+        length: u64,
+    },
 }
 
 /// A regular file in a tar stream: header, contents, padding to 512 bytes.
-fn file_parts(path: &str, size: u64, contents: Part) -> Result<[Part; 3]> {
+pub(crate) fn file_parts(path: &str, size: u64, contents: Part) -> Result<[Part; 3]> {
     let mut header = tar::Header::new_ustar();
     header
         .set_path(path)
@@ -382,14 +391,23 @@ fn file_parts(path: &str, size: u64, contents: Part) -> Result<[Part; 3]> {
     ])
 }
 
-/// The image's `docker save` stream, read from the archive as the guest consumes it.
-pub struct Export<F> {
-    file: Rc<F>,
+/// An image's `docker save` stream, read from the host's files as the guest consumes it.
+pub struct Export {
+    /// Where it comes from, for messages.
     path: String,
     parts: VecDeque<Part>,
 }
 
-impl<F: RandomAccess> Read for Export<F> {
+impl Export {
+    pub(crate) fn new(path: &str, parts: Vec<Part>) -> Self {
+        Self {
+            path: path.to_string(),
+            parts: parts.into(),
+        }
+    }
+}
+
+impl Read for Export {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         loop {
             let Some(part) = self.parts.front_mut() else {
@@ -404,13 +422,17 @@ impl<F: RandomAccess> Read for Export<F> {
                     return Ok(n);
                 }
                 Part::Range { length: 0, .. } => {}
-                Part::Range { offset, length } => {
+                Part::Range {
+                    file,
+                    offset,
+                    length,
+                } => {
                     let max = out.len().min(*length as usize);
-                    let chunk = self.file.read_at(*offset, max).map_err(io::Error::other)?;
+                    let chunk = file.read_at(*offset, max).map_err(io::Error::other)?;
                     if chunk.is_empty() || chunk.len() > max {
                         return Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
-                            format!("archive {} ended early", self.path),
+                            format!("{} ended early", self.path),
                         ));
                     }
                     out[..chunk.len()].copy_from_slice(&chunk);

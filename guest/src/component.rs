@@ -10,6 +10,7 @@ use anyhow::{anyhow, Result};
 use crate::archive::{Archive, RandomAccess};
 use crate::cache::Cache;
 use crate::digest::Digest;
+use crate::layout::{Layout, LayoutFiles};
 use crate::manifest::{self, Encoding};
 use crate::progress::{self, ProgressSink};
 use crate::push::{self, BlobSink, ImageSource, LayerUpload, Registries, CHUNK_SIZE};
@@ -45,7 +46,7 @@ impl Guest for Component {
     fn push_index(request: IndexRequest) -> Result<PushResult, String> {
         let run = || {
             for source in &request.sources {
-                if let Source::Archive { .. } = Source::parse(source)? {
+                if !matches!(Source::parse(source)?, Source::Daemon(_)) {
                     anyhow::bail!("index source {source}: an index's sources are images in the daemon (docker load the tarball first)");
                 }
             }
@@ -100,11 +101,13 @@ fn result(pushed: Result<push::Pushed>) -> Result<PushResult, String> {
 
 export!(Component);
 
-/// The source the user named: an image in the daemon, or a `docker save` tarball.
+/// The source the user named: an image in the daemon, a `docker save` tarball, or an OCI
+/// image layout directory.
 enum HostSource {
     /// The image's name in the daemon, without a transport prefix.
     Daemon(String),
     Archive(Archive<archive::Tarball>),
+    Layout(Layout<layout::Reader>),
 }
 
 impl HostSource {
@@ -114,6 +117,10 @@ impl HostSource {
             Source::Archive { path, reference } => {
                 let file = archive::open(&path).map_err(|e| anyhow!(e))?;
                 Self::Archive(Archive::new(file, &path, reference.as_deref()))
+            }
+            Source::Layout { path, tag } => {
+                let files = layout::open_reader(&path).map_err(|e| anyhow!(e))?;
+                Self::Layout(Layout::new(files, &path, tag.as_deref()))
             }
         })
     }
@@ -127,6 +134,7 @@ impl ImageSource for HostSource {
         match self {
             Self::Daemon(name) => Daemon.inspect(name),
             Self::Archive(archive) => archive.inspect(""),
+            Self::Layout(layout) => layout.inspect(""),
         }
     }
 
@@ -134,7 +142,20 @@ impl ImageSource for HostSource {
         Ok(match self {
             Self::Daemon(_) => Box::new(Daemon.export(image)?),
             Self::Archive(archive) => Box::new(archive.export(image)?),
+            Self::Layout(layout) => Box::new(layout.export(image)?),
         })
+    }
+}
+
+impl LayoutFiles for layout::Reader {
+    fn index(&self) -> Result<Vec<u8>> {
+        layout::Reader::index(self).map_err(|e| anyhow!(e))
+    }
+
+    fn read_blob(&self, digest: &Digest, offset: u64, max: usize) -> Result<Vec<u8>> {
+        let max = max.min(CHUNK_SIZE * 4) as u32;
+        self.read_blob(digest.as_str(), offset, max)
+            .map_err(|e| anyhow!(e))
     }
 }
 

@@ -7,6 +7,7 @@ pub mod archive;
 pub mod cache;
 pub mod config;
 pub mod digest;
+pub mod layout;
 pub mod manifest;
 pub mod progress;
 pub mod push;

@@ -17,6 +17,9 @@ pub enum Source {
         path: String,
         reference: Option<String>,
     },
+    /// An OCI image layout directory (`oci:DIR[:TAG]`) and the tag (its
+    /// `org.opencontainers.image.ref.name`) to read, needed when it has several.
+    Layout { path: String, tag: Option<String> },
 }
 
 impl Source {
@@ -37,6 +40,19 @@ impl Source {
             return Ok(Self::Archive {
                 path: path.to_string(),
                 reference,
+            });
+        }
+        if let Some(rest) = text.strip_prefix("oci:") {
+            let (path, tag) = match rest.split_once(':') {
+                Some((path, tag)) => (path, Some(tag.to_string())),
+                None => (rest, None),
+            };
+            if path.is_empty() || tag.as_deref() == Some("") {
+                bail!("source {text:?} names no directory or an empty tag (oci:DIR[:TAG])");
+            }
+            return Ok(Self::Layout {
+                path: path.to_string(),
+                tag,
             });
         }
         let image = text.strip_prefix("docker-daemon:").unwrap_or(text);
@@ -275,11 +291,20 @@ mod tests {
                 reference: Some("app:1".into())
             }
         );
+        assert_eq!(
+            Source::parse("oci:/tmp/l:v1").unwrap(),
+            Source::Layout {
+                path: "/tmp/l".into(),
+                tag: Some("v1".into())
+            }
+        );
         for bad in [
             "",
             "docker-archive:",
             "docker-archive::app",
             "docker-archive:a.tar:",
+            "oci:",
+            "oci:dir:",
         ] {
             assert!(Source::parse(bad).is_err(), "{bad:?} should be refused");
         }

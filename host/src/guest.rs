@@ -34,6 +34,7 @@ wasmtime::component::bindgen!({
         "ocipush:core/registry.layer-upload": crate::upload::LayerUpload,
         "ocipush:core/layout.directory": crate::layout::Directory,
         "ocipush:core/layout.layer-file": crate::layout::LayerFile,
+        "ocipush:core/layout.reader": crate::layout::Reader,
     },
 });
 
@@ -102,6 +103,8 @@ pub struct HostState {
     /// The OCI layout directory the user named as the destination: the only one the guest
     /// may open.
     pub layout: Option<String>,
+    /// The OCI layout directory the user named as the source: the only one the guest may read.
+    pub layout_source: Option<String>,
     /// `--retries` and `--chunk-size`.
     pub transfer: crate::registry::Transfer,
     /// The `docker save` tarball the user named as the source: the only file the guest may
@@ -221,6 +224,13 @@ pub fn push(rt: Handle, progress: Progress, guest: &Guest, job: &Job<'_>) -> Res
         layout: match Destination::parse(job.destination) {
             Ok(Destination::Layout(target)) => Some(target.path),
             _ => None,
+        },
+        layout_source: match job.images {
+            Images::One(source) => match Source::parse(source) {
+                Ok(Source::Layout { path, .. }) => Some(path),
+                _ => None,
+            },
+            Images::Index(_) => None,
         },
         transfer: job.transfer,
         // Only a single image may come from a tarball: an index's sources are in the daemon.

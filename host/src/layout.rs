@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use wasmtime::component::Resource;
 
 use crate::guest::ocipush::core::layout::{
-    BlobDescriptor, Compression, Host, HostDirectory, HostLayerFile, UploadProgress,
+    BlobDescriptor, Compression, Host, HostDirectory, HostLayerFile, HostReader, UploadProgress,
 };
 use crate::guest::HostState;
 use crate::upload::{encode, Encoded, Produced};
@@ -340,7 +340,93 @@ impl Drop for LayerFile {
     }
 }
 
+/// One layout directory opened for reading: the source `oci:DIR[:TAG]`.
+pub struct Reader {
+    root: PathBuf,
+}
+
+impl Reader {
+    fn open(root: &Path) -> Result<Self, String> {
+        if !root.join("oci-layout").is_file() {
+            return Err(format!(
+                "{} is not an OCI image layout (it has no oci-layout file)",
+                root.display()
+            ));
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    fn index(&self) -> Result<Vec<u8>, String> {
+        let path = self.root.join("index.json");
+        let at = |e: io::Error| format!("reading {}: {e}", path.display());
+        let size = std::fs::metadata(&path).map_err(at)?.len();
+        if size > INDEX_LIMIT {
+            return Err(format!("{} is larger than 64 MiB", path.display()));
+        }
+        std::fs::read(&path).map_err(at)
+    }
+
+    /// Up to `max` bytes of a blob from `offset`; short only at its end.
+    fn read_blob(&self, digest: &str, offset: u64, max: u32) -> Result<Vec<u8>, String> {
+        use std::os::unix::fs::FileExt;
+        let path = blob_path(&self.root, digest)?;
+        let at = |e: io::Error| format!("reading {}: {e}", path.display());
+        let file = File::open(&path).map_err(at)?;
+        let mut buf = vec![0u8; max.min(16 << 20) as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(at(e)),
+            }
+        }
+        buf.truncate(filled);
+        Ok(buf)
+    }
+}
+
+impl HostReader for HostState {
+    fn index(&mut self, reader: Resource<Reader>) -> wasmtime::Result<Result<Vec<u8>, String>> {
+        Ok(self.table.get(&reader)?.index())
+    }
+
+    fn read_blob(
+        &mut self,
+        reader: Resource<Reader>,
+        digest: String,
+        offset: u64,
+        max: u32,
+    ) -> wasmtime::Result<Result<Vec<u8>, String>> {
+        let reader = self.table.get(&reader)?;
+        Ok(crate::guest::timed(&mut self.waits.export, || {
+            reader.read_blob(&digest, offset, max)
+        }))
+    }
+
+    fn drop(&mut self, reader: Resource<Reader>) -> wasmtime::Result<()> {
+        self.table.delete(reader)?;
+        Ok(())
+    }
+}
+
 impl Host for HostState {
+    fn open_reader(&mut self, path: String) -> wasmtime::Result<Result<Resource<Reader>, String>> {
+        // The guest may read only the layout the user named as the source.
+        if self.layout_source.as_deref() != Some(path.as_str()) {
+            return Ok(Err(format!(
+                "refusing to read OCI layout {path:?}: it is not the source this push was given"
+            )));
+        }
+        Ok(match Reader::open(Path::new(&path)) {
+            Ok(reader) => Ok(self.table.push(reader)?),
+            Err(e) => Err(e),
+        })
+    }
+
     fn open(&mut self, path: String) -> wasmtime::Result<Result<Resource<Directory>, String>> {
         // The guest may write only where the user said the image goes.
         if self.layout.as_deref() != Some(path.as_str()) {

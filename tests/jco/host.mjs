@@ -491,6 +491,8 @@ async function main() {
       "ocipush:core/layout": {
         Directory: class {},
         LayerFile: class {},
+        Reader: class {},
+        openReader: (dir) => ({ tag: "err", val: `this host reads no OCI layout directories (asked for ${dir})` }),
         open: (dir) => ({ tag: "err", val: `this host writes no OCI layout directories (asked for ${dir})` }),
       },
       "ocipush:core/cache": { get: () => undefined, put: () => {} },

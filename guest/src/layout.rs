@@ -1,0 +1,288 @@
+//! An OCI image layout directory as an image source: `oci:DIR[:TAG]`.
+//!
+//! The host lends reads of `index.json` and of blobs by digest in exactly the directory the user
+//! named. `index.json` picks the manifest (by its `org.opencontainers.image.ref.name`; TAG is
+//! needed when there are several), whose bytes must hash to the digest the index gives, and
+//! the config must hash to the digest the manifest gives; the config's `rootfs` gives the diff
+//! IDs. The export is then the image in Docker >= 25's `docker save` dialect, cut from the
+//! blobs: the reader (`save.rs`) stores compressed layers as they are, each checked against its
+//! digest, and encodes uncompressed ones (named by their diff IDs) as a daemon's layers are.
+
+use std::collections::HashSet;
+use std::rc::Rc;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::archive::{file_parts, Export, Part, RandomAccess};
+use crate::digest::Digest;
+use crate::push::ImageSource;
+use crate::save::ImageSummary;
+
+/// The most bytes `index.json`, a manifest or a config may have.
+const METADATA_LIMIT: u64 = 16 << 20;
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+const MANIFEST_TYPES: [&str; 2] = [
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+
+/// Reads of one layout directory the host opened.
+pub trait LayoutFiles {
+    /// The bytes of `index.json`.
+    fn index(&self) -> Result<Vec<u8>>;
+    /// Up to `max` bytes of blob `digest` from `offset` (the host may return fewer); none only
+    /// at or past its end.
+    fn read_blob(&self, digest: &Digest, offset: u64, max: usize) -> Result<Vec<u8>>;
+}
+
+/// One layout directory, opened for one image in it.
+pub struct Layout<F> {
+    files: Rc<F>,
+    /// The directory, for messages.
+    path: String,
+    tag: Option<String>,
+    chosen: Option<(ImageSummary, Vec<Part>)>,
+}
+
+#[derive(Deserialize)]
+struct Index {
+    manifests: Vec<Descriptor>,
+}
+
+#[derive(Deserialize)]
+struct Descriptor {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    digest: String,
+    size: u64,
+    #[serde(default)]
+    annotations: std::collections::HashMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct Manifest {
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+}
+
+#[derive(Deserialize)]
+struct ConfigRootfs {
+    rootfs: RootFs,
+}
+
+#[derive(Deserialize)]
+struct RootFs {
+    diff_ids: Vec<String>,
+}
+
+/// One blob of the layout, as a file the export reads ranges of.
+struct BlobFile<F> {
+    files: Rc<F>,
+    digest: Digest,
+    size: u64,
+}
+
+impl<F: LayoutFiles> RandomAccess for BlobFile<F> {
+    fn size(&self) -> Result<u64> {
+        Ok(self.size)
+    }
+    fn read_at(&self, offset: u64, max: usize) -> Result<Vec<u8>> {
+        self.files.read_blob(&self.digest, offset, max)
+    }
+}
+
+impl<F: LayoutFiles + 'static> Layout<F> {
+    pub fn new(files: F, path: &str, tag: Option<&str>) -> Self {
+        Self {
+            files: Rc::new(files),
+            path: path.to_string(),
+            tag: tag.map(str::to_string),
+            chosen: None,
+        }
+    }
+
+    /// A small blob, whole, checked against its digest.
+    fn read_verified(&self, descriptor: &Descriptor, what: &str) -> Result<(Digest, Vec<u8>)> {
+        let digest = Digest::parse(&descriptor.digest, what)?;
+        if descriptor.size > METADATA_LIMIT {
+            bail!(
+                "OCI layout {}: {what} {digest} has {} bytes, more than metadata may",
+                self.path,
+                descriptor.size
+            );
+        }
+        let mut bytes = Vec::with_capacity(descriptor.size as usize);
+        while (bytes.len() as u64) < descriptor.size {
+            let left = (descriptor.size - bytes.len() as u64) as usize;
+            let chunk = self.files.read_blob(&digest, bytes.len() as u64, left)?;
+            if chunk.is_empty() {
+                break;
+            }
+            bytes.extend_from_slice(&chunk[..chunk.len().min(left)]);
+        }
+        let actual = Digest::of(&bytes);
+        if actual != digest || bytes.len() as u64 != descriptor.size {
+            bail!(
+                "digest mismatch: OCI layout {}: {what} {digest} ({} bytes) holds {} bytes hashing to {actual}",
+                self.path,
+                descriptor.size,
+                bytes.len()
+            );
+        }
+        Ok((digest, bytes))
+    }
+
+    /// The index entry of the image the user asked for.
+    fn choose(&self, index: Index) -> Result<Descriptor> {
+        let names = || {
+            index
+                .manifests
+                .iter()
+                .map(|m| {
+                    m.annotations
+                        .get(REF_NAME)
+                        .cloned()
+                        .unwrap_or_else(|| m.digest.clone())
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let found = match &self.tag {
+            Some(tag) => index
+                .manifests
+                .iter()
+                .position(|m| m.annotations.get(REF_NAME) == Some(tag))
+                .with_context(|| {
+                    format!(
+                        "OCI layout {} has no image {tag}; it holds {}",
+                        self.path,
+                        names()
+                    )
+                })?,
+            None if index.manifests.len() == 1 => 0,
+            None => bail!(
+                "OCI layout {} holds {} images ({}): name one, as oci:{}:TAG",
+                self.path,
+                index.manifests.len(),
+                names(),
+                self.path
+            ),
+        };
+        let mut manifests = index.manifests;
+        Ok(manifests.swap_remove(found))
+    }
+}
+
+impl<F: LayoutFiles + 'static> ImageSource for Layout<F> {
+    type Export = Export;
+
+    /// Reads the index, the manifest and the config; `image` is the source as the user wrote it.
+    fn inspect(&mut self, _image: &str) -> Result<ImageSummary> {
+        let index: Index = serde_json::from_slice(&self.files.index()?).with_context(|| {
+            format!("OCI layout {}: index.json is not an image index", self.path)
+        })?;
+        let descriptor = self.choose(index)?;
+        if !MANIFEST_TYPES.contains(&descriptor.media_type.as_str()) {
+            bail!(
+                "OCI layout {}: {} is a {}, not an image manifest (multi-platform sources are not read by this version)",
+                self.path,
+                descriptor.digest,
+                descriptor.media_type
+            );
+        }
+        let (manifest_digest, manifest_bytes) = self.read_verified(&descriptor, "manifest")?;
+        let manifest: Manifest = serde_json::from_slice(&manifest_bytes).with_context(|| {
+            format!(
+                "OCI layout {}: manifest {manifest_digest} is not an image manifest",
+                self.path
+            )
+        })?;
+        let (config_digest, config) = self.read_verified(&manifest.config, "config")?;
+        let parsed: ConfigRootfs = serde_json::from_slice(&config).with_context(|| {
+            format!(
+                "OCI layout {}: config {config_digest} has no valid rootfs.diff_ids",
+                self.path
+            )
+        })?;
+        let diff_ids = parsed
+            .rootfs
+            .diff_ids
+            .iter()
+            .map(|d| Digest::parse(d, "the config's diff ID"))
+            .collect::<Result<Vec<_>>>()?;
+
+        // Docker >= 25's dialect: each distinct layer blob once, the config, the manifest
+        // (which gives compressed layers their media types), then manifest.json.
+        let blob_path = |d: &Digest| format!("blobs/sha256/{}", d.hex());
+        let mut parts = Vec::new();
+        let mut layers = Vec::new();
+        let mut seen = HashSet::new();
+        let mut size = 0;
+        for layer in &manifest.layers {
+            let digest = Digest::parse(&layer.digest, "a layer digest")?;
+            layers.push(blob_path(&digest));
+            if seen.insert(digest.clone()) {
+                size += layer.size;
+                let file: Rc<dyn RandomAccess> = Rc::new(BlobFile {
+                    files: self.files.clone(),
+                    digest: digest.clone(),
+                    size: layer.size,
+                });
+                parts.extend(file_parts(
+                    &blob_path(&digest),
+                    layer.size,
+                    Part::Range {
+                        file,
+                        offset: 0,
+                        length: layer.size,
+                    },
+                )?);
+            }
+        }
+        let save_manifest = serde_json::to_vec(&serde_json::json!([{
+            "Config": blob_path(&config_digest),
+            "RepoTags": [],
+            "Layers": layers,
+        }]))?;
+        let summary = ImageSummary {
+            id: config_digest.clone(),
+            diff_ids,
+            size,
+            platform: crate::config::platform(&config).ok(),
+        };
+        parts.extend(file_parts(
+            &blob_path(&config_digest),
+            config.len() as u64,
+            Part::Bytes(config),
+        )?);
+        parts.extend(file_parts(
+            &blob_path(&manifest_digest),
+            manifest_bytes.len() as u64,
+            Part::Bytes(manifest_bytes),
+        )?);
+        parts.extend(file_parts(
+            "manifest.json",
+            save_manifest.len() as u64,
+            Part::Bytes(save_manifest),
+        )?);
+        parts.push(Part::Bytes(vec![0; 1024])); // the end of the tar
+        self.chosen = Some((summary.clone(), parts));
+        Ok(summary)
+    }
+
+    fn export(&mut self, image: &str) -> Result<Export> {
+        let (summary, parts) = self
+            .chosen
+            .take()
+            .context("the layout was exported before it was inspected")?;
+        if summary.id.as_str() != image {
+            bail!(
+                "OCI layout {}: asked to export {image}, but it was opened for {}",
+                self.path,
+                summary.id
+            );
+        }
+        Ok(Export::new(&format!("OCI layout {}", self.path), parts))
+    }
+}
