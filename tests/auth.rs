@@ -482,9 +482,15 @@ fn certs_d_client_certificate_gives_mutual_tls() {
     let name = unique("mtls");
     let tag = small_image(&name);
     let d = format!("{}/ocipush-test/{name}:v1", registry.address);
-    // Without a client certificate the registry ends the handshake.
+    // Without a client certificate the registry ends the handshake, and the error says where
+    // one goes (not that the registry's certificate is bad).
     let line = push_stdin(&tag, &d, &[], "", &env.vars()).expect_failure();
     assert!(line.contains(&registry.address), "{line}");
+    assert!(
+        line.contains("refused the TLS handshake") && line.contains("client.cert"),
+        "{line}"
+    );
+    assert!(!line.contains("--insecure"), "{line}");
     std::fs::copy(registry.path("client.pem"), certs.join("client.cert")).unwrap();
     std::fs::copy(registry.path("client.key"), certs.join("client.key")).unwrap();
     push_stdin(&tag, &d, &[], "", &env.vars()).expect_success(&d);

@@ -179,6 +179,14 @@ impl Api {
     }
 
     pub fn transport_error(&self, what: &str, e: &reqwest::Error) -> String {
+        if crate::tls::is_handshake_refusal(e) {
+            return format!(
+                "registry {} refused the TLS handshake while {what}: {}; if it requires a client certificate, put client.cert and client.key in its certs.d directory (/etc/docker/certs.d/{}/)",
+                self.registry,
+                root_cause(e),
+                self.registry
+            );
+        }
         if crate::tls::is_certificate_error(e) {
             return format!(
                 "cannot verify the TLS certificate of registry {} while {what}: {}; trust its CA with --ca-file (or a certs.d directory), or skip verification with --insecure",

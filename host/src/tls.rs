@@ -105,6 +105,19 @@ fn read_identity(cert: &Path, key: &Path) -> Result<Identity, String> {
 }
 
 /// Whether a failed request failed on a TLS certificate (the server's, or ours refused).
+/// Whether the server ended the TLS handshake with an alert: it refused us (typically our
+/// missing or unknown client certificate), rather than we it.
+pub fn is_handshake_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.to_string().contains("received fatal alert") {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 pub fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(e);
     while let Some(e) = cause {
