@@ -184,8 +184,10 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 
 /// Builds `tag` in the test daemon from a context dir that already holds a Dockerfile.
+/// Without the build cache: tests run in parallel, and one that removes an image (to pull it
+/// back) can remove the cached step another build is about to use ("unable to find image").
 pub fn docker_build(tag: &str, context: &Path) {
-    let mut c = docker(&["build", "-q", "-t", tag, "."]);
+    let mut c = docker(&["build", "--no-cache", "-q", "-t", tag, "."]);
     c.current_dir(context).env("DOCKER_BUILDKIT", "0");
     run_ok(&mut c);
 }
