@@ -8,6 +8,7 @@ use std::io::{self, Read};
 use anyhow::{anyhow, Result};
 
 use crate::archive::{Archive, RandomAccess};
+use crate::build;
 use crate::cache::Cache;
 use crate::digest::Digest;
 use crate::layout::{Layout, LayoutFiles};
@@ -64,6 +65,39 @@ impl Guest for Component {
             )
         };
         result(run())
+    }
+
+    fn build(request: BuildPushRequest) -> Result<BuildResult, String> {
+        Self::build_and_push(request).map_err(|e| format!("{e:#}"))
+    }
+}
+
+impl Component {
+    fn build_and_push(request: BuildPushRequest) -> Result<BuildResult> {
+        let request = build::BuildPushRequest {
+            build: build::BuildRequest {
+                context: request.build.context,
+                dockerfile: request.build.dockerfile,
+                tag: request.build.tag,
+                build_args: request.build.build_args,
+            },
+            destination: request.destination,
+            settings: settings(request.settings)?,
+        };
+        let built = build::build_and_push(
+            &request,
+            &mut Daemon,
+            &mut HostRegistries,
+            &mut HostCache,
+            &mut HostProgress,
+        )?;
+        Ok(BuildResult {
+            image_id: built.id.to_string(),
+            pushed: built.pushed.map(|pushed| PushResult {
+                digest: pushed.digest.to_string(),
+                repository: pushed.repository,
+            }),
+        })
     }
 }
 
@@ -171,6 +205,28 @@ impl RandomAccess for archive::Tarball {
 }
 
 struct Daemon;
+
+impl build::ImageBuilder for Daemon {
+    fn build(
+        &mut self,
+        request: &build::BuildRequest,
+        output: &mut dyn FnMut(String),
+    ) -> Result<Digest> {
+        let job = docker::build(&docker::BuildRequest {
+            context: request.context.clone(),
+            dockerfile: request.dockerfile.clone(),
+            tag: request.tag.clone(),
+            build_args: request.build_args.clone(),
+        })
+        .map_err(|e| anyhow!(e))?;
+        loop {
+            match job.next().map_err(|e| anyhow!(e))? {
+                docker::BuildEvent::Output(line) => output(line),
+                docker::BuildEvent::Built(id) => return Digest::parse(&id, "the built image's ID"),
+            }
+        }
+    }
+}
 
 impl ImageSource for Daemon {
     type Export = ExportReader;
@@ -422,6 +478,11 @@ impl ProgressSink for HostProgress {
                     digest: digest.to_string(),
                 })
             }
+            E::BuildOutput(line) => wit::Event::BuildOutput(line),
+            E::Built { tag, id } => wit::Event::Built(wit::BuiltImage {
+                tag,
+                id: id.to_string(),
+            }),
             E::Verified {
                 digest,
                 manifests,

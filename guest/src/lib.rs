@@ -4,6 +4,7 @@
 //! natively against in-memory capabilities.
 
 pub mod archive;
+pub mod build;
 pub mod cache;
 pub mod config;
 pub mod digest;

@@ -58,6 +58,13 @@ pub enum Event {
         manifests: u32,
         blobs: u32,
     },
+    /// A line of a build's output.
+    BuildOutput(String),
+    /// The daemon built the image `tag` as `id`.
+    Built {
+        tag: String,
+        id: Digest,
+    },
 }
 
 /// Where events go.

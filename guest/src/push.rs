@@ -1408,4 +1408,81 @@ mod tests {
         assert!(err.contains("both for linux/amd64"), "{err}");
         assert!(registry.0.borrow().calls.is_empty());
     }
+
+    impl crate::build::ImageBuilder for Memory {
+        fn build(
+            &mut self,
+            request: &crate::build::BuildRequest,
+            output: &mut dyn FnMut(String),
+        ) -> Result<Digest> {
+            output(format!("building {}", request.tag));
+            Ok(self.image.id.clone())
+        }
+    }
+
+    #[test]
+    fn a_build_reports_its_output_then_pushes_the_image_by_id() {
+        use crate::build::{build_and_push, BuildPushRequest, BuildRequest};
+        let f = fixture();
+        let mut daemon = Memory::new(classic_export(&f), summary(&f));
+        let registry = MemoryRegistry::default();
+        let mut events = Events::default();
+        let mut request = BuildPushRequest {
+            build: BuildRequest {
+                context: "ctx".into(),
+                dockerfile: None,
+                tag: "app:1".into(),
+                build_args: vec![],
+            },
+            destination: Some("127.0.0.1:5000/team/app:1".into()),
+            settings: settings(),
+        };
+        let built = build_and_push(
+            &request,
+            &mut daemon,
+            &mut registry.clone(),
+            &mut MemoryCache::default(),
+            &mut events,
+        )
+        .unwrap();
+        assert_eq!(built.id, f.id);
+        let pushed = built.pushed.unwrap();
+        assert_eq!(
+            pushed.digest,
+            Digest::of(registry.0.borrow().manifest.as_ref().unwrap())
+        );
+        assert_eq!(events.0[0], Event::BuildOutput("building app:1".into()));
+        assert_eq!(
+            events.0[1],
+            Event::Built {
+                tag: "app:1".into(),
+                id: f.id.clone()
+            }
+        );
+        assert!(matches!(&events.0[2], Event::Started { image, .. } if image == f.id.as_str()));
+
+        // A destination the push would refuse stops the build from starting.
+        request.destination = Some("127.0.0.1:5000/Team/app:1".into());
+        let mut events = Events::default();
+        assert!(build_and_push(
+            &request,
+            &mut daemon,
+            &mut registry.clone(),
+            &mut MemoryCache::default(),
+            &mut events,
+        )
+        .is_err());
+        assert!(events.0.is_empty());
+        // Without a destination, only the build.
+        request.destination = None;
+        let built = build_and_push(
+            &request,
+            &mut daemon,
+            &mut MemoryRegistry::default(),
+            &mut MemoryCache::default(),
+            &mut Events::default(),
+        )
+        .unwrap();
+        assert_eq!(built.pushed, None);
+    }
 }

@@ -8,7 +8,7 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use wasmtime::component::Resource;
 
-use crate::guest::ocipush::core::docker::{Host, HostExportStream, ImageSummary};
+use crate::guest::ocipush::core::docker::{BuildRequest, Host, HostExportStream, ImageSummary};
 use crate::guest::ocipush::core::types::Platform;
 use crate::guest::HostState;
 
@@ -86,6 +86,28 @@ pub struct ExportStream {
 }
 
 impl Host for HostState {
+    fn build(
+        &mut self,
+        request: BuildRequest,
+    ) -> wasmtime::Result<Result<Resource<crate::build::BuildJob>, String>> {
+        let docker = match self.daemon.docker(&self.rt) {
+            Ok(docker) => docker,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(
+            match crate::build::start(
+                &self.rt,
+                docker,
+                &self.daemon.address,
+                self.build_context.as_deref(),
+                &request,
+            ) {
+                Ok(job) => Ok(self.table.push(job)?),
+                Err(e) => Err(e),
+            },
+        )
+    }
+
     fn inspect(&mut self, image: String) -> wasmtime::Result<Result<ImageSummary, String>> {
         Ok(self.inspect_image(&image))
     }

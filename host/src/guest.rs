@@ -28,6 +28,7 @@ wasmtime::component::bindgen!({
     imports: { default: trappable },
     with: {
         "ocipush:core/docker.export-stream": crate::daemon::ExportStream,
+        "ocipush:core/docker.build-job": crate::build::BuildJob,
         "ocipush:core/archive.tarball": crate::archive::Tarball,
         "ocipush:core/credentials.credential": crate::credentials::Credential,
         "ocipush:core/registry.repository": crate::registry::Repository,
@@ -110,6 +111,8 @@ pub struct HostState {
     /// The `docker save` tarball the user named as the source: the only file the guest may
     /// read.
     pub archive: Option<String>,
+    /// The build context the user named (`ocipush build`): the only directory a build may send.
+    pub build_context: Option<PathBuf>,
     pub progress: Progress,
     /// Where the `cache` capability keeps its entries; `None` when no directory is known.
     pub cache_dir: Option<PathBuf>,
@@ -192,7 +195,6 @@ pub enum Images<'a> {
 
 /// What to push, where, and how.
 pub struct Job<'a> {
-    pub images: Images<'a>,
     pub destination: &'a str,
     /// Compression, format, annotations and verification, as the guest takes them.
     pub settings: PublishSettings,
@@ -206,7 +208,96 @@ pub struct Job<'a> {
 }
 
 /// Pushes `job.source` from the daemon to `job.destination` through `guest`.
-pub fn push(rt: Handle, progress: Progress, guest: &Guest, job: &Job<'_>) -> Result<PushResult> {
+pub fn push(
+    rt: Handle,
+    progress: Progress,
+    guest: &Guest,
+    job: &Job<'_>,
+    images: Images<'_>,
+) -> Result<PushResult> {
+    // Only a single image may come from a tarball: an index's sources are in the daemon.
+    let archive = match images {
+        Images::One(source) => match Source::parse(source) {
+            Ok(Source::Archive { path, .. }) => Some(path),
+            _ => None,
+        },
+        Images::Index(_) => None,
+    };
+    let sandbox = Sandbox {
+        archive,
+        build_context: None,
+    };
+    run_guest(
+        rt,
+        progress,
+        guest,
+        job,
+        sandbox,
+        |pusher, store| match images {
+            Images::One(source) => pusher.call_push(
+                store,
+                &PushRequest {
+                    source: source.to_string(),
+                    destination: job.destination.to_string(),
+                    settings: job.settings.clone(),
+                },
+            ),
+            Images::Index(sources) => pusher.call_push_index(
+                store,
+                &IndexRequest {
+                    sources: sources.to_vec(),
+                    destination: job.destination.to_string(),
+                    settings: job.settings.clone(),
+                },
+            ),
+        },
+    )
+}
+
+/// Builds an image from `request.context` with the daemon, through `guest`, and pushes it to
+/// `job.destination` when `push` is set. The host builds from that one directory only.
+pub fn build(
+    rt: Handle,
+    progress: Progress,
+    guest: &Guest,
+    job: &Job<'_>,
+    request: &BuildRequest,
+    push: bool,
+) -> Result<BuildResult> {
+    let sandbox = Sandbox {
+        archive: None,
+        build_context: Some(PathBuf::from(&request.context)),
+    };
+    run_guest(rt, progress, guest, job, sandbox, |pusher, store| {
+        pusher.call_build(
+            store,
+            &BuildPushRequest {
+                build: request.clone(),
+                destination: push.then(|| job.destination.to_string()),
+                settings: job.settings.clone(),
+            },
+        )
+    })
+}
+
+/// The files the user named, which the guest may have the host read: nothing else.
+struct Sandbox {
+    /// A `docker save` tarball to push from.
+    archive: Option<String>,
+    /// A directory to build from.
+    build_context: Option<PathBuf>,
+}
+
+/// Runs `call` on a fresh instance of `guest`, sandboxed, with the capabilities `job` grants
+/// and the files `sandbox` names.
+fn run_guest<T>(
+    rt: Handle,
+    progress: Progress,
+    guest: &Guest,
+    job: &Job<'_>,
+    sandbox: Sandbox,
+    call: impl FnOnce(&Pusher, &mut Store<HostState>) -> wasmtime::Result<Result<T, String>>,
+) -> Result<T> {
     let engine = engine()?;
     let cache_dir = crate::cache::dir();
     let component = load_component(&engine, guest, cache_dir.as_deref())?;
@@ -233,14 +324,8 @@ pub fn push(rt: Handle, progress: Progress, guest: &Guest, job: &Job<'_>) -> Res
             Images::Index(_) => None,
         },
         transfer: job.transfer,
-        // Only a single image may come from a tarball: an index's sources are in the daemon.
-        archive: match job.images {
-            Images::One(source) => match Source::parse(source) {
-                Ok(Source::Archive { path, .. }) => Some(path),
-                _ => None,
-            },
-            Images::Index(_) => None,
-        },
+        archive: sandbox.archive,
+        build_context: sandbox.build_context,
         progress,
         cache_dir,
         waits: Waits::default(),
@@ -290,25 +375,7 @@ pub fn push(rt: Handle, progress: Progress, guest: &Guest, job: &Job<'_>) -> Res
             .map_err(anyhow::Error::from)
             .with_context(|| format!("guest {} does not fit this host", guest.origin))?;
         let started = Instant::now();
-        let called = match job.images {
-            Images::One(source) => pusher.call_push(
-                &mut store,
-                &PushRequest {
-                    source: source.to_string(),
-                    destination: job.destination.to_string(),
-                    settings: job.settings.clone(),
-                },
-            ),
-            Images::Index(sources) => pusher.call_push_index(
-                &mut store,
-                &IndexRequest {
-                    sources: sources.to_vec(),
-                    destination: job.destination.to_string(),
-                    settings: job.settings.clone(),
-                },
-            ),
-        };
-        let result = called.map_err(|e| {
+        let result = call(&pusher, &mut store).map_err(|e| {
             // One line for the user: what stopped the guest. The wasm backtrace is for debugging.
             let e = anyhow::Error::from(e);
             tracing::debug!("the guest failed: {e:?}");

@@ -3,7 +3,9 @@
 //! and tests reach the parsers here.
 
 pub mod archive;
+pub mod build;
 pub mod cache;
+pub mod context;
 pub mod credentials;
 pub mod daemon;
 pub mod guest;

@@ -55,6 +55,27 @@ enum Command {
         #[command(flatten)]
         options: PushOptions,
     },
+    /// Build an image from a context directory with the daemon's classic builder (as
+    /// DOCKER_BUILDKIT=0 docker build; .dockerignore honoured), streaming its output, and with
+    /// --push push it. Prints the image ID, or DEST@DIGEST when pushed.
+    Build {
+        /// The context directory.
+        context: PathBuf,
+        /// The name:tag the image gets in the daemon.
+        #[arg(short = 't', long = "tag", value_name = "NAME")]
+        tag: String,
+        /// The Dockerfile, as a path inside the context (default Dockerfile).
+        #[arg(short = 'f', long = "file", value_name = "PATH")]
+        file: Option<String>,
+        /// A build argument KEY=VALUE (for ARG); repeatable.
+        #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+        build_args: Vec<String>,
+        /// Push the built image there (as `ocipush push`), with the options below.
+        #[arg(long, value_name = "DEST")]
+        push: Option<String>,
+        #[command(flatten)]
+        options: PushOptions,
+    },
     /// Audit the guest component: show it, or write it out.
     Guest {
         #[command(subcommand)]
@@ -216,7 +237,7 @@ fn run(cli: Cli) -> Result<()> {
         } => publish(
             &rt,
             &guest,
-            guest::Images::One(&source),
+            Work::Push(guest::Images::One(&source)),
             &destination,
             options,
         )?,
@@ -227,10 +248,46 @@ fn run(cli: Cli) -> Result<()> {
         } => publish(
             &rt,
             &guest,
-            guest::Images::Index(&sources),
+            Work::Push(guest::Images::Index(&sources)),
             &destination,
             options,
         )?,
+        Command::Build {
+            context,
+            tag,
+            file,
+            build_args,
+            push,
+            options,
+        } => {
+            let request = guest::ocipush::core::docker::BuildRequest {
+                context: context
+                    .to_str()
+                    .with_context(|| {
+                        format!("build context {}: not a UTF-8 path", context.display())
+                    })?
+                    .to_string(),
+                dockerfile: file,
+                tag,
+                build_args: build_args
+                    .iter()
+                    .map(|arg| match arg.split_once('=') {
+                        Some((key, value)) if !key.is_empty() => {
+                            Ok((key.to_string(), value.to_string()))
+                        }
+                        _ => anyhow::bail!("--build-arg {arg:?} is not KEY=VALUE"),
+                    })
+                    .collect::<Result<_>>()?,
+            };
+            let destination = push.clone().unwrap_or_default();
+            publish(
+                &rt,
+                &guest,
+                Work::Build(&request, push.is_some()),
+                &destination,
+                options,
+            )?
+        }
         Command::Guest {
             command: GuestCommand::Info,
         } => {
@@ -248,10 +305,17 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// Runs the guest on one image or an index, and reports what was published.
+/// What `publish` has the guest do.
+enum Work<'a> {
+    Push(guest::Images<'a>),
+    /// Build, then push to the destination when the flag says so.
+    Build(&'a guest::ocipush::core::docker::BuildRequest, bool),
+}
+
 fn publish(
     rt: &tokio::runtime::Runtime,
     guest: &guest::Guest,
-    images: guest::Images<'_>,
+    work: Work<'_>,
     destination: &str,
     options: PushOptions,
 ) -> Result<()> {
@@ -263,7 +327,6 @@ fn publish(
         CompressionArg::None => (Compression::None, 0),
     };
     let job = guest::Job {
-        images,
         destination,
         settings: guest::PublishSettings {
             compression,
@@ -306,12 +369,21 @@ fn publish(
         },
     };
     // The guest runs here, outside the runtime: its host calls block on the runtime.
-    let pushed = guest::push(
-        rt.handle().clone(),
-        progress::Progress::new(options.progress),
-        guest,
-        &job,
-    )?;
+    let progress = progress::Progress::new(options.progress);
+    let pushed = match work {
+        Work::Push(images) => guest::push(rt.handle().clone(), progress, guest, &job, images)?,
+        Work::Build(request, push) => {
+            let built = guest::build(rt.handle().clone(), progress, guest, &job, request, push)?;
+            match built.pushed {
+                Some(pushed) => pushed,
+                None => {
+                    // Built only: its ID, as `docker build -q` prints it.
+                    println!("{}", built.image_id);
+                    return Ok(());
+                }
+            }
+        }
+    };
     if let Some(path) = options.digest_file {
         std::fs::write(&path, &pushed.digest)
             .with_context(|| format!("writing the digest to {}", path.display()))?;

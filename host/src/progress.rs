@@ -210,7 +210,9 @@ fn bar_event(
         Event::LayerSkipped(_)
         | Event::ConfigDone(_)
         | Event::ManifestDone(_)
-        | Event::Verified(_) => {
+        | Event::Verified(_)
+        | Event::BuildOutput(_)
+        | Event::Built(_) => {
             let _ = multi.println(plain_line(event, *layers));
         }
     }
@@ -239,6 +241,8 @@ fn json_line(event: &Event) -> String {
         Event::Verified(v) => {
             json!({"event": "verified", "digest": v.digest, "manifests": v.manifests, "blobs": v.blobs})
         }
+        Event::BuildOutput(line) => json!({"event": "build-output", "line": line}),
+        Event::Built(b) => json!({"event": "built", "tag": b.tag, "id": b.id}),
     };
     value.to_string()
 }
@@ -294,6 +298,8 @@ fn plain_line(event: &Event, layers: u32) -> String {
             if v.manifests == 1 { "" } else { "s" },
             v.blobs
         ),
+        Event::BuildOutput(line) => line.clone(),
+        Event::Built(b) => format!("built {} as {}", b.tag, b.id),
     }
 }
 

@@ -46,6 +46,10 @@ impl Guest for Misbehaving {
         }
     }
 
+    fn build(_request: BuildPushRequest) -> Result<BuildResult, String> {
+        Err("the misbehaving guest builds nothing".to_string())
+    }
+
     fn push_index(request: IndexRequest) -> Result<PushResult, String> {
         let source = request.sources.first().cloned().unwrap_or_default();
         Self::push(PushRequest {
