@@ -215,18 +215,20 @@ pub fn push(
     job: &Job<'_>,
     images: Images<'_>,
 ) -> Result<PushResult> {
-    // Only a single image may come from a tarball: an index's sources are in the daemon.
-    let archive = match images {
-        Images::One(source) => match Source::parse(source) {
-            Ok(Source::Archive { path, .. }) => Some(path),
-            _ => None,
-        },
-        Images::Index(_) => None,
-    };
-    let sandbox = Sandbox {
-        archive,
+    // Only a single image may come from a tarball or a layout: an index's sources are in the
+    // daemon.
+    let mut sandbox = Sandbox {
+        archive: None,
+        layout_source: None,
         build_context: None,
     };
+    if let Images::One(source) = images {
+        match Source::parse(source) {
+            Ok(Source::Archive { path, .. }) => sandbox.archive = Some(path),
+            Ok(Source::Layout { path, .. }) => sandbox.layout_source = Some(path),
+            _ => {}
+        }
+    }
     run_guest(
         rt,
         progress,
@@ -266,6 +268,7 @@ pub fn build(
 ) -> Result<BuildResult> {
     let sandbox = Sandbox {
         archive: None,
+        layout_source: None,
         build_context: Some(PathBuf::from(&request.context)),
     };
     run_guest(rt, progress, guest, job, sandbox, |pusher, store| {
@@ -284,6 +287,8 @@ pub fn build(
 struct Sandbox {
     /// A `docker save` tarball to push from.
     archive: Option<String>,
+    /// An OCI layout directory to push from.
+    layout_source: Option<String>,
     /// A directory to build from.
     build_context: Option<PathBuf>,
 }
@@ -316,13 +321,7 @@ fn run_guest<T>(
             Ok(Destination::Layout(target)) => Some(target.path),
             _ => None,
         },
-        layout_source: match job.images {
-            Images::One(source) => match Source::parse(source) {
-                Ok(Source::Layout { path, .. }) => Some(path),
-                _ => None,
-            },
-            Images::Index(_) => None,
-        },
+        layout_source: sandbox.layout_source,
         transfer: job.transfer,
         archive: sandbox.archive,
         build_context: sandbox.build_context,
