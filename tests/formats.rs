@@ -453,10 +453,10 @@ fn index_names_one_manifest_per_platform_and_each_reads_back() {
         &format!("docker://{d}"),
     ]));
     assert_eq!(format!("sha256:{}", sha256_hex(raw.as_bytes())), digest);
-    let index: Value = serde_json::from_str(&raw).unwrap();
-    assert_eq!(index["mediaType"], OCI_INDEX, "{index}");
-    let entries = index["manifests"].as_array().unwrap();
-    assert_eq!(entries.len(), 2, "{index}");
+    let written: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(written["mediaType"], OCI_INDEX, "{written}");
+    let entries = written["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{written}");
     let platforms: Vec<(String, String, Option<String>)> = entries
         .iter()
         .map(|e| {
@@ -509,6 +509,29 @@ fn index_names_one_manifest_per_platform_and_each_reads_back() {
     let copied: Value =
         serde_json::from_slice(&std::fs::read(layout.path().join("index.json")).unwrap()).unwrap();
     assert_eq!(copied["manifests"][0]["digest"], digest.as_str());
+    // With --format docker the same images make a Docker manifest list of v2 schema 2
+    // manifests.
+    let list_dest = dest(&repo, "list");
+    index(
+        &list_dest,
+        &[&amd, &arm],
+        &["--format", "docker", "--verify"],
+    )
+    .expect_success(&list_dest);
+    let list = skopeo_raw_manifest(&list_dest);
+    assert_eq!(
+        list["mediaType"], "application/vnd.docker.distribution.manifest.list.v2+json",
+        "{list}"
+    );
+    for entry in list["manifests"].as_array().unwrap() {
+        assert_eq!(entry["mediaType"], DOCKER_MANIFEST, "{list}");
+        let child = skopeo_raw_manifest(&format!(
+            "{}/{repo}@{}",
+            s.registry,
+            entry["digest"].as_str().unwrap()
+        ));
+        assert_eq!(child["config"]["mediaType"], DOCKER_CONFIG, "{child}");
+    }
     // The daemon (linux/amd64) pulls the amd64 image out of the index.
     pull_back_and_compare(&amd_id, &d);
 }
