@@ -129,12 +129,29 @@ pub struct Target {
     pub tag: String,
 }
 
+/// The most characters a tag may have.
+const TAG_MAX: usize = 128;
+/// The most characters `host/repository` may have (the distribution's NameTotalLengthMax).
+const NAME_MAX: usize = 255;
+
 impl Target {
-    /// Parses a destination. Like docker, a first path component without `.` or `:` that is
-    /// not `localhost` names a Docker Hub repository, and a tag defaults to `latest`.
+    /// Parses a destination against the distribution reference grammar, before any traffic.
+    /// Like docker, a first path component without `.` or `:` that is not `localhost` names a
+    /// Docker Hub repository, and a tag defaults to `latest`. Every refusal quotes the offending
+    /// part.
     pub fn parse(text: &str) -> Result<Self> {
-        if text.contains('@') {
-            bail!("destination {text:?} names a digest: a push destination needs a tag (host/repository[:tag])");
+        if text.is_empty() {
+            bail!("the destination is empty: expected host[:port]/repository[:tag]");
+        }
+        if let Some(bad) = text.chars().find(|c| c.is_whitespace() || c.is_control()) {
+            bail!("destination {text:?} contains {bad:?}: no spaces or control characters");
+        }
+        if is_bare_digest(text) {
+            bail!("destination {text:?} is a digest, not a repository: a push destination is host[:port]/repository[:tag]");
+        }
+        if let Some((_, digest)) = text.split_once('@') {
+            check_digest(text, digest)?;
+            bail!("destination {text:?} names a digest (@{digest}): a push destination needs a tag, host[:port]/repository[:tag]");
         }
         let (rest, tag) = match text.rfind(':') {
             Some(colon) if !text[colon..].contains('/') => (&text[..colon], &text[colon + 1..]),
@@ -149,16 +166,36 @@ impl Target {
             Some(_) => ("docker.io".to_string(), rest.to_string()),
             None => ("docker.io".to_string(), format!("library/{rest}")),
         };
-        if registry.is_empty() || registry.chars().any(|c| c.is_whitespace()) {
-            bail!("destination {text:?} has an invalid registry host {registry:?}");
+        check_registry(text, &registry)?;
+        if repository.is_empty() {
+            bail!("destination {text:?} names no repository after the registry {registry:?}");
         }
         for component in repository.split('/') {
+            if component.is_empty() {
+                bail!("destination {text:?} has an empty repository path component in {repository:?} (a leading, trailing or doubled '/')");
+            }
+            if component.bytes().any(|b| b.is_ascii_uppercase()) {
+                bail!("destination {text:?} has the repository component {component:?} with upper-case letters: repository names must be lower-case");
+            }
             if !is_path_component(component) {
-                bail!("destination {text:?} has an invalid repository component {component:?} (lowercase letters, digits and . _ - separators)");
+                bail!("destination {text:?} has an invalid repository component {component:?} (lowercase letters and digits, separated by '.', '_', '__' or '-')");
             }
         }
+        let name_len = registry.len() + 1 + repository.len();
+        if name_len > NAME_MAX {
+            bail!("destination {text:?} has a name of {name_len} characters ({registry}/{repository}): at most {NAME_MAX}");
+        }
+        if tag.is_empty() {
+            bail!("destination {text:?} has an empty tag after ':'");
+        }
+        if tag.len() > TAG_MAX {
+            bail!(
+                "destination {text:?} has a tag of {} characters: at most {TAG_MAX}",
+                tag.len()
+            );
+        }
         if !is_tag(tag) {
-            bail!("destination {text:?} has an invalid tag {tag:?} (up to 128 of A-Z a-z 0-9 _ . -, not starting with . or -)");
+            bail!("destination {text:?} has an invalid tag {tag:?} (A-Z a-z 0-9 _ . -, not starting with . or -)");
         }
         Ok(Self {
             registry,
@@ -171,6 +208,86 @@ impl Target {
     pub fn repository_url(&self) -> String {
         format!("{}/{}", self.registry, self.repository)
     }
+}
+
+/// `sha256:<hex>` or 64 hex digits alone: what `docker images --digests` or an image ID look like.
+fn is_bare_digest(text: &str) -> bool {
+    let hex = text.strip_prefix("sha256:").unwrap_or(text);
+    !text.contains('/')
+        && (text.starts_with("sha256:") || hex.len() == 64)
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The digest after `@`: `sha256:` and 64 lowercase hex digits, or a message saying what is wrong.
+fn check_digest(text: &str, digest: &str) -> Result<()> {
+    let Some(hex) = digest.strip_prefix("sha256:") else {
+        bail!(
+            "destination {text:?} has the digest {digest:?}, which is not sha256:<64 hex digits>"
+        );
+    };
+    if hex.len() != 64 {
+        bail!(
+            "destination {text:?} has the digest {digest:?} with {} hex digits: sha256 has 64",
+            hex.len()
+        );
+    }
+    if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        bail!("destination {text:?} has the digest {digest:?}: only lowercase hex digits after sha256:");
+    }
+    Ok(())
+}
+
+/// `host[:port]`: DNS labels separated by dots (or a bracketed IPv6 address), and a port of 1-65535.
+fn check_registry(text: &str, registry: &str) -> Result<()> {
+    let (host, port) = if let Some(v6) = registry.strip_prefix('[') {
+        let Some((address, rest)) = v6.split_once(']') else {
+            bail!("destination {text:?} has the registry {registry:?} with an unclosed '['");
+        };
+        if address.is_empty()
+            || !address
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            bail!("destination {text:?} has the registry {registry:?}, which is not an IPv6 address in brackets");
+        }
+        match rest {
+            "" => (registry, None),
+            _ => match rest.strip_prefix(':') {
+                Some(port) => (&registry[..registry.len() - port.len() - 1], Some(port)),
+                None => bail!(
+                    "destination {text:?} has the registry {registry:?}: expected :port after ']'"
+                ),
+            },
+        }
+    } else {
+        match registry.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (registry, None),
+        }
+    };
+    if !host.starts_with('[') {
+        let label_ok = |label: &str| {
+            let b = label.as_bytes();
+            !b.is_empty()
+                && b.len() <= 63
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+        };
+        if let Some(label) = host.split('.').find(|l| !label_ok(l)) {
+            bail!("destination {text:?} has the registry host {host:?} with the invalid label {label:?} (letters, digits and inner '-', separated by '.')");
+        }
+    }
+    if let Some(port) = port {
+        let valid = !port.is_empty()
+            && port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && (1..=65535).contains(&port.parse::<u32>().unwrap_or(0));
+        if !valid {
+            bail!("destination {text:?} has the registry port {port:?}: expected a number from 1 to 65535");
+        }
+    }
+    Ok(())
 }
 
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
@@ -204,7 +321,7 @@ fn is_tag(tag: &str) -> bool {
     let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     let bytes = tag.as_bytes();
     !bytes.is_empty()
-        && bytes.len() <= 128
+        && bytes.len() <= TAG_MAX
         && word(bytes[0])
         && bytes.iter().all(|&b| word(b) || b == b'.' || b == b'-')
 }
@@ -339,5 +456,66 @@ mod tests {
         for bad in ["oci:", "oci::x", "oci:dir:", "oci:dir:-x", "oci:dir:a:b"] {
             assert!(Destination::parse(bad).is_err(), "{bad} should be refused");
         }
+    }
+
+    /// Each refusal names the offending part, so the user sees what to fix.
+    #[test]
+    fn refusals_quote_the_offending_part() {
+        let refused = |text: &str, part: &str| {
+            let err = Target::parse(text).unwrap_err().to_string();
+            assert!(err.contains(part), "{text}: {err:?} should mention {part}");
+        };
+        let hex = "a".repeat(64);
+        refused("127.0.0.1:5000/Team/app", "upper-case");
+        refused("127.0.0.1:5000/team/App:1", "\"App\"");
+        refused("127.0.0.1:5000/app:", "empty tag");
+        refused("127.0.0.1:5000/app@sha256:abcd", "4 hex digits");
+        refused(
+            &format!("127.0.0.1:5000/app@sha256:{}", "a".repeat(65)),
+            "65 hex digits",
+        );
+        refused(
+            &format!("127.0.0.1:5000/app@sha256:{}", "A".repeat(64)),
+            "lowercase hex",
+        );
+        refused("127.0.0.1:5000/app@md5:abcd", "\"md5:abcd\"");
+        refused(&format!("127.0.0.1:5000/app@sha256:{hex}"), "needs a tag");
+        refused(&format!("127.0.0.1:5000/app:1@sha256:{hex}"), "needs a tag");
+        refused(&format!("sha256:{hex}"), "is a digest, not a repository");
+        refused(&hex, "is a digest, not a repository");
+        refused(
+            &format!("127.0.0.1:5000/app:{}", "t".repeat(129)),
+            "129 characters",
+        );
+        refused("127.0.0.1:5000/a//b", "empty repository path component");
+        refused("127.0.0.1:5000/a/", "empty repository path component");
+        refused("127.0.0.1:5000/", "no repository");
+        refused("127.0.0.1:5000/a__-b", "\"a__-b\"");
+        refused("127.0.0.1:5000/a b", "' '");
+        refused("", "empty");
+        refused("127.0.0.1:99999/a", "\"99999\"");
+        refused("127.0.0.1:/a", "port \"\"");
+        refused("-bad.host/a", "\"-bad\"");
+        refused("a..b/c", "\"\"");
+        refused("[::1/a", "unclosed");
+        refused("[::1]x/a", "expected :port");
+        refused(&format!("r.io/{}", "a".repeat(251)), "at most 255");
+        // Long but legal.
+        assert_eq!(
+            Target::parse(&format!("127.0.0.1:5000/app:{}", "t".repeat(128)))
+                .unwrap()
+                .tag
+                .len(),
+            128
+        );
+        assert!(Target::parse(&format!("r.io/{}", "a".repeat(250))).is_ok());
+        assert_eq!(
+            Target::parse("[::1]:5000/a/b:c").unwrap(),
+            target("[::1]:5000", "a/b", "c")
+        );
+        assert_eq!(
+            Target::parse("R.IO/a__b/c-d/e.f_g:T_1.x-y").unwrap(),
+            target("R.IO", "a__b/c-d/e.f_g", "T_1.x-y")
+        );
     }
 }
