@@ -9,6 +9,7 @@ pub mod cache;
 pub mod config;
 pub mod digest;
 pub mod layout;
+pub mod limits;
 pub mod manifest;
 pub mod progress;
 pub mod push;

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use crate::cache::{self, Cache};
 use crate::config;
 use crate::digest::{Digest, Hasher};
+use crate::limits;
 use crate::manifest::{
     image_index, image_manifest, Annotations, Compression, Encoding, Format, Platform,
     PlatformManifest,
@@ -110,6 +111,7 @@ pub fn push(
     // The daemon gives the diff IDs up front: enough to find what the registry already has,
     // and to verify each layer as it streams.
     let image = source.inspect(&request.source)?;
+    limits::check_layer_count(&request.source, &image)?;
     let mut repository = registries.open(&destination)?;
 
     let manifest = publish_blobs_and_manifest(
@@ -309,6 +311,7 @@ fn write_manifest(
     media_type: &str,
     body: &[u8],
 ) -> Result<Digest> {
+    limits::check_manifest_size(body)?;
     let digest = repository.put_manifest(reference, media_type, body)?;
     if digest != Digest::of(body) {
         bail!(
@@ -488,7 +491,7 @@ fn find_or_mount(
     repository: &mut impl BlobSink,
     cache: &mut impl Cache,
 ) -> Result<Option<Found>> {
-    if repository.blob_size(&blob.digest)? == Some(blob.size) {
+    if holds(repository, blob)? {
         return Ok(Some(Found { mounted_from: None }));
     }
     let Destination::Registry(target) = destination else {
@@ -501,15 +504,27 @@ fn find_or_mount(
         else {
             continue;
         };
-        if repository.mount_blob(&blob.digest, source)?
-            && repository.blob_size(&blob.digest)? == Some(blob.size)
-        {
+        if repository.mount_blob(&blob.digest, source)? && holds(repository, blob)? {
             return Ok(Some(Found {
                 mounted_from: Some(source.to_string()),
             }));
         }
     }
     Ok(None)
+}
+
+/// Whether the registry holds `blob`. A digest fixes the size: a registry that reports another
+/// size for it is broken or lying, which fails the push rather than being papered over.
+fn holds(repository: &mut impl BlobSink, blob: &Blob) -> Result<bool> {
+    match repository.blob_size(&blob.digest)? {
+        None => Ok(false),
+        Some(size) if size == blob.size => Ok(true),
+        Some(size) => bail!(
+            "the registry reports blob {} as {size} bytes, but it is {} bytes",
+            blob.digest,
+            blob.size
+        ),
+    }
 }
 
 /// Streams the export once: each layer is hashed while it uploads and committed only if its
@@ -551,7 +566,7 @@ fn export_and_upload(
         digest: Digest::of(&saved.config),
         size: saved.config.len() as u64,
     };
-    if repository.blob_size(&config.digest)? != Some(config.size) {
+    if !holds(repository, &config)? {
         repository.put_blob(&config.digest, &saved.config)?;
     }
     progress.report(Event::ConfigDone(config.digest.clone()));
@@ -735,6 +750,8 @@ mod tests {
         manifest: Option<Vec<u8>>,
         manifests: HashMap<String, Vec<u8>>,
         misreport_manifest_digest: bool,
+        /// Reports every blob one byte larger than it is.
+        misreport_blob_sizes: bool,
     }
 
     #[derive(Clone, Default)]
@@ -754,7 +771,9 @@ mod tests {
     impl BlobSink for MemoryRegistry {
         type Upload = MemoryUpload;
         fn blob_size(&mut self, digest: &Digest) -> Result<Option<u64>> {
-            Ok(self.0.borrow().blobs.get(digest).map(|b| b.len() as u64))
+            let log = self.0.borrow();
+            let extra = u64::from(log.misreport_blob_sizes);
+            Ok(log.blobs.get(digest).map(|b| b.len() as u64 + extra))
         }
         fn mount_blob(&mut self, digest: &Digest, source: &str) -> Result<bool> {
             let mut log = self.0.borrow_mut();
@@ -982,6 +1001,64 @@ mod tests {
             err.to_string().contains("not the digest of what was sent"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_registry_that_misreports_a_blob_size_fails_the_push() {
+        let f = fixture();
+        let mut source = Memory::new(classic_export(&f), summary(&f));
+        let registry = MemoryRegistry::default();
+        let mut cache = MemoryCache::default();
+        let push = |source: &mut Memory, cache: &mut MemoryCache| {
+            run(&request(), source, &registry, cache, &mut Events::default())
+        };
+        // The config is already there (another image shares it), at the wrong size.
+        registry
+            .0
+            .borrow_mut()
+            .blobs
+            .insert(Digest::of(&f.config), f.config.clone());
+        registry.0.borrow_mut().misreport_blob_sizes = true;
+        let err = push(&mut source, &mut cache).unwrap_err().to_string();
+        let expected = format!(
+            "the registry reports blob {} as {} bytes, but it is {} bytes",
+            Digest::of(&f.config),
+            f.config.len() + 1,
+            f.config.len()
+        );
+        assert_eq!(err, expected);
+        assert!(registry.0.borrow().manifest.is_none());
+
+        // A repeat push whose cache names blobs the registry misreports fails the same way.
+        registry.0.borrow_mut().misreport_blob_sizes = false;
+        push(&mut source, &mut cache).unwrap();
+        registry.0.borrow_mut().manifest = None;
+        registry.0.borrow_mut().misreport_blob_sizes = true;
+        assert_eq!(
+            push(&mut source, &mut cache).unwrap_err().to_string(),
+            expected
+        );
+        assert!(registry.0.borrow().manifest.is_none());
+    }
+
+    #[test]
+    fn an_image_with_too_many_layers_is_refused_before_any_traffic() {
+        let f = fixture();
+        let mut image = summary(&f);
+        image.diff_ids = vec![f.diff_ids[0].clone(); crate::limits::LAYER_LIMIT + 1];
+        let mut source = Memory::new(classic_export(&f), image);
+        let registry = MemoryRegistry::default();
+        let err = run(
+            &request(),
+            &mut source,
+            &registry,
+            &mut MemoryCache::default(),
+            &mut Events::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("1001 layers"), "{err}");
+        assert!(registry.0.borrow().calls.is_empty());
+        assert_eq!(source.exports, 0);
     }
 
     #[test]

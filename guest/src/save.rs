@@ -649,6 +649,60 @@ mod tests {
         assert!(err.contains("neither an uncompressed layer"), "{err}");
     }
 
+    /// A hostile manifest.json or config nested 100,000 deep is no stack overflow (the guest's
+    /// wasm stack is small): fields the reader does not use are skipped without recursion, and
+    /// typed fields give up at serde_json's recursion limit of 128.
+    #[test]
+    fn deeply_nested_json_is_an_error_not_a_crash() {
+        let f = fixture();
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n)).into_bytes();
+        let config_name = format!("{}.json", f.id.hex());
+        let mut manifest = br#"[{"Config":"c.json","Layers":[],"Extra":"#.to_vec();
+        manifest.extend(deep(100_000));
+        manifest.extend(b"}]");
+        let stream = tar(&[
+            Item::File("aaa/layer.tar", &f.layers[0]),
+            Item::File("bbb/layer.tar", &f.layers[1]),
+            Item::File(&config_name, &f.config),
+            Item::File("manifest.json", &manifest),
+        ]);
+        let err = format!("{:#}", read(&stream, &summary(&f)).unwrap_err());
+        assert!(err.contains("names config c.json"), "{err}");
+        let mut manifest = br#"[{"Config":"c.json","Layers":"#.to_vec();
+        manifest.extend(deep(100_000));
+        manifest.extend(b"}]");
+        let Err(err) = serde_json::from_slice::<Vec<SaveManifest>>(&manifest) else {
+            panic!("a nested Layers parsed");
+        };
+        assert!(err.to_string().contains("invalid type"), "{err}");
+        let err = serde_json::from_slice::<serde_json::Value>(&deep(100_000)).unwrap_err();
+        assert!(
+            err.to_string().contains("recursion limit exceeded"),
+            "{err}"
+        );
+
+        // A config nested past the limit, its digest the image ID.
+        let mut config = br#"{"rootfs":{"diff_ids":[],"x":"#.to_vec();
+        config.extend(deep(100_000));
+        config.extend(b"}}");
+        let image = ImageSummary {
+            id: Digest::of(&config),
+            ..summary(&f)
+        };
+        let config_name = format!("{}.json", image.id.hex());
+        let stream = tar(&[
+            Item::File("aaa/layer.tar", &f.layers[0]),
+            Item::File("bbb/layer.tar", &f.layers[1]),
+            Item::File(&config_name, &config),
+            Item::File(
+                "manifest.json",
+                &manifest_json(&config_name, &["aaa/layer.tar", "bbb/layer.tar"]),
+            ),
+        ]);
+        let err = format!("{:#}", read(&stream, &image).unwrap_err());
+        assert!(err.contains("rootfs.diff_ids differ"), "{err}");
+    }
+
     #[test]
     fn truncated_stream_is_an_error() {
         let f = fixture();
