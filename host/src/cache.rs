@@ -53,6 +53,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     written
 }
 
+/// An exclusive lock on `PATH.lock` (the file stays; the lock goes with the process, however
+/// it ends), for work that concurrent processes should do once. `None` if it cannot be taken:
+/// the caller then works unlocked, which costs time, not correctness.
+pub fn lock(path: &Path) -> Option<std::fs::File> {
+    let mut name = path.file_name()?.to_owned();
+    name.push(".lock");
+    std::fs::create_dir_all(path.parent()?).ok()?;
+    let file = std::fs::File::create(path.with_file_name(name)).ok()?;
+    file.lock().ok()?;
+    Some(file)
+}
+
 fn entry_path(dir: &Path, key: &str) -> PathBuf {
     dir.join("kv")
         .join(hex::encode(Sha256::digest(key.as_bytes())))
@@ -96,6 +108,17 @@ mod tests {
         assert_eq!(get(dir.path(), "other"), None);
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("kv")).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary files left behind");
+    }
+
+    #[test]
+    fn a_lock_is_held_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("guest/x.cwasm");
+        let held = lock(&path).unwrap();
+        let other = std::fs::File::open(dir.path().join("guest/x.cwasm.lock")).unwrap();
+        assert!(other.try_lock().is_err(), "a second holder must wait");
+        drop(held);
+        assert!(other.try_lock().is_ok());
     }
 
     #[test]

@@ -130,7 +130,21 @@ fn same_registry(a: &str, b: &str) -> bool {
     a == b || (hub(a) && hub(b))
 }
 
-fn from_docker_config(text: &str, registry: &str) -> Option<Credential> {
+/// Where a Docker `config.json` (or podman `auth.json`) says a registry's credential comes from.
+/// No `Debug`: it holds secrets.
+pub enum ConfigSource {
+    /// Run `docker-credential-NAME get` (from `credHelpers` or `credsStore`).
+    Helper(String),
+    /// An OAuth2 refresh token `docker login` stored instead of the password.
+    IdentityToken(String),
+    /// A user name and password from `auths`.
+    Basic { username: String, password: String },
+}
+
+/// Reads a Docker `config.json` or podman `auth.json` for `registry`, as docker does: the
+/// registry's own helper, else the default store, else the file's `auths` entry. Pure parsing:
+/// no helper runs here (the `docker_config` fuzz target calls this on arbitrary text).
+pub fn parse_docker_config(text: &str, registry: &str) -> Option<ConfigSource> {
     let config: DockerConfig = serde_json::from_str(text).ok()?;
     let wanted = if registry == "docker.io" {
         "index.docker.io"
@@ -143,7 +157,6 @@ fn from_docker_config(text: &str, registry: &str) -> Option<Credential> {
             .trim_start_matches("http://");
         key.split('/').next() == Some(wanted)
     };
-    // As docker does: the registry's own helper, else the default store, else the file.
     let helper = config
         .cred_helpers
         .iter()
@@ -151,16 +164,11 @@ fn from_docker_config(text: &str, registry: &str) -> Option<Credential> {
         .map(|(_, helper)| helper)
         .or(config.creds_store.as_ref());
     if let Some(helper) = helper {
-        return from_helper(helper, registry);
+        return Some(ConfigSource::Helper(helper.clone()));
     }
     let (_, entry) = config.auths.iter().find(|(key, _)| key_is(key))?;
     if let Some(token) = entry.identitytoken.as_ref().filter(|t| !t.is_empty()) {
-        return Some(Credential {
-            registry: registry.to_string(),
-            username: String::new(),
-            password: String::new(),
-            identity_token: Some(token.clone()),
-        });
+        return Some(ConfigSource::IdentityToken(token.clone()));
     }
     let (username, password) = match (&entry.auth, &entry.username, &entry.password) {
         (Some(auth), _, _) => {
@@ -174,12 +182,23 @@ fn from_docker_config(text: &str, registry: &str) -> Option<Credential> {
         (None, Some(user), Some(pass)) => (user.clone(), pass.clone()),
         _ => return None,
     };
-    Some(Credential {
+    Some(ConfigSource::Basic { username, password })
+}
+
+fn from_docker_config(text: &str, registry: &str) -> Option<Credential> {
+    let credential = |username, password, identity_token| Credential {
         registry: registry.to_string(),
         username,
         password,
-        identity_token: None,
-    })
+        identity_token,
+    };
+    match parse_docker_config(text, registry)? {
+        ConfigSource::Helper(helper) => from_helper(&helper, registry),
+        ConfigSource::IdentityToken(token) => {
+            Some(credential(String::new(), String::new(), Some(token)))
+        }
+        ConfigSource::Basic { username, password } => Some(credential(username, password, None)),
+    }
 }
 
 impl crate::guest::ocipush::core::credentials::Host for crate::guest::HostState {

@@ -337,6 +337,10 @@ fn run_guest<T>(
     // The watchdog: every tick, a guest that has not called the host for too long is stopped.
     // Time spent in host calls (waiting on the daemon or a registry) does not count.
     store.call_hook(|mut store, hook| {
+        // Ctrl-C: no further host call (so no later write); the watchdog stops a computing guest.
+        if let (Some(signal), CallHook::CallingHost) = (crate::interrupt::received(), &hook) {
+            return Err(wasmtime::Error::msg(format!("interrupted by {signal}")));
+        }
         let state = store.data_mut();
         match hook {
             CallHook::ReturningFromHost if state.watchdog_running => state.watchdog_running = false,
@@ -349,6 +353,9 @@ fn run_guest<T>(
     });
     let limit = job.compute_limit;
     store.epoch_deadline_callback(move |mut store| {
+        if let Some(signal) = crate::interrupt::received() {
+            return Err(wasmtime::Error::msg(format!("interrupted by {signal}")));
+        }
         store.data_mut().watchdog_running = true;
         if store.data().guest_since.elapsed() > limit {
                         return Err(wasmtime::Error::msg(format!(
@@ -383,6 +390,16 @@ fn run_guest<T>(
         tracing::debug!(elapsed = ?started.elapsed(), waits = ?store.data().waits, "push finished");
         result.map_err(anyhow::Error::msg)
     })();
+    // A push that failed because a signal stopped it says so, whatever step it was in.
+    let result = match (result, crate::interrupt::received()) {
+        (Err(e), Some(signal)) => {
+            tracing::debug!("stopped by {signal}: {e:#}");
+            Err(anyhow!(
+                "interrupted by {signal}: the push stopped and its unfinished uploads were cancelled"
+            ))
+        }
+        (result, _) => result,
+    };
     drop(stop_ticking);
     let _ = ticker.join();
     result
@@ -483,35 +500,45 @@ fn load_component(engine: &Engine, guest: &Guest, cache_dir: Option<&Path>) -> R
             compatibility.finish()
         ))
     });
-    let cached = path
-        .as_ref()
-        .and_then(|p| std::fs::read(p).ok())
-        .and_then(|bytes| {
-            let intact = bytes.len() > 32 && bytes[..32] == Sha256::digest(&bytes[32..])[..];
-            let component = if intact {
-                compiled(&bytes[32..]).ok()
-            } else {
-                None
-            };
-            if component.is_none() {
-                tracing::debug!("ignoring a damaged compiled guest");
-            }
-            component
-        });
-    let component = match cached {
+    let cached = || {
+        path.as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|bytes| {
+                let intact = bytes.len() > 32 && bytes[..32] == Sha256::digest(&bytes[32..])[..];
+                let component = if intact {
+                    compiled(&bytes[32..]).ok()
+                } else {
+                    None
+                };
+                if component.is_none() {
+                    tracing::debug!("ignoring a damaged compiled guest");
+                }
+                component
+            })
+    };
+    let component = match cached() {
         Some(component) => component,
         None => {
-            let bytes = engine.precompile_component(&guest.bytes).map_err(|e| {
-                anyhow!("guest {} is not a WebAssembly component: {e}", guest.origin)
-            })?;
-            if let Some(path) = &path {
-                let mut file = Sha256::digest(&bytes).to_vec();
-                file.extend_from_slice(&bytes);
-                if let Err(e) = crate::cache::write_atomic(path, &file) {
-                    tracing::debug!(path = %path.display(), error = %e, "compiled guest not cached");
+            // Pushes that start together on a cold cache: one compiles, the others wait for
+            // its file instead of all compiling at once.
+            let _lock = path.as_deref().and_then(crate::cache::lock);
+            match cached() {
+                Some(component) => component,
+                None => {
+                    tracing::debug!(guest = %guest.origin, "compiling the guest");
+                    let bytes = engine.precompile_component(&guest.bytes).map_err(|e| {
+                        anyhow!("guest {} is not a WebAssembly component: {e}", guest.origin)
+                    })?;
+                    if let Some(path) = &path {
+                        let mut file = Sha256::digest(&bytes).to_vec();
+                        file.extend_from_slice(&bytes);
+                        if let Err(e) = crate::cache::write_atomic(path, &file) {
+                            tracing::debug!(path = %path.display(), error = %e, "compiled guest not cached");
+                        }
+                    }
+                    compiled(&bytes)?
                 }
             }
-            compiled(&bytes)?
         }
     };
     let ty = component.component_type();

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use ocipush::{cache, credentials, guest, progress, registry, tls, upload};
+use ocipush::{cache, credentials, guest, interrupt, progress, registry, tls, upload};
 use ocipush_guest::reference::Destination;
 use tracing_subscriber::EnvFilter;
 
@@ -176,7 +176,7 @@ fn main() -> ExitCode {
                 .collect::<Vec<_>>()
                 .join(" ");
             eprintln!("ocipush: error: {message}");
-            ExitCode::FAILURE
+            interrupt::exit_status().map_or(ExitCode::FAILURE, ExitCode::from)
         }
     }
 }
@@ -368,6 +368,7 @@ fn publish(
             None => None,
         },
     };
+    interrupt::catch(rt.handle()).context("catching SIGINT and SIGTERM")?;
     // The guest runs here, outside the runtime: its host calls block on the runtime.
     let progress = progress::Progress::new(options.progress);
     let pushed = match work {

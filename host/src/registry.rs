@@ -209,9 +209,8 @@ impl Api {
     /// One line for a refusal: the status and the registry's own error code and message.
     pub async fn refusal(&self, what: &str, response: Response) -> String {
         let status = response.status();
-        let body = response.bytes().await.unwrap_or_default();
-        let body = &body[..body.len().min(ERROR_BODY_LIMIT)];
-        let detail = serde_json::from_slice::<serde_json::Value>(body)
+        let body = crate::limits::read_capped(response, ERROR_BODY_LIMIT).await;
+        let detail = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|json| {
                 let first = json.get("errors")?.get(0)?.clone();
@@ -426,7 +425,7 @@ fn is_loopback(url: &Url) -> bool {
 
 /// A `WWW-Authenticate` challenge: its scheme, lower-cased, and its parameters (names
 /// lower-cased, values unquoted). Values may be quoted, with commas and escapes inside.
-fn parse_challenge(header: &str) -> (String, Vec<(String, String)>) {
+pub fn parse_challenge(header: &str) -> (String, Vec<(String, String)>) {
     let header = header.trim();
     let (scheme, rest) = header
         .split_once(char::is_whitespace)
@@ -635,7 +634,7 @@ fn one_line(text: &str) -> String {
 }
 
 /// The digests a manifest or index names: its config, layers and sub-manifests.
-pub(crate) fn referenced_digests(body: &[u8]) -> Result<Vec<String>, String> {
+pub fn referenced_digests(body: &[u8]) -> Result<Vec<String>, String> {
     let json: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| format!("refusing to write a manifest that is not JSON: {e}"))?;
     let digest =
@@ -651,6 +650,19 @@ pub(crate) fn referenced_digests(body: &[u8]) -> Result<Vec<String>, String> {
         }
     }
     Ok(digests)
+}
+
+/// How many times a manifest refused by `is_link_race` is sent again.
+const LINK_RACE_RETRIES: u32 = 4;
+
+/// Whether a manifest refusal is distribution's race with a concurrent push of the same blob to
+/// the same repository: it writes a repository's blob link files in place, so a manifest PUT
+/// that reads one mid-write gets DIGEST_INVALID (an empty digest) or MANIFEST_BLOB_UNKNOWN for
+/// a blob this session confirmed. Seen with ten concurrent pushes (tests/hostile.rs); it
+/// passes once the other write ends, so the PUT is tried again, a few times.
+fn is_link_race(refusal: &str) -> bool {
+    refusal.contains("400 Bad Request: DIGEST_INVALID")
+        || refusal.contains(": MANIFEST_BLOB_UNKNOWN")
 }
 
 impl HostState {
@@ -853,6 +865,9 @@ impl HostRepository for HostState {
         let rt = self.rt.clone();
         let repository = self.repository(&repository)?;
         let api = repository.api.clone();
+        if let Err(e) = crate::limits::check_manifest_size(body.len()) {
+            return Ok(Err(e));
+        }
         let referenced = match referenced_digests(&body) {
             Ok(digests) => digests,
             Err(e) => return Ok(Err(e)),
@@ -874,10 +889,20 @@ impl HostRepository for HostState {
                     .header(CONTENT_TYPE, &media_type)
                     .body(body.clone())
             };
-            let response = api.send_retrying(&what, request).await?;
-            if response.status() != StatusCode::CREATED {
-                return Err(api.refusal(&what, response).await);
-            }
+            let mut attempt = 0;
+            let response = loop {
+                let response = api.send_retrying(&what, request).await?;
+                if response.status() == StatusCode::CREATED {
+                    break response;
+                }
+                let refused = api.refusal(&what, response).await;
+                attempt += 1;
+                if attempt > LINK_RACE_RETRIES || !is_link_race(&refused) {
+                    return Err(refused);
+                }
+                tracing::debug!(%refused, attempt, "manifest refused while a concurrent push writes the same blob links: trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(200) * attempt).await;
+            };
             let stored = response
                 .headers()
                 .get("docker-content-digest")
@@ -937,6 +962,18 @@ impl HostRepository for HostState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_blob_link_race_is_tried_again() {
+        assert!(is_link_race("registry r refused manifest a:1: 400 Bad Request: DIGEST_INVALID provided digest did not match uploaded content"));
+        assert!(is_link_race("registry r refused manifest a:1: 400 Bad Request: MANIFEST_BLOB_UNKNOWN blob unknown to registry"));
+        assert!(!is_link_race(
+            "registry r refused manifest a:1: 400 Bad Request: MANIFEST_INVALID manifest invalid"
+        ));
+        assert!(!is_link_race(
+            "registry r refused manifest a:1: 403 Forbidden (unauthorized): DENIED"
+        ));
+    }
 
     #[test]
     fn loopback_is_plain_http_and_everything_else_https() {

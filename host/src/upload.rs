@@ -167,8 +167,23 @@ impl LayerUpload {
             Ok(Ok(encoded)) => encoded,
             Ok(Err(_)) | Err(_) => return Err(self.failure()),
         };
-        let sender = self.sender.take().ok_or("the layer upload already ended")?;
-        match self.rt.block_on(sender) {
+        let mut sender = self.sender.take().ok_or("the layer upload already ended")?;
+        // The rest of the spool can take long to send: Ctrl-C must not wait for it.
+        let sent = self.rt.block_on(async {
+            tokio::select! {
+                sent = &mut sender => Some(sent),
+                _ = crate::interrupt::wait() => None,
+            }
+        });
+        let Some(sent) = sent else {
+            sender.abort();
+            return Err(format!(
+                "interrupted by {} while uploading to registry {}",
+                crate::interrupt::received().unwrap_or("a signal"),
+                self.api.registry
+            ));
+        };
+        match sent {
             Ok(result) => result?,
             Err(e) => {
                 return Err(format!(

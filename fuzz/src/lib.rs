@@ -1,0 +1,209 @@
+//! What each fuzz target does with its input. Shared by the cargo-fuzz targets
+//! (`fuzz/fuzz_targets/`) and by the corpus replay test (`tests/fuzz_corpus.rs`), which runs every
+//! file of `fuzz/corpus/<target>/` through the same function in the normal test command.
+//!
+//! A target may reject its input (every parser returns an error for garbage); it must not panic,
+//! loop, or allocate without bound, and what it accepts must satisfy the asserted invariants.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use ocipush_guest::cache::{self, Cache};
+use ocipush_guest::digest::Digest;
+use ocipush_guest::manifest::{Compression, Encoding};
+use ocipush_guest::reference;
+use ocipush_guest::save::{read_export, Blob, ImageSummary, Layer, LayerEntry};
+
+/// What a target does with one input.
+pub type Target = fn(&[u8]);
+
+/// Every target, by the name of its corpus directory and its cargo-fuzz binary.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("export", export),
+    ("export_metadata", export_metadata),
+    ("reference", reference),
+    ("challenge", challenge),
+    ("docker_config", docker_config),
+    ("manifest", manifest),
+    ("cache_entry", cache_entry),
+    ("image_config", image_config),
+];
+
+/// The two layers of the image the export targets read (any bytes do: layers are not parsed).
+pub const LAYERS: [&[u8]; 2] = [b"first layer of the fuzzed image\n", b"second layer\n"];
+
+/// The config of that image, byte for byte: its sha256 is the image ID.
+pub fn config() -> Vec<u8> {
+    let diff_ids: Vec<String> = LAYERS.iter().map(|l| Digest::of(l).to_string()).collect();
+    format!(
+        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{}","{}"]}}}}"#,
+        diff_ids[0], diff_ids[1]
+    )
+    .into_bytes()
+}
+
+fn image(config: &[u8]) -> ImageSummary {
+    ImageSummary {
+        id: Digest::of(config),
+        diff_ids: LAYERS.iter().map(|l| Digest::of(l)).collect(),
+        size: LAYERS.iter().map(|l| l.len() as u64).sum(),
+        platform: None,
+    }
+}
+
+/// Hashes a layer as the push pipeline does and "publishes" it as its own digest.
+fn drain(entry: LayerEntry<'_>) -> anyhow::Result<Layer> {
+    let mut bytes = Vec::new();
+    // The header may promise more than the input holds: the reader must fail, not wait.
+    entry.data.take(1 << 20).read_to_end(&mut bytes)?;
+    let diff_id = Digest::of(&bytes);
+    Ok(Layer {
+        blob: Blob {
+            digest: diff_id.clone(),
+            size: bytes.len() as u64,
+        },
+        diff_id,
+    })
+}
+
+/// Any bytes as a `docker save` stream of the fixed image. What it accepts must be that image.
+pub fn export(data: &[u8]) {
+    export_accepts(data);
+}
+
+/// Whether `data` reads as an export of the fixed image (asserting it is exactly that image).
+pub fn export_accepts(data: &[u8]) -> bool {
+    let config = config();
+    let image = image(&config);
+    let Ok(saved) = read_export(data, &image, drain) else {
+        return false;
+    };
+    assert_eq!(saved.config, config);
+    let diff_ids: Vec<_> = saved.layers.into_iter().map(|l| l.diff_id).collect();
+    assert_eq!(diff_ids, image.diff_ids);
+    true
+}
+
+/// A valid classic export whose `manifest.json` and config are the input, split at its first
+/// NUL byte: reaches the JSON handling of both. The image ID is the input config's digest.
+pub fn export_metadata(data: &[u8]) {
+    let split = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+    let manifest = &data[..split];
+    let config = data.get(split + 1..).unwrap_or_default();
+    let image = image(config);
+    let config_name = format!("{}.json", image.id.hex());
+    let stream = tar(&[
+        ("aaa/layer.tar", LAYERS[0]),
+        ("bbb/layer.tar", LAYERS[1]),
+        (&config_name, config),
+        ("manifest.json", manifest),
+    ]);
+    if let Ok(saved) = read_export(&stream[..], &image, drain) {
+        assert_eq!(saved.config, config);
+        assert_eq!(saved.layers.len(), 2);
+    }
+}
+
+/// A tar of regular files.
+pub fn tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(data.len() as u64);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o644);
+        builder.append_data(&mut header, path, *data).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+/// A push destination. What parses must print back to itself.
+pub fn reference(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(target) = reference::Target::parse(text) {
+        assert!(!target.registry.is_empty() && !target.repository.is_empty());
+        assert!(!target.tag.is_empty() && target.tag.len() <= 128);
+        let again =
+            reference::Target::parse(&format!("{}:{}", target.repository_url(), target.tag))
+                .expect("a parsed destination prints as a valid one");
+        assert_eq!(again, target);
+    }
+    let _ = reference::Destination::parse(text);
+}
+
+/// An image config, for what the manifest and index take from it (platform, annotations).
+pub fn image_config(data: &[u8]) {
+    if let Ok(platform) = ocipush_guest::config::platform(data) {
+        let _ = format!("{platform:?}");
+    }
+    let _ = ocipush_guest::config::annotations(data);
+}
+
+/// A `WWW-Authenticate` header value.
+pub fn challenge(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (scheme, params) = ocipush::registry::parse_challenge(&text);
+    assert_eq!(scheme, scheme.to_ascii_lowercase());
+    for (name, _) in params {
+        assert!(!name.is_empty() && name == name.to_ascii_lowercase());
+    }
+}
+
+/// A Docker `config.json` or podman `auth.json`, looked up for a few registry names.
+pub fn docker_config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    for registry in ["docker.io", "127.0.0.1:5000", "ghcr.io"] {
+        let _ = ocipush::credentials::parse_docker_config(&text, registry);
+    }
+}
+
+/// A manifest the guest hands the host: the host finds the blobs it names before writing it.
+pub fn manifest(data: &[u8]) {
+    if let Ok(digests) = ocipush::registry::referenced_digests(data) {
+        assert!(digests.len() <= data.len());
+    }
+}
+
+/// A cache entry read back from disk (the cache directory is shared and may be damaged).
+pub fn cache_entry(data: &[u8]) {
+    let config = config();
+    let image = image(&config);
+    let encoding = Encoding::new(Compression::Gzip, 1).unwrap();
+    let mut cache = Everything(data);
+    if let Some(blob) = cache::layer_blob(&mut cache, &image.diff_ids[0], &encoding) {
+        assert!(Digest::parse(blob.digest.as_str(), "digest").is_ok());
+    }
+    if let Some(blob) = cache::image_config(&mut cache, &image) {
+        assert!(Digest::parse(blob.digest.as_str(), "digest").is_ok());
+    }
+}
+
+/// A cache that answers every key with the same bytes.
+struct Everything<'a>(&'a [u8]);
+
+impl Cache for Everything<'_> {
+    fn get(&mut self, _key: &str) -> Option<Vec<u8>> {
+        Some(self.0.to_vec())
+    }
+    fn put(&mut self, _key: &str, _value: &[u8]) {}
+}
+
+/// Files of a corpus directory, by name (for the replay test).
+pub fn corpus(dir: &std::path::Path) -> HashMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().is_file())
+                .map(|e| {
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        std::fs::read(e.path()).unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}

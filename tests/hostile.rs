@@ -1,0 +1,709 @@
+//! Hostile conditions against the real daemon and real registries: ten concurrent pushes sharing
+//! one cache, Ctrl-C (SIGINT/SIGTERM) in the middle of an upload, a registry killed mid-push and
+//! restarted, and registries that answer with oversized headers or with digests and sizes that
+//! do not match what was sent. Faults are injected by a proxy in front of a real registry
+//! (`RegistryProxy`); every image that is pushed is read back and verified through skopeo.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+// ---------------------------------------------------------------------------------------------
+// A fault-injecting proxy in front of a real registry
+// ---------------------------------------------------------------------------------------------
+
+/// What the proxy does to the registry's answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// Pass everything through unchanged.
+    None,
+    /// Add a 1 MiB header to every response.
+    HugeHeader,
+    /// Answer a manifest PUT with another `Docker-Content-Digest` than the registry's.
+    WrongManifestDigest,
+    /// Answer a blob HEAD that finds the blob with a `Content-Length` one byte too large.
+    WrongBlobSize,
+}
+
+/// A TCP proxy on 127.0.0.1 in front of a registry: one request per connection (it asks both
+/// sides to close after it), request bodies optionally throttled, answers optionally altered,
+/// every request line recorded. The registry's address is read per connection, so a test can
+/// restart the registry behind it.
+struct RegistryProxy {
+    address: String,
+    requests: Arc<Mutex<Vec<String>>>,
+    /// Bytes per second for request bodies; 0 for no limit.
+    throttle: Arc<AtomicU64>,
+    fault: Arc<Mutex<Fault>>,
+}
+
+impl RegistryProxy {
+    fn start(upstream: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let throttle = Arc::new(AtomicU64::new(0));
+        let fault = Arc::new(Mutex::new(Fault::None));
+        let (r, t, f, upstream) = (
+            requests.clone(),
+            throttle.clone(),
+            fault.clone(),
+            upstream.to_string(),
+        );
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                let (r, t, f, upstream) = (r.clone(), t.clone(), f.clone(), upstream.clone());
+                std::thread::spawn(move || {
+                    let _ = proxy_one(client, &upstream, &r, &t, &f);
+                });
+            }
+        });
+        Self {
+            address,
+            requests,
+            throttle,
+            fault,
+        }
+    }
+
+    fn set_fault(&self, fault: Fault) {
+        *self.fault.lock().unwrap() = fault;
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// Reads an HTTP head (request or response) up to its blank line.
+fn read_head(reader: &mut impl BufRead) -> std::io::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if line == "\r\n" || line == "\n" {
+            return Ok(lines);
+        }
+        lines.push(line.trim_end().to_string());
+    }
+}
+
+/// The head again, without `Connection` headers, with `Connection: close`.
+fn closing_head(lines: &[String], extra: &str) -> String {
+    let mut head = format!("{}\r\n", lines[0]);
+    for line in &lines[1..] {
+        let name = line.split(':').next().unwrap_or("").trim();
+        if !name.eq_ignore_ascii_case("connection") && !name.eq_ignore_ascii_case("keep-alive") {
+            head += &format!("{line}\r\n");
+        }
+    }
+    head + extra + "Connection: close\r\n\r\n"
+}
+
+fn proxy_one(
+    client: TcpStream,
+    upstream: &str,
+    requests: &Mutex<Vec<String>>,
+    throttle: &AtomicU64,
+    fault: &Mutex<Fault>,
+) -> std::io::Result<()> {
+    let mut from_client = BufReader::new(client.try_clone()?);
+    let request = read_head(&mut from_client)?;
+    let request_line = request[0].clone();
+    requests.lock().unwrap().push(request_line.clone());
+    let mut registry = TcpStream::connect(upstream)?;
+    registry.write_all(closing_head(&request, "").as_bytes())?;
+
+    // The request body, as it comes (a streamed PATCH has no length), throttled if asked.
+    let mut to_registry = registry.try_clone()?;
+    let rate = throttle.load(Ordering::SeqCst);
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 16 << 10];
+        loop {
+            let n = match from_client.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if to_registry.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            if rate > 0 {
+                std::thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
+            }
+        }
+    });
+
+    let mut from_registry = BufReader::new(registry);
+    let mut response = read_head(&mut from_registry)?;
+    let fault = *fault.lock().unwrap();
+    let method = request_line.split(' ').next().unwrap_or("");
+    let ok = response[0].contains(" 200 ") || response[0].contains(" 201 ");
+    let mut extra = String::new();
+    match fault {
+        Fault::HugeHeader => extra = format!("X-Filler: {}\r\n", "f".repeat(1 << 20)),
+        Fault::WrongManifestDigest if method == "PUT" && request_line.contains("/manifests/") => {
+            for line in &mut response {
+                if line
+                    .to_ascii_lowercase()
+                    .starts_with("docker-content-digest:")
+                {
+                    *line = format!("Docker-Content-Digest: sha256:{}", "0".repeat(64));
+                }
+            }
+        }
+        Fault::WrongBlobSize if method == "HEAD" && request_line.contains("/blobs/") && ok => {
+            for line in &mut response {
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    let size: u64 = value.trim().parse().unwrap_or(0);
+                    *line = format!("Content-Length: {}", size + 1);
+                }
+            }
+        }
+        _ => {}
+    }
+    let mut to_client = client;
+    to_client.write_all(closing_head(&response, &extra).as_bytes())?;
+    if method != "HEAD" {
+        std::io::copy(&mut from_registry, &mut to_client)?;
+    }
+    to_client.flush()?;
+    let _ = to_client.shutdown(Shutdown::Both);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registries this file starts, images it builds, ocipush runs it watches
+// ---------------------------------------------------------------------------------------------
+
+/// A `docker-registry serve` on a fixed port with its storage in a temp dir, which a test can
+/// kill (by pid) and start again on the same port and storage.
+struct Registry {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Self {
+        let mut registry = Self {
+            child: None,
+            port: 0,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        for _ in 0..5 {
+            registry.port = closed_port();
+            if registry.serve() {
+                return registry;
+            }
+        }
+        panic!("docker-registry did not start");
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the registry on its port and storage; false if it did not come up.
+    fn serve(&mut self) -> bool {
+        let config = format!(
+            "version: 0.1\nlog: {{level: warn, formatter: text}}\nstorage:\n  filesystem: {{rootdirectory: \"{}\"}}\n  delete: {{enabled: true}}\nhttp:\n  addr: 127.0.0.1:{}\n  secret: ocipush-test-not-a-secret\n",
+            self.dir.path().join("data").display(),
+            self.port
+        );
+        let path = self.dir.path().join("config.yml");
+        std::fs::write(&path, config).unwrap();
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("registry.log"))
+            .unwrap();
+        let mut child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry (run ./scripts/test.sh, which installs it)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                self.child = Some(child);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// SIGKILL to this registry's pid: no shutdown, as in a crash.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Builds `FROM base` (or scratch) plus one COPY of `bytes`, as `tag`.
+fn build_image(tag: &str, base: Option<&str>, files: &[(&str, &[u8])]) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut dockerfile = format!("FROM {}\n", base.unwrap_or("scratch"));
+    for (name, bytes) in files {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+        dockerfile += &format!("COPY {name} /{name}\n");
+    }
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
+    docker_build(tag, dir.path());
+}
+
+/// An ocipush push started in the background, its stderr (JSON progress) read line by line.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: Vec<String>,
+}
+
+impl Running {
+    fn start(source: &str, dest: &str, envs: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(ocipush_bin());
+        command
+            .args(["push", source, dest, "--progress", "json"])
+            .env("DOCKER_HOST", services().docker_host)
+            .env_remove("OCIPUSH_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            child,
+            lines,
+            stderr: Vec::new(),
+        }
+    }
+
+    /// Waits until `proxy` has seen a layer's bytes start on their way to `repository` (a PATCH
+    /// to its upload session), and a moment more.
+    fn wait_until_uploading(&mut self, proxy: &RegistryProxy, repository: &str) {
+        let patch = format!("PATCH /v2/{repository}/blobs/uploads/");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            while let Ok(line) = self.lines.try_recv() {
+                self.stderr.push(line);
+            }
+            if proxy.requests().iter().any(|r| r.starts_with(&patch)) {
+                std::thread::sleep(Duration::from_millis(500));
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "ocipush ended ({status}) before uploading:\n{}",
+                    self.stderr.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "no upload started within 2 minutes:\n{}",
+            self.stderr.join("\n")
+        );
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the exit (at most `limit`); returns the exit code and the full stderr.
+    fn finish(mut self, limit: Duration) -> (Option<i32>, Vec<String>) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // The reader thread ends with the pipe.
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+                    self.stderr.push(line);
+                }
+                return (status.code(), self.stderr);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "ocipush did not exit within {limit:?}:\n{}",
+                    self.stderr.join("\n")
+                );
+            }
+            while let Ok(line) = self.lines.try_recv() {
+                self.stderr.push(line);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The cache is whole: no temporary file left, every entry a whole JSON document (a record naming
+/// a digest, or a cached image config), every compiled guest's checksum intact.
+fn assert_cache_intact(dir: &Path) {
+    let mut entries = 0;
+    for sub in ["kv", "guest"] {
+        let Ok(files) = std::fs::read_dir(dir.join(sub)) else {
+            continue;
+        };
+        for file in files {
+            let path = file.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(!name.ends_with(".tmp"), "a temporary file was left: {name}");
+            let bytes = std::fs::read(&path).unwrap();
+            if sub == "kv" {
+                let json: serde_json::Value = serde_json::from_slice(&bytes)
+                    .unwrap_or_else(|e| panic!("cache entry {name} is damaged: {e}"));
+                // Records name a digest; cached configs are the daemon's config, whole.
+                assert!(
+                    json["digest"].as_str().is_some_and(is_sha256_digest)
+                        || json["rootfs"]["diff_ids"].is_array(),
+                    "{name}: {json}"
+                );
+                entries += 1;
+            } else if name.ends_with(".cwasm") {
+                assert!(
+                    bytes.len() > 32 && bytes[..32] == *hex_decode(&sha256_hex(&bytes[32..])),
+                    "compiled guest {name} is damaged"
+                );
+            }
+        }
+    }
+    assert!(
+        entries > 0,
+        "the pushes recorded nothing in {}",
+        dir.display()
+    );
+}
+
+fn hex_decode(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// A layer that does not compress: uploads take as long as the bytes say.
+fn incompressible(n: usize) -> Vec<u8> {
+    random_bytes(n)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+/// Ten ocipush processes push ten images that share two base layers into three repositories of
+/// one registry at once, with one cold cache directory. All succeed, each image reads back
+/// through skopeo with every digest verified, the guest is compiled once, the cache is whole,
+/// and ten repeat pushes, again at once, export nothing and give the same digests.
+#[test]
+fn ten_concurrent_pushes_share_one_cache() {
+    let registry = services().registry;
+    let name = unique("concurrent");
+    let base = format!("{name}-base:1");
+    build_image(
+        &base,
+        None,
+        &[
+            ("shared.bin", &incompressible(3 << 20)),
+            ("common.txt", b"shared by all ten\n"),
+        ],
+    );
+    let images: Vec<String> = (0..10)
+        .map(|i| {
+            let tag = format!("{name}-{i}:1");
+            build_image(
+                &tag,
+                Some(&base),
+                &[("own.bin", &incompressible((256 << 10) + i))],
+            );
+            tag
+        })
+        .collect();
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().to_str().unwrap().to_string();
+    let dest = |i: usize| format!("{registry}/{name}-repo{}/app:{i}", i % 3);
+
+    let push_all = |progress: &'static str| {
+        let handles: Vec<_> = (0..10)
+            .map(|i| {
+                let (source, dest, cache_dir) = (images[i].clone(), dest(i), cache_dir.clone());
+                std::thread::spawn(move || {
+                    push_with(
+                        &source,
+                        &dest,
+                        progress,
+                        &[
+                            ("OCIPUSH_CACHE_DIR", cache_dir.as_str()),
+                            ("OCIPUSH_LOG", "ocipush=debug"),
+                        ],
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    };
+
+    let first = push_all("none");
+    let digests: Vec<String> = first
+        .iter()
+        .enumerate()
+        .map(|(i, pushed)| pushed.expect_success(&dest(i)))
+        .collect();
+    let compiles = first
+        .iter()
+        .filter(|p| p.stderr.contains("compiling the guest"))
+        .count();
+    assert_eq!(
+        compiles, 1,
+        "ten pushes on a cold cache compile the guest once"
+    );
+    for (i, digest) in digests.iter().enumerate() {
+        copy_to_oci_layout_and_verify(&dest(i), digest, &rootfs_layers(&images[i]));
+    }
+    assert_cache_intact(cache.path());
+
+    let again = push_all("json");
+    for (i, pushed) in again.iter().enumerate() {
+        assert_eq!(pushed.expect_success(&dest(i)), digests[i]);
+        assert!(
+            pushed.stderr.contains("\"event\":\"layer-skipped\"")
+                && !pushed.stderr.contains("\"event\":\"layer-started\""),
+            "a repeat push with a warm shared cache exports nothing\n{}",
+            pushed.describe()
+        );
+    }
+    assert_cache_intact(cache.path());
+}
+
+/// SIGINT, then SIGTERM, in the middle of a layer upload (slowed by the proxy): ocipush exits
+/// with 130 / 143 and one line, writes no tag, cancels its upload session (DELETE), leaves the
+/// cache whole; a re-run completes and the image verifies.
+#[test]
+fn an_interrupted_push_leaves_no_tag_and_a_rerun_completes() {
+    let registry = services().registry;
+    let name = unique("interrupted");
+    let image = format!("{name}:1");
+    build_image(&image, None, &[("big.bin", &incompressible(24 << 20))]);
+    let proxy = RegistryProxy::start(&registry);
+    proxy.throttle.store(2 << 20, Ordering::SeqCst);
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().to_str().unwrap();
+    let dest = format!("{}/{name}/app:1", proxy.address);
+    // Compile the guest first, so the interrupted runs are interrupted while uploading.
+    run_ok(
+        Command::new(ocipush_bin())
+            .args(["guest", "info"])
+            .env("OCIPUSH_CACHE_DIR", cache_dir),
+    );
+
+    let cancelled = format!("DELETE /v2/{name}/app/blobs/uploads/");
+    for (run, (signal, code)) in [("INT", 130), ("TERM", 143)].into_iter().enumerate() {
+        let mut running = Running::start(&image, &dest, &[("OCIPUSH_CACHE_DIR", cache_dir)]);
+        running.wait_until_uploading(&proxy, &format!("{name}/app"));
+        running.signal(signal);
+        // Well within the 10 s grace after which ocipush exits without cleaning up.
+        let started = Instant::now();
+        let (exit, stderr) = running.finish(Duration::from_secs(60));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            started.elapsed()
+        );
+        let last = stderr.last().cloned().unwrap_or_default();
+        assert_eq!(exit, Some(code), "SIG{signal}:\n{}", stderr.join("\n"));
+        assert!(
+            last.starts_with(&format!("ocipush: error: interrupted by SIG{signal}")),
+            "{last}"
+        );
+        assert_eq!(
+            stderr
+                .iter()
+                .filter(|l| l.starts_with("ocipush: error:"))
+                .count(),
+            1
+        );
+        assert_tag_absent(&registry, &format!("{name}/app"), "1");
+        let requests = proxy.requests();
+        let deletes: Vec<_> = requests
+            .iter()
+            .filter(|r| r.starts_with(&cancelled))
+            .collect();
+        assert_eq!(
+            deletes.len(),
+            run + 1,
+            "the upload session is cancelled: {requests:#?}"
+        );
+        // The registry forgot the session.
+        let session = deletes[run].split(' ').nth(1).unwrap();
+        let status = registry_status(&registry, session);
+        assert_eq!(status, 404, "upload session {session} still exists");
+        assert_cache_intact_or_empty(cache.path());
+    }
+
+    proxy.throttle.store(0, Ordering::SeqCst);
+    let pushed = push_with(&image, &dest, "none", &[("OCIPUSH_CACHE_DIR", cache_dir)]);
+    let digest = pushed.expect_success(&dest);
+    copy_to_oci_layout_and_verify(
+        &format!("{registry}/{name}/app:1"),
+        &digest,
+        &rootfs_layers(&image),
+    );
+    assert_cache_intact(cache.path());
+}
+
+/// After an interrupted first push nothing may be recorded yet; what is there must be whole.
+fn assert_cache_intact_or_empty(dir: &Path) {
+    if std::fs::read_dir(dir.join("kv")).is_ok_and(|mut d| d.next().is_some()) {
+        assert_cache_intact(dir);
+    }
+}
+
+/// The HTTP status of `GET path` on a registry.
+fn registry_status(registry: &str, path: &str) -> u16 {
+    let mut conn = TcpStream::connect(registry).unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {registry}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = String::new();
+    BufReader::new(conn).read_line(&mut head).unwrap();
+    head.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {head:?}"))
+}
+
+/// The registry is killed (SIGKILL, by pid) while a layer uploads: the push fails with one line
+/// and writes no tag. The registry comes back on the same port and storage, and a re-run
+/// completes and verifies through skopeo. (Whether the first run retries or not, it cannot
+/// succeed while the registry is down; the re-run must.)
+#[test]
+fn a_registry_killed_mid_push_and_restarted_gets_the_image_on_a_rerun() {
+    let mut registry = Registry::start();
+    let name = unique("killed");
+    let image = format!("{name}:1");
+    build_image(&image, None, &[("big.bin", &incompressible(24 << 20))]);
+    let proxy = RegistryProxy::start(&registry.address());
+    proxy.throttle.store(2 << 20, Ordering::SeqCst);
+    let dest = format!("{}/{name}/app:1", proxy.address);
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().to_str().unwrap();
+
+    let mut running = Running::start(&image, &dest, &[("OCIPUSH_CACHE_DIR", cache_dir)]);
+    running.wait_until_uploading(&proxy, &format!("{name}/app"));
+    registry.kill();
+    // Long enough for any retries with backoff to give up.
+    let (exit, stderr) = running.finish(Duration::from_secs(240));
+    assert_eq!(exit, Some(1), "{}", stderr.join("\n"));
+    let errors: Vec<_> = stderr
+        .iter()
+        .filter(|l| l.starts_with("ocipush: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", stderr.join("\n"));
+    assert!(
+        errors[0].contains(&proxy.address),
+        "names the registry: {}",
+        errors[0]
+    );
+
+    assert!(
+        registry.serve(),
+        "the registry did not come back on its port"
+    );
+    assert_tag_absent(&registry.address(), &format!("{name}/app"), "1");
+    proxy.throttle.store(0, Ordering::SeqCst);
+    let pushed = push_with(&image, &dest, "none", &[("OCIPUSH_CACHE_DIR", cache_dir)]);
+    let digest = pushed.expect_success(&dest);
+    copy_to_oci_layout_and_verify(
+        &format!("{}/{name}/app:1", registry.address()),
+        &digest,
+        &rootfs_layers(&image),
+    );
+    assert_cache_intact(cache.path());
+}
+
+/// Registries that misbehave in what they answer: a 1 MiB response header, a manifest digest
+/// that is not the digest of what was sent, a blob size that is not the blob's. Each push fails
+/// with one line saying so, and no tag is written.
+#[test]
+fn registry_answers_that_do_not_match_fail_the_push() {
+    let registry = services().registry;
+    let name = unique("lying");
+    let image = format!("{name}:1");
+    build_image(&image, None, &[("a.bin", &incompressible(64 << 10))]);
+    let proxy = RegistryProxy::start(&registry);
+    let dest = format!("{}/{name}/app:1", proxy.address);
+    let cache = tempfile::tempdir().unwrap();
+    let envs = [("OCIPUSH_CACHE_DIR", cache.path().to_str().unwrap())];
+
+    proxy.set_fault(Fault::HugeHeader);
+    let line = push_with(&image, &dest, "none", &envs).expect_failure();
+    assert!(
+        line.contains(&format!("registry {}", proxy.address)) && line.contains("too large"),
+        "{line}"
+    );
+
+    proxy.set_fault(Fault::WrongManifestDigest);
+    let line = push_with(&image, &dest, "none", &envs).expect_failure();
+    assert!(line.contains("not the digest of what was sent"), "{line}");
+    // The real registry did store it (that is the lie): the tag exists there, but ocipush
+    // reported failure rather than a digest it cannot vouch for.
+
+    // Now every blob is in the repository: a push HEADs them, and they report the wrong size.
+    let fresh = format!("{}/{name}/app:2", proxy.address);
+    proxy.set_fault(Fault::WrongBlobSize);
+    let line = push_with(&image, &fresh, "none", &envs).expect_failure();
+    assert!(line.contains("bytes, but it is"), "{line}");
+    assert_tag_absent(&registry, &format!("{name}/app"), "2");
+
+    proxy.set_fault(Fault::None);
+    let digest = push_with(&image, &fresh, "none", &envs).expect_success(&fresh);
+    copy_to_oci_layout_and_verify(
+        &format!("{registry}/{name}/app:2"),
+        &digest,
+        &rootfs_layers(&image),
+    );
+}
