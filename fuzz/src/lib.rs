@@ -12,7 +12,7 @@ use ocipush_guest::cache::{self, Cache};
 use ocipush_guest::digest::Digest;
 use ocipush_guest::manifest::{Compression, Encoding};
 use ocipush_guest::reference;
-use ocipush_guest::save::{read_export, Blob, ImageSummary, Layer, LayerEntry};
+use ocipush_guest::save::{read_export, Blob, ImageSummary, Layer, LayerEntry, Publish};
 
 /// What a target does with one input.
 pub type Target = fn(&[u8]);
@@ -51,19 +51,36 @@ fn image(config: &[u8]) -> ImageSummary {
     }
 }
 
-/// Hashes a layer as the push pipeline does and "publishes" it as its own digest.
-fn drain(entry: LayerEntry<'_>) -> anyhow::Result<Layer> {
-    let mut bytes = Vec::new();
-    // The header may promise more than the input holds: the reader must fail, not wait.
-    entry.data.take(1 << 20).read_to_end(&mut bytes)?;
-    let diff_id = Digest::of(&bytes);
-    Ok(Layer {
-        blob: Blob {
-            digest: diff_id.clone(),
+/// Hashes layers and blobs as the push pipeline does and "publishes" each as its own digest.
+struct Drain;
+
+impl Drain {
+    fn read(entry: LayerEntry<'_>) -> anyhow::Result<Blob> {
+        let mut bytes = Vec::new();
+        // The header may promise more than the input holds: the reader must fail, not wait.
+        entry.data.take(1 << 20).read_to_end(&mut bytes)?;
+        Ok(Blob {
+            digest: Digest::of(&bytes),
             size: bytes.len() as u64,
-        },
-        diff_id,
-    })
+        })
+    }
+}
+
+impl Publish for Drain {
+    fn layer(&mut self, entry: LayerEntry<'_>) -> anyhow::Result<Layer> {
+        let blob = Self::read(entry)?;
+        Ok(Layer {
+            diff_id: blob.digest.clone(),
+            blob,
+            media_type: None,
+        })
+    }
+
+    fn blob(&mut self, entry: LayerEntry<'_>, digest: &Digest) -> anyhow::Result<Blob> {
+        let blob = Self::read(entry)?;
+        anyhow::ensure!(&blob.digest == digest, "blob does not hash to its name");
+        Ok(blob)
+    }
 }
 
 /// Any bytes as a `docker save` stream of the fixed image. What it accepts must be that image.
@@ -75,7 +92,7 @@ pub fn export(data: &[u8]) {
 pub fn export_accepts(data: &[u8]) -> bool {
     let config = config();
     let image = image(&config);
-    let Ok(saved) = read_export(data, &image, drain) else {
+    let Ok(saved) = read_export(data, &image, &mut Drain) else {
         return false;
     };
     assert_eq!(saved.config, config);
@@ -98,7 +115,7 @@ pub fn export_metadata(data: &[u8]) {
         (&config_name, config),
         ("manifest.json", manifest),
     ]);
-    if let Ok(saved) = read_export(&stream[..], &image, drain) {
+    if let Ok(saved) = read_export(&stream[..], &image, &mut Drain) {
         assert_eq!(saved.config, config);
         assert_eq!(saved.layers.len(), 2);
     }
