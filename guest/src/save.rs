@@ -185,7 +185,12 @@ pub fn read_export(
     let config = metadata
         .remove(&config_path)
         .with_context(|| format!("the export's manifest.json names config {config_path}, which the export does not contain"))?;
-    check_config(&config, image, metadata.contains_key("index.json"))?;
+    check_config(
+        &config,
+        &config_path,
+        image,
+        metadata.contains_key("index.json"),
+    )?;
 
     if manifest.layers.len() != image.diff_ids.len() {
         bail!(
@@ -376,15 +381,27 @@ struct RootFs {
     diff_ids: Vec<String>,
 }
 
-/// The config must list exactly the daemon's diff IDs and, except where the image ID names a
-/// manifest (the containerd store's OCI export), hash to the image ID.
-fn check_config(config: &[u8], image: &ImageSummary, oci_export: bool) -> Result<()> {
+/// The config must list exactly the daemon's diff IDs and hash to the image ID, except where
+/// the image ID names a manifest (the containerd store's OCI export): there it must hash to the
+/// digest it is stored under (`blobs/sha256/<hex>`), as every blob of an OCI layout does.
+fn check_config(config: &[u8], path: &str, image: &ImageSummary, oci_export: bool) -> Result<()> {
     let digest = Digest::of(config);
-    if digest != image.id && !oci_export {
-        bail!(
-            "digest mismatch: the exported config hashes to {digest} but the image ID is {}",
-            image.id
-        );
+    if digest != image.id {
+        let stored_as = path
+            .strip_prefix("blobs/sha256/")
+            .and_then(Digest::from_hex);
+        if !oci_export {
+            bail!(
+                "digest mismatch: the exported config hashes to {digest} but the image ID is {}",
+                image.id
+            );
+        }
+        if stored_as.as_ref() != Some(&digest) {
+            bail!(
+                "digest mismatch: the exported config {path} hashes to {digest}, which is neither the image ID {} nor the digest it is stored under",
+                image.id
+            );
+        }
     }
     let parsed: ConfigRootfs = serde_json::from_slice(config)
         .context("the exported image config has no valid rootfs.diff_ids")?;
@@ -526,6 +543,40 @@ mod tests {
         let (saved, seen) = read(&stream, &summary(&f)).unwrap();
         check(&saved, &f);
         assert_eq!(seen.len(), 2);
+    }
+
+    /// Found by the `export` fuzz target: an OCI export's config was not checked at all (its
+    /// image ID may name a manifest), so a tampered config with the right diff IDs passed.
+    #[test]
+    fn an_oci_export_config_must_hash_to_its_blob_name() {
+        let f = fixture();
+        let blob = |d: &Digest| format!("blobs/sha256/{}", d.hex());
+        let tampered = String::from_utf8(f.config.clone())
+            .unwrap()
+            .replace("amd64", "arm64")
+            .into_bytes();
+        assert_ne!(tampered, f.config);
+        let manifest = manifest_json(
+            &blob(&f.id),
+            &[&blob(&f.diff_ids[0]), &blob(&f.diff_ids[1])],
+        );
+        let stream = tar(&[
+            Item::File(&blob(&f.diff_ids[0]), &f.layers[0]),
+            Item::File(&blob(&f.diff_ids[1]), &f.layers[1]),
+            Item::File(&blob(&f.id), &tampered),
+            Item::File("index.json", b"{}"),
+            Item::File("manifest.json", &manifest),
+        ]);
+        // The image ID names a manifest, as on the containerd store.
+        let image = ImageSummary {
+            id: Digest::of(b"a manifest"),
+            ..summary(&f)
+        };
+        let err = read(&stream, &image).unwrap_err().to_string();
+        assert!(
+            err.contains("digest mismatch") && err.contains("nor the digest it is stored under"),
+            "{err}"
+        );
     }
 
     #[test]
