@@ -53,14 +53,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     written
 }
 
-/// An exclusive lock on `PATH.lock` (the file stays; the lock goes with the process, however
-/// it ends), for work that concurrent processes should do once. `None` if it cannot be taken:
-/// the caller then works unlocked, which costs time, not correctness.
-pub fn lock(path: &Path) -> Option<std::fs::File> {
-    let mut name = path.file_name()?.to_owned();
-    name.push(".lock");
-    std::fs::create_dir_all(path.parent()?).ok()?;
-    let file = std::fs::File::create(path.with_file_name(name)).ok()?;
+/// An exclusive lock named `name` in the cache directory's `locks/` (the file stays; the lock
+/// goes with the process, however it ends), for work that concurrent processes should do once.
+/// `None` if it cannot be taken: the caller then works unlocked, which costs time, not
+/// correctness.
+pub fn lock(dir: &Path, name: &str) -> Option<std::fs::File> {
+    let locks = dir.join("locks");
+    std::fs::create_dir_all(&locks).ok()?;
+    let file = std::fs::File::create(locks.join(format!("{name}.lock"))).ok()?;
     file.lock().ok()?;
     Some(file)
 }
@@ -113,9 +113,8 @@ mod tests {
     #[test]
     fn a_lock_is_held_until_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("guest/x.cwasm");
-        let held = lock(&path).unwrap();
-        let other = std::fs::File::open(dir.path().join("guest/x.cwasm.lock")).unwrap();
+        let held = lock(dir.path(), "guest").unwrap();
+        let other = std::fs::File::open(dir.path().join("locks/guest.lock")).unwrap();
         assert!(other.try_lock().is_err(), "a second holder must wait");
         drop(held);
         assert!(other.try_lock().is_ok());

@@ -521,7 +521,7 @@ fn load_component(engine: &Engine, guest: &Guest, cache_dir: Option<&Path>) -> R
         None => {
             // Pushes that start together on a cold cache: one compiles, the others wait for
             // its file instead of all compiling at once.
-            let _lock = path.as_deref().and_then(crate::cache::lock);
+            let _lock = cache_dir.and_then(|dir| crate::cache::lock(dir, "guest"));
             match cached() {
                 Some(component) => component,
                 None => {
