@@ -656,3 +656,71 @@ fn oci_layout_source_pushes_its_blobs_as_they_are() {
     assert!(line.contains("digest mismatch"), "{line}");
     assert_tag_absent(&s.registry, &format!("{repo}-tampered"), "v1");
 }
+
+#[test]
+fn a_zstd_push_is_pulled_back_by_podman() {
+    let s = services();
+    let podman = std::env::var("OCIPUSH_TEST_PODMAN_HOST")
+        .expect("OCIPUSH_TEST_PODMAN_HOST is not set: run ./scripts/test.sh (services.sh starts podman's service)");
+    let socket = podman.strip_prefix("unix://").unwrap().to_string();
+    let name = unique("zstd-podman");
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("a.bin"), random_bytes(300_000)).unwrap();
+    std::fs::write(ctx.path().join("b.txt"), "zstd for podman\n".repeat(5000)).unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY a.bin /a.bin\nCOPY b.txt /b.txt\n",
+    )
+    .unwrap();
+    let tag = format!("{name}:1.0");
+    docker_build(&tag, ctx.path());
+    let (id, diff_ids) = (image_id(&tag), rootfs_layers(&tag));
+    let reference = format!("{}/sources/{name}:zstd", s.registry);
+    push_args(&tag, &reference, "none", &["--compression", "zstd"], &[]).expect_success(&reference);
+    let manifest = skopeo_raw_manifest(&reference);
+    for layer in manifest["layers"].as_array().unwrap() {
+        assert_eq!(layer["mediaType"], OCI_LAYER_ZSTD, "{manifest}");
+    }
+
+    // podman pulls it through its own API: it decompresses each zstd layer and checks it
+    // against the config's diff IDs.
+    let api = |method: &str, path: &str, query: &[(&str, &str)]| {
+        let mut c = Command::new("curl");
+        c.args([
+            "-sS",
+            "--fail-with-body",
+            "--max-time",
+            "120",
+            "--unix-socket",
+            &socket,
+        ])
+        .args(["-X", method, "-G"]);
+        for (k, v) in query {
+            c.args(["--data-urlencode", &format!("{k}={v}")]);
+        }
+        c.arg(format!("http://podman/v4.0.0/libpod/{path}"));
+        run_ok(&mut c)
+    };
+    let pulled = api(
+        "POST",
+        "images/pull",
+        &[
+            ("reference", &reference),
+            ("tlsVerify", "false"),
+            ("quiet", "true"),
+        ],
+    );
+    assert!(!pulled.contains("\"error\""), "podman's pull: {pulled}");
+    let inspect: Value =
+        serde_json::from_str(&api("GET", &format!("images/{reference}/json"), &[])).unwrap();
+    assert_eq!(
+        inspect["RootFS"]["Layers"],
+        serde_json::json!(diff_ids),
+        "{inspect}"
+    );
+    assert_eq!(
+        format!("sha256:{}", inspect["Id"].as_str().unwrap_or("")),
+        id,
+        "podman's image ID is the config digest: {inspect}"
+    );
+}
