@@ -127,24 +127,14 @@ pub fn push(
 
     // The manifest, last: every blob it names is in the registry now.
     let media_type = settings.format.manifest_media_type();
-    let digest = write_manifest(
+    tag(
         &mut repository,
         &destination,
-        destination.tag(),
         media_type,
         &manifest.body,
-    )?;
-    progress.report(Event::ManifestDone {
-        reference: destination.tag().to_string(),
-        digest: digest.clone(),
-    });
-    if settings.verify {
-        verify(&mut repository, &destination, &digest, progress)?;
-    }
-    Ok(Pushed {
-        digest,
-        repository: destination.location(),
-    })
+        settings,
+        progress,
+    )
 }
 
 /// Pushes several images and then an image index naming each image's manifest with the
@@ -222,24 +212,14 @@ pub fn push_index(
 
     let index = image_index(settings.format, &manifests, &settings.annotations)?;
     let media_type = settings.format.index_media_type();
-    let digest = write_manifest(
+    tag(
         &mut repository,
         &destination,
-        destination.tag(),
         media_type,
         &index,
-    )?;
-    progress.report(Event::ManifestDone {
-        reference: destination.tag().to_string(),
-        digest: digest.clone(),
-    });
-    if settings.verify {
-        verify(&mut repository, &destination, &digest, progress)?;
-    }
-    Ok(Pushed {
-        digest,
-        repository: destination.location(),
-    })
+        settings,
+        progress,
+    )
 }
 
 /// An image's manifest, ready to write, and the config it names.
@@ -300,6 +280,30 @@ fn publish_blobs_and_manifest(
     Ok(ImageManifest {
         body,
         config: config.bytes,
+    })
+}
+
+/// Writes a manifest or index under the destination's tag (the last write of a push), and
+/// reads it back when asked to verify.
+fn tag(
+    repository: &mut impl BlobSink,
+    destination: &Destination,
+    media_type: &str,
+    body: &[u8],
+    settings: &Settings,
+    progress: &mut impl ProgressSink,
+) -> Result<Pushed> {
+    let digest = write_manifest(repository, destination, destination.tag(), media_type, body)?;
+    progress.report(Event::ManifestDone {
+        reference: destination.tag().to_string(),
+        digest: digest.clone(),
+    });
+    if settings.verify {
+        verify(repository, destination, &digest, progress)?;
+    }
+    Ok(Pushed {
+        digest,
+        repository: destination.location(),
     })
 }
 
