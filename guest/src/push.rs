@@ -894,6 +894,23 @@ mod tests {
         push(request, source, &mut registry.clone(), cache, events)
     }
 
+    /// Runs a push that must fail before any traffic, and returns its error: the registry saw
+    /// no call and the source exported nothing.
+    fn refused_before_traffic(request: &PushRequest, mut source: Memory) -> String {
+        let registry = MemoryRegistry::default();
+        let err = run(
+            request,
+            &mut source,
+            &registry,
+            &mut MemoryCache::default(),
+            &mut Events::default(),
+        )
+        .unwrap_err();
+        assert!(registry.0.borrow().calls.is_empty(), "{err}");
+        assert_eq!(source.exports, 0, "{err}");
+        err.to_string()
+    }
+
     #[test]
     fn pushes_layers_then_config_then_manifest() {
         let f = fixture();
@@ -1050,39 +1067,18 @@ mod tests {
         let f = fixture();
         let mut image = summary(&f);
         image.diff_ids = vec![f.diff_ids[0].clone(); crate::limits::LAYER_LIMIT + 1];
-        let mut source = Memory::new(classic_export(&f), image);
-        let registry = MemoryRegistry::default();
-        let err = run(
-            &request(),
-            &mut source,
-            &registry,
-            &mut MemoryCache::default(),
-            &mut Events::default(),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("1001 layers"), "{err}");
-        assert!(registry.0.borrow().calls.is_empty());
-        assert_eq!(source.exports, 0);
+        let err = refused_before_traffic(&request(), Memory::new(classic_export(&f), image));
+        assert!(err.contains("1001 layers"), "{err}");
     }
 
     #[test]
     fn a_bad_destination_is_refused_before_any_traffic() {
         let f = fixture();
-        let mut source = Memory::new(classic_export(&f), summary(&f));
-        let registry = MemoryRegistry::default();
         let request = PushRequest {
             destination: "127.0.0.1:5000/App".into(),
             ..request()
         };
-        assert!(run(
-            &request,
-            &mut source,
-            &registry,
-            &mut MemoryCache::default(),
-            &mut Events::default()
-        )
-        .is_err());
-        assert!(registry.0.borrow().calls.is_empty());
+        refused_before_traffic(&request, Memory::new(classic_export(&f), summary(&f)));
     }
 
     #[test]
@@ -1193,8 +1189,6 @@ mod tests {
     #[test]
     fn zstd_with_docker_format_is_refused_before_any_traffic() {
         let f = fixture();
-        let mut source = Memory::new(classic_export(&f), summary(&f));
-        let registry = MemoryRegistry::default();
         let request = PushRequest {
             settings: Settings {
                 format: Format::Docker,
@@ -1203,17 +1197,8 @@ mod tests {
             },
             ..request()
         };
-        let err = run(
-            &request,
-            &mut source,
-            &registry,
-            &mut MemoryCache::default(),
-            &mut Events::default(),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("zstd"), "{err}");
-        assert!(registry.0.borrow().calls.is_empty());
-        assert_eq!(source.exports, 0);
+        let err = refused_before_traffic(&request, Memory::new(classic_export(&f), summary(&f)));
+        assert!(err.contains("zstd"), "{err}");
     }
 
     #[test]
