@@ -314,7 +314,7 @@ impl<F: RandomAccess + 'static> ImageSource for Archive<F> {
         if compressed {
             for path in self.manifests_of(&index, &Digest::of(&config))? {
                 let bytes = self.read_small(&index, &path)?;
-                parts.extend(file_parts(&path, bytes.len() as u64, Part::Bytes(bytes))?);
+                parts.extend(bytes_parts(&path, bytes)?);
             }
         }
         let save_manifest = serde_json::to_vec(&serde_json::json!([{
@@ -329,16 +329,8 @@ impl<F: RandomAccess + 'static> ImageSource for Archive<F> {
             // From the config itself: the tarball's word is the config.
             platform: crate::config::platform(&config).ok(),
         };
-        parts.extend(file_parts(
-            &config_path,
-            config.len() as u64,
-            Part::Bytes(config),
-        )?);
-        parts.extend(file_parts(
-            "manifest.json",
-            save_manifest.len() as u64,
-            Part::Bytes(save_manifest),
-        )?);
+        parts.extend(bytes_parts(&config_path, config)?);
+        parts.extend(bytes_parts("manifest.json", save_manifest)?);
         parts.push(Part::Bytes(vec![0; 1024])); // the end of the tar
         self.chosen = Some(Chosen {
             summary: summary.clone(),
@@ -371,6 +363,11 @@ pub(crate) enum Part {
         offset: u64,
         length: u64,
     },
+}
+
+/// `file_parts` for a file held in memory.
+pub(crate) fn bytes_parts(path: &str, bytes: Vec<u8>) -> Result<[Part; 3]> {
+    file_parts(path, bytes.len() as u64, Part::Bytes(bytes))
 }
 
 /// A regular file in a tar stream: header, contents, padding to 512 bytes.

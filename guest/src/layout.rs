@@ -14,7 +14,7 @@ use std::rc::Rc;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::archive::{file_parts, Export, Part, RandomAccess};
+use crate::archive::{bytes_parts, file_parts, Export, Part, RandomAccess};
 use crate::digest::Digest;
 use crate::push::ImageSource;
 use crate::save::ImageSummary;
@@ -251,21 +251,9 @@ impl<F: LayoutFiles + 'static> ImageSource for Layout<F> {
             size,
             platform: crate::config::platform(&config).ok(),
         };
-        parts.extend(file_parts(
-            &blob_path(&config_digest),
-            config.len() as u64,
-            Part::Bytes(config),
-        )?);
-        parts.extend(file_parts(
-            &blob_path(&manifest_digest),
-            manifest_bytes.len() as u64,
-            Part::Bytes(manifest_bytes),
-        )?);
-        parts.extend(file_parts(
-            "manifest.json",
-            save_manifest.len() as u64,
-            Part::Bytes(save_manifest),
-        )?);
+        parts.extend(bytes_parts(&blob_path(&config_digest), config)?);
+        parts.extend(bytes_parts(&blob_path(&manifest_digest), manifest_bytes)?);
+        parts.extend(bytes_parts("manifest.json", save_manifest)?);
         parts.push(Part::Bytes(vec![0; 1024])); // the end of the tar
         self.chosen = Some((summary.clone(), parts));
         Ok(summary)
