@@ -32,8 +32,8 @@ echo "DOCKER_HOST=$DOCKER_HOST"
 echo "OCIPUSH_TEST_REGISTRY=$OCIPUSH_TEST_REGISTRY"
 echo "OCIPUSH_TEST_READONLY_REGISTRY=$OCIPUSH_TEST_READONLY_REGISTRY"
 
-phase "guest unit tests (cargo test --release -p ocipush-guest)"
-cargo test --release -p ocipush-guest
+phase "guest and parser unit tests (cargo test --release -p ocipush-guest -p ocipush-parse)"
+cargo test --release -p ocipush-guest -p ocipush-parse
 
 phase "building the misbehaving test guests (tests/guests)"
 cargo build --release --locked --target wasm32-wasip2 --target-dir target/guest -p misbehaving-guest -p alien-guest

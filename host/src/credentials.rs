@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use base64::Engine as _;
+use ocipush_parse::{parse_docker_config, ConfigSource};
 use serde::Deserialize;
 
 /// A credential for one registry host.
@@ -61,29 +62,8 @@ impl Credential {
     }
 }
 
-#[derive(Deserialize, Default)]
-struct DockerConfig {
-    #[serde(default)]
-    auths: std::collections::HashMap<String, AuthEntry>,
-    /// The credential helper for every registry (`docker-credential-NAME`).
-    #[serde(default, rename = "credsStore")]
-    creds_store: Option<String>,
-    /// Credential helpers by registry, ahead of `credsStore`.
-    #[serde(default, rename = "credHelpers")]
-    cred_helpers: std::collections::HashMap<String, String>,
-}
-
 /// How long a credential helper may take (it may ask a keychain).
 const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
-
-#[derive(Deserialize, Default)]
-struct AuthEntry {
-    auth: Option<String>,
-    username: Option<String>,
-    password: Option<String>,
-    /// An OAuth2 refresh token `docker login` stored instead of the password.
-    identitytoken: Option<String>,
-}
 
 /// Looks `registry` up: the command line's credential (`cli`, for the destination registry)
 /// first, then Docker's `config.json` (`$DOCKER_CONFIG` or `~/.docker`), then podman's
@@ -128,61 +108,6 @@ fn config_files() -> Vec<PathBuf> {
 fn same_registry(a: &str, b: &str) -> bool {
     let hub = |r: &str| matches!(r, "docker.io" | "index.docker.io" | "registry-1.docker.io");
     a == b || (hub(a) && hub(b))
-}
-
-/// Where a Docker `config.json` (or podman `auth.json`) says a registry's credential comes from.
-/// No `Debug`: it holds secrets.
-pub enum ConfigSource {
-    /// Run `docker-credential-NAME get` (from `credHelpers` or `credsStore`).
-    Helper(String),
-    /// An OAuth2 refresh token `docker login` stored instead of the password.
-    IdentityToken(String),
-    /// A user name and password from `auths`.
-    Basic { username: String, password: String },
-}
-
-/// Reads a Docker `config.json` or podman `auth.json` for `registry`, as docker does: the
-/// registry's own helper, else the default store, else the file's `auths` entry. Pure parsing:
-/// no helper runs here (the `docker_config` fuzz target calls this on arbitrary text).
-pub fn parse_docker_config(text: &str, registry: &str) -> Option<ConfigSource> {
-    let config: DockerConfig = serde_json::from_str(text).ok()?;
-    let wanted = if registry == "docker.io" {
-        "index.docker.io"
-    } else {
-        registry
-    };
-    let key_is = |key: &str| {
-        let key = key
-            .trim_start_matches("https://")
-            .trim_start_matches("http://");
-        key.split('/').next() == Some(wanted)
-    };
-    let helper = config
-        .cred_helpers
-        .iter()
-        .find(|(key, _)| key_is(key))
-        .map(|(_, helper)| helper)
-        .or(config.creds_store.as_ref());
-    if let Some(helper) = helper {
-        return Some(ConfigSource::Helper(helper.clone()));
-    }
-    let (_, entry) = config.auths.iter().find(|(key, _)| key_is(key))?;
-    if let Some(token) = entry.identitytoken.as_ref().filter(|t| !t.is_empty()) {
-        return Some(ConfigSource::IdentityToken(token.clone()));
-    }
-    let (username, password) = match (&entry.auth, &entry.username, &entry.password) {
-        (Some(auth), _, _) => {
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(auth.trim())
-                .ok()?;
-            let text = String::from_utf8(decoded).ok()?;
-            let (user, pass) = text.split_once(':')?;
-            (user.to_string(), pass.to_string())
-        }
-        (None, Some(user), Some(pass)) => (user.clone(), pass.clone()),
-        _ => return None,
-    };
-    Some(ConfigSource::Basic { username, password })
 }
 
 fn from_docker_config(text: &str, registry: &str) -> Option<Credential> {

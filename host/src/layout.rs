@@ -192,7 +192,7 @@ impl Directory {
     }
 
     fn put_manifest(&mut self, tag: &str, media_type: &str, body: &[u8]) -> Result<String, String> {
-        let referenced = crate::registry::referenced_digests(body)?;
+        let referenced = ocipush_parse::referenced_digests(body)?;
         let missing = {
             let confirmed = self.confirmed.lock().unwrap();
             referenced.into_iter().find(|d| !confirmed.contains(d))

@@ -88,7 +88,7 @@ mod tests {
             "{err}"
         );
         let manifest = format!(r#"{{"layers":{deep}}}"#);
-        let err = crate::registry::referenced_digests(manifest.as_bytes()).unwrap_err();
+        let err = ocipush_parse::referenced_digests(manifest.as_bytes()).unwrap_err();
         assert!(err.contains("recursion limit exceeded"), "{err}");
         let within = format!("{}{}", "[".repeat(100), "]".repeat(100));
         assert!(serde_json::from_str::<serde_json::Value>(&within).is_ok());

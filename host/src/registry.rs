@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use ocipush_parse::{parse_challenge, referenced_digests};
 use reqwest::header::{
     ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE,
 };
@@ -423,50 +424,6 @@ fn is_loopback(url: &Url) -> bool {
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// A `WWW-Authenticate` challenge: its scheme, lower-cased, and its parameters (names
-/// lower-cased, values unquoted). Values may be quoted, with commas and escapes inside.
-pub fn parse_challenge(header: &str) -> (String, Vec<(String, String)>) {
-    let header = header.trim();
-    let (scheme, rest) = header
-        .split_once(char::is_whitespace)
-        .unwrap_or((header, ""));
-    let mut params = Vec::new();
-    let mut chars = rest.chars().peekable();
-    loop {
-        while chars.next_if(|c| c.is_whitespace() || *c == ',').is_some() {}
-        let name: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=' && *c != ','))
-            .collect::<String>()
-            .trim()
-            .to_ascii_lowercase();
-        if name.is_empty() && chars.peek().is_none() {
-            break;
-        }
-        if chars.next_if_eq(&'=').is_none() {
-            continue; // a bare token (e.g. token68): no parameter
-        }
-        while chars.next_if(|c| *c == ' ' || *c == '\t').is_some() {}
-        let mut value = String::new();
-        if chars.next_if_eq(&'"').is_some() {
-            while let Some(c) = chars.next() {
-                match c {
-                    '"' => break,
-                    '\\' => value.extend(chars.next()),
-                    c => value.push(c),
-                }
-            }
-        } else {
-            value = std::iter::from_fn(|| chars.next_if(|c| *c != ','))
-                .collect::<String>()
-                .trim()
-                .to_string();
-        }
-        if !name.is_empty() {
-            params.push((name, value));
-        }
-    }
-    (scheme.to_ascii_lowercase(), params)
-}
-
 /// The token service a `Bearer` challenge names. Its realm must be HTTPS, except on loopback:
 /// credentials are sent there.
 fn token_service(
@@ -631,25 +588,6 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// The digests a manifest or index names: its config, layers and sub-manifests.
-pub fn referenced_digests(body: &[u8]) -> Result<Vec<String>, String> {
-    let json: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| format!("refusing to write a manifest that is not JSON: {e}"))?;
-    let digest =
-        |d: &serde_json::Value| d.get("digest").and_then(|d| d.as_str()).map(str::to_string);
-    let mut digests: Vec<String> = json.get("config").and_then(digest).into_iter().collect();
-    for list in ["layers", "manifests"] {
-        if let Some(items) = json.get(list).and_then(|l| l.as_array()) {
-            for item in items {
-                digests.push(digest(item).ok_or_else(|| {
-                    format!("refusing to write a manifest whose {list} entry has no digest")
-                })?);
-            }
-        }
-    }
-    Ok(digests)
 }
 
 /// How many times a manifest refused by `is_link_race` is sent again.
@@ -999,19 +937,6 @@ mod tests {
     }
 
     #[test]
-    fn manifest_references_are_config_layers_and_submanifests() {
-        let body = br#"{"config":{"digest":"sha256:c"},"layers":[{"digest":"sha256:l1"},{"digest":"sha256:l2"}]}"#;
-        assert_eq!(
-            referenced_digests(body).unwrap(),
-            vec!["sha256:c", "sha256:l1", "sha256:l2"]
-        );
-        let index = br#"{"manifests":[{"digest":"sha256:m"}]}"#;
-        assert_eq!(referenced_digests(index).unwrap(), vec!["sha256:m"]);
-        assert!(referenced_digests(br#"{"layers":[{}]}"#).is_err());
-        assert!(referenced_digests(b"not json").is_err());
-    }
-
-    #[test]
     fn credentials_stay_on_the_registry_origin() {
         let api = Api {
             client: reqwest::Client::new(),
@@ -1038,23 +963,6 @@ mod tests {
         assert!(!has_auth("http://127.0.0.2:5000/v2/a/blobs/uploads/x"));
         assert!(!has_auth("http://127.0.0.1:9000/bucket/x"));
         assert!(!has_auth("https://127.0.0.1:5000/v2/a/blobs/uploads/x"));
-    }
-
-    #[test]
-    fn challenges_parse_in_any_order_with_quoted_commas() {
-        let (scheme, params) = parse_challenge(
-            r#"BEARER service="reg, istry",realm="https://auth.example/token" , scope="repository:a/b:pull,push",error=invalid_token"#,
-        );
-        assert_eq!(scheme, "bearer");
-        let get = |n: &str| params.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
-        assert_eq!(get("realm"), Some("https://auth.example/token"));
-        assert_eq!(get("service"), Some("reg, istry"));
-        assert_eq!(get("scope"), Some("repository:a/b:pull,push"));
-        assert_eq!(get("error"), Some("invalid_token"));
-        let (scheme, params) = parse_challenge(r#"Basic realm="a \"quoted\" realm""#);
-        assert_eq!(scheme, "basic");
-        assert_eq!(params, vec![("realm".into(), r#"a "quoted" realm"#.into())]);
-        assert_eq!(parse_challenge("Bearer").0, "bearer");
     }
 
     #[test]
