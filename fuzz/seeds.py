@@ -82,6 +82,35 @@ corpus = {
     },
 }
 
+# A docker-archive file is a `docker save` tarball: the export seeds, and one with two images.
+corpus["archive"] = {name: corpus["export"][name] for name in ("classic", "podman", "oci")}
+OTHER = ('{"os":"linux","rootfs":{"type":"layers","diff_ids":["%s"]}}' % DIFF[1]).encode()
+corpus["archive"]["two-images"] = tar([
+    ("aaa/layer.tar", LAYERS[0]), ("bbb/layer.tar", LAYERS[1]), (ID + ".json", CONFIG), (sha(OTHER) + ".json", OTHER),
+    ("manifest.json", json.dumps([{"Config": sha(OTHER) + ".json", "RepoTags": ["other:2"], "Layers": ["bbb/layer.tar"]},
+                                  {"Config": ID + ".json", "RepoTags": ["app:1"], "Layers": ["aaa/layer.tar", "bbb/layer.tar"]}]).encode())])
+
+# An OCI layout as the layout target reads it: index.json, then NUL-separated blobs.
+def descriptor(media_type, data, **annotations):
+    d = {"mediaType": media_type, "digest": "sha256:" + sha(data), "size": len(data)}
+    if annotations:
+        d["annotations"] = annotations
+    return d
+def oci_manifest(layers):
+    return json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "config": descriptor("application/vnd.oci.image.config.v1+json", CONFIG),
+                       "layers": [descriptor(t, l) for t, l in layers]}).encode()
+def layout(manifests, blobs):
+    index = json.dumps({"schemaVersion": 2, "manifests": manifests}).encode()
+    return b"\0".join([index] + blobs)
+PLAIN = oci_manifest([("application/vnd.oci.image.layer.v1.tar", l) for l in LAYERS])
+MT = "application/vnd.oci.image.manifest.v1+json"
+corpus["layout"] = {
+    "one": layout([descriptor(MT, PLAIN)], [PLAIN, CONFIG] + LAYERS),
+    "tagged": layout([descriptor(MT, PLAIN, **{"org.opencontainers.image.ref.name": "1"}),
+                      descriptor(MT, CONFIG, **{"org.opencontainers.image.ref.name": "2"})], [PLAIN, CONFIG] + LAYERS),
+}
+
 here = os.path.dirname(os.path.abspath(__file__))
 for target, seeds in corpus.items():
     os.makedirs(os.path.join(here, "corpus", target), exist_ok=True)

@@ -32,3 +32,24 @@ fn the_export_seeds_are_valid_exports() {
         assert!(harness::export_accepts(&data), "{dialect} is refused");
     }
 }
+
+/// So are the archive and layout seeds, each for the image it is opened for, and a file with
+/// several images only when one is named.
+#[test]
+fn the_archive_and_layout_seeds_are_valid_sources() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    let seed = |target: &str, name: &str| std::fs::read(root.join(target).join(name)).unwrap();
+    for dialect in ["seed-classic", "seed-podman", "seed-oci"] {
+        assert!(
+            harness::archive_accepts(&seed("archive", dialect), None),
+            "{dialect} is refused"
+        );
+    }
+    let two = seed("archive", "seed-two-images");
+    assert!(harness::archive_accepts(&two, Some("app:1")));
+    assert!(!harness::archive_accepts(&two, None));
+    assert!(harness::layout_accepts(&seed("layout", "seed-one"), None));
+    let tagged = seed("layout", "seed-tagged");
+    assert!(harness::layout_accepts(&tagged, Some("1")));
+    assert!(!harness::layout_accepts(&tagged, None));
+}

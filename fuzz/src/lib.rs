@@ -8,9 +8,12 @@
 use std::collections::HashMap;
 use std::io::Read;
 
+use ocipush_guest::archive::{Archive, RandomAccess};
 use ocipush_guest::cache::{self, Cache};
 use ocipush_guest::digest::Digest;
+use ocipush_guest::layout::{Layout, LayoutFiles};
 use ocipush_guest::manifest::{Compression, Encoding};
+use ocipush_guest::push::ImageSource;
 use ocipush_guest::reference;
 use ocipush_guest::save::{read_export, Blob, ImageSummary, Layer, LayerEntry, Publish};
 
@@ -27,6 +30,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("manifest", manifest),
     ("cache_entry", cache_entry),
     ("image_config", image_config),
+    ("archive", archive),
+    ("layout", layout),
 ];
 
 /// The two layers of the image the export targets read (any bytes do: layers are not parsed).
@@ -132,6 +137,97 @@ pub fn tar(files: &[(&str, &[u8])]) -> Vec<u8> {
         builder.append_data(&mut header, path, *data).unwrap();
     }
     builder.into_inner().unwrap()
+}
+
+/// Any bytes as a `docker-archive:` file, opened without a reference and as `app:1`.
+pub fn archive(data: &[u8]) {
+    for reference in [None, Some("app:1")] {
+        archive_accepts(data, reference);
+    }
+}
+
+/// Whether `data` pushes as a `docker-archive:` file opened for `reference`; what it accepts
+/// must read back through the export reader as the image its inspection described.
+pub fn archive_accepts(data: &[u8], reference: Option<&str>) -> bool {
+    let source = Archive::new(Memory(data.to_vec()), "fuzz.tar", reference);
+    pushes_as_inspected(source, "docker-archive:fuzz.tar")
+}
+
+/// Any bytes as an `oci:` layout directory (see `layout_accepts`), opened without a tag and as
+/// tag `1`.
+pub fn layout(data: &[u8]) {
+    for tag in [None, Some("1")] {
+        layout_accepts(data, tag);
+    }
+}
+
+/// Whether `data` pushes as an `oci:` layout directory opened for `tag`: its `index.json` is
+/// `data` up to the first NUL byte, then come blobs separated by NUL bytes, each found by its
+/// sha256.
+pub fn layout_accepts(data: &[u8], tag: Option<&str>) -> bool {
+    let mut pieces = data.split(|&b| b == 0);
+    let files = Directory {
+        index: pieces.next().unwrap_or_default().to_vec(),
+        blobs: pieces.map(|b| (Digest::of(b), b.to_vec())).collect(),
+    };
+    pushes_as_inspected(Layout::new(files, "fuzz", tag), "oci:fuzz")
+}
+
+/// Inspects and exports a source, and reads the export as a push does. Whatever is read whole
+/// must be the image the inspection described: its config hashes to the image ID, its layers
+/// to the diff IDs.
+fn pushes_as_inspected(mut source: impl ImageSource, name: &str) -> bool {
+    let Ok(image) = source.inspect(name) else {
+        return false;
+    };
+    let Ok(export) = source.export(image.id.as_str()) else {
+        return false;
+    };
+    let Ok(saved) = read_export(export, &image, &mut Drain) else {
+        return false;
+    };
+    assert_eq!(Digest::of(&saved.config), image.id);
+    let diff_ids: Vec<_> = saved.layers.into_iter().map(|l| l.diff_id).collect();
+    assert_eq!(diff_ids, image.diff_ids);
+    true
+}
+
+/// A file in memory that hands out at most 1000 bytes per read, as a host may.
+struct Memory(Vec<u8>);
+
+impl RandomAccess for Memory {
+    fn size(&self) -> anyhow::Result<u64> {
+        Ok(self.0.len() as u64)
+    }
+    fn read_at(&self, offset: u64, max: usize) -> anyhow::Result<Vec<u8>> {
+        Ok(short_read(&self.0, offset, max))
+    }
+}
+
+/// Up to `max` bytes of `bytes` from `offset`, but never more than 1000.
+fn short_read(bytes: &[u8], offset: u64, max: usize) -> Vec<u8> {
+    let start = offset.min(bytes.len() as u64) as usize;
+    let end = (start + max.min(1000)).min(bytes.len());
+    bytes[start..end].to_vec()
+}
+
+/// A layout directory in memory.
+struct Directory {
+    index: Vec<u8>,
+    blobs: HashMap<Digest, Vec<u8>>,
+}
+
+impl LayoutFiles for Directory {
+    fn index(&self) -> anyhow::Result<Vec<u8>> {
+        Ok(self.index.clone())
+    }
+    fn read_blob(&self, digest: &Digest, offset: u64, max: usize) -> anyhow::Result<Vec<u8>> {
+        let blob = self
+            .blobs
+            .get(digest)
+            .ok_or_else(|| anyhow::anyhow!("no blob {digest}"))?;
+        Ok(short_read(blob, offset, max))
+    }
 }
 
 /// A push destination. What parses must print back to itself.
