@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The single test command: formatting, lints, guest unit tests, host unit tests, the integration
 # tests (tests/*.rs) against a private dockerd and registries started by scripts/services.sh, the
-# second host of the guest (tests/jco, Node.js), and a check that the guest builds reproducibly.
+# second host of the guest (tests/jco, Node.js), a check that the guest builds reproducibly, and
+# a short run of every fuzz target (scripts/fuzz-smoke.sh).
 # Works non-interactively (CI=true, no stdin). Extra arguments go to the integration test binary
 # (e.g. `./scripts/test.sh pushes_loaded` or `./scripts/test.sh --nocapture`).
 set -euo pipefail
@@ -47,5 +48,8 @@ rebuilt=$(./scripts/guest-digest.sh)
 embedded=$(target/release/ocipush guest info | awk '/^digest:/ { print $2 }')
 echo "rebuilt $rebuilt, embedded $embedded"
 [ "$rebuilt" = "$embedded" ] || { echo "test.sh: the guest did not rebuild to the same bytes" >&2; exit 1; }
+
+phase "fuzz smoke run: every cargo-fuzz target for 10 s with AddressSanitizer (scripts/fuzz-smoke.sh)"
+./scripts/fuzz-smoke.sh 10
 
 phase "all tests passed"
