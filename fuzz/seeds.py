@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the seed corpus (fuzz/corpus/<target>/seed-*): valid inputs of every kind a target
 reads, for the fuzzer to mutate. The export seeds describe the image in fuzz/src/lib.rs."""
-import hashlib, io, json, os, tarfile
+import hashlib, io, json, os, re, tarfile
 
 LAYERS = [b"first layer of the fuzzed image\n", b"second layer\n"]
 def sha(b): return hashlib.sha256(b).hexdigest()
@@ -90,25 +90,25 @@ corpus["archive"]["two-images"] = tar([
     ("manifest.json", json.dumps([{"Config": sha(OTHER) + ".json", "RepoTags": ["other:2"], "Layers": ["bbb/layer.tar"]},
                                   {"Config": ID + ".json", "RepoTags": ["app:1"], "Layers": ["aaa/layer.tar", "bbb/layer.tar"]}]).encode())])
 
-# An OCI layout as the layout target reads it: index.json, then NUL-separated blobs.
-def descriptor(media_type, data, **annotations):
-    d = {"mediaType": media_type, "digest": "sha256:" + sha(data), "size": len(data)}
+# An OCI layout as the layout target reads it: index.json, then NUL-separated blobs, where @dN and
+# @sN stand for blob N's digest and size (so that mutations keep the digests right).
+def descriptor(media_type, blob, **annotations):
+    d = {"mediaType": media_type, "digest": "@d%d" % blob, "size": "@s%d" % blob}
     if annotations:
         d["annotations"] = annotations
     return d
-def oci_manifest(layers):
-    return json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                       "config": descriptor("application/vnd.oci.image.config.v1+json", CONFIG),
-                       "layers": [descriptor(t, l) for t, l in layers]}).encode()
-def layout(manifests, blobs):
-    index = json.dumps({"schemaVersion": 2, "manifests": manifests}).encode()
-    return b"\0".join([index] + blobs)
-PLAIN = oci_manifest([("application/vnd.oci.image.layer.v1.tar", l) for l in LAYERS])
+def names(doc):
+    return re.sub(rb'"(@s[0-9])"', rb"\1", json.dumps(doc).encode())
 MT = "application/vnd.oci.image.manifest.v1+json"
+TAR = "application/vnd.oci.image.layer.v1.tar"
+PLAIN = names({"schemaVersion": 2, "mediaType": MT, "config": descriptor("application/vnd.oci.image.config.v1+json", 1),
+               "layers": [descriptor(TAR, 2), descriptor(TAR, 3)]})
+REF = "org.opencontainers.image.ref.name"
+def layout(manifests):
+    return b"\0".join([names({"schemaVersion": 2, "manifests": manifests}), PLAIN, CONFIG] + LAYERS)
 corpus["layout"] = {
-    "one": layout([descriptor(MT, PLAIN)], [PLAIN, CONFIG] + LAYERS),
-    "tagged": layout([descriptor(MT, PLAIN, **{"org.opencontainers.image.ref.name": "1"}),
-                      descriptor(MT, CONFIG, **{"org.opencontainers.image.ref.name": "2"})], [PLAIN, CONFIG] + LAYERS),
+    "one": layout([descriptor(MT, 0)]),
+    "tagged": layout([descriptor(MT, 0, **{REF: "1"}), descriptor(MT, 1, **{REF: "2"})]),
 }
 
 here = os.path.dirname(os.path.abspath(__file__))

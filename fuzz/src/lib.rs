@@ -163,14 +163,45 @@ pub fn layout(data: &[u8]) {
 
 /// Whether `data` pushes as an `oci:` layout directory opened for `tag`: its `index.json` is
 /// `data` up to the first NUL byte, then come blobs separated by NUL bytes, each found by its
-/// sha256.
+/// sha256. So that mutated manifests and configs still reach the checks behind their digests,
+/// `@dN` in a piece stands for the digest of blob N (counted from 0) and `@sN` for its size,
+/// for any later blob.
 pub fn layout_accepts(data: &[u8], tag: Option<&str>) -> bool {
-    let mut pieces = data.split(|&b| b == 0);
+    let mut pieces: Vec<Vec<u8>> = data.split(|&b| b == 0).map(<[u8]>::to_vec).collect();
+    // Backwards, so that each piece names blobs already resolved.
+    for i in (0..pieces.len()).rev() {
+        pieces[i] = resolve_blob_names(&pieces[i], &pieces[i + 1..], i);
+    }
+    let mut pieces = pieces.into_iter();
     let files = Directory {
-        index: pieces.next().unwrap_or_default().to_vec(),
-        blobs: pieces.map(|b| (Digest::of(b), b.to_vec())).collect(),
+        index: pieces.next().unwrap_or_default(),
+        blobs: pieces.map(|b| (Digest::of(&b), b)).collect(),
     };
     pushes_as_inspected(Layout::new(files, "fuzz", tag), "oci:fuzz")
+}
+
+/// `piece`, at position `at` of the input (0 is the index, blob N is N + 1), with `@dN` and
+/// `@sN` replaced by the digest and size of blob N when that blob comes later (in `later`, the
+/// pieces after it, already resolved). Other `@` sequences stay as they are.
+fn resolve_blob_names(piece: &[u8], later: &[Vec<u8>], at: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(piece.len());
+    let mut i = 0;
+    while i < piece.len() {
+        if let [b'@', kind @ (b'd' | b's'), n @ b'0'..=b'9', ..] = piece[i..] {
+            let position = (n - b'0') as usize + 1;
+            if let Some(target) = position.checked_sub(at + 1).and_then(|k| later.get(k)) {
+                match kind {
+                    b'd' => out.extend_from_slice(Digest::of(target).as_str().as_bytes()),
+                    _ => out.extend_from_slice(target.len().to_string().as_bytes()),
+                }
+                i += 3;
+                continue;
+            }
+        }
+        out.push(piece[i]);
+        i += 1;
+    }
+    out
 }
 
 /// Inspects and exports a source, and reads the export as a push does. Whatever is read whole
