@@ -1,7 +1,8 @@
 //! Uploads through an imperfect network and imperfect registries: a fault-injecting proxy
 //! (tests/support/faults.rs) sits in front of the real registry started by scripts/services.sh.
 //! After every successful run the image reads back through skopeo with every digest verified;
-//! after every failed run no tag exists.
+//! after every failed run no tag exists, except where `--verify` fails: it reads back what the
+//! tag names, so the tag is written by then.
 
 mod support;
 
@@ -343,4 +344,140 @@ fn a_mount_refused_with_401_as_harbor_does_falls_back_to_uploading() {
         seen.iter().any(|s| s.method == "PATCH" && s.status == 202),
         "{seen:#?}"
     );
+}
+
+/// The digests of the blobs whose commit (the PUT `?digest=` that ends an upload) the registry
+/// took, as the proxy saw them.
+fn committed(seen: &[Seen]) -> Vec<String> {
+    seen.iter()
+        .filter(|s| s.method == "PUT" && s.path.contains("/blobs/uploads/") && s.status == 201)
+        .filter_map(|s| s.query.split('&').find_map(|p| p.strip_prefix("digest=")))
+        .map(|d| d.replace("%3A", ":"))
+        .collect()
+}
+
+/// The manifest REPO:v1 as the real registry holds it: its bytes and their digest.
+fn stored_manifest(repo: &str) -> (Vec<u8>, String) {
+    let (status, bytes) = registry_get(
+        &services().registry,
+        repo,
+        "manifests/v1",
+        Some(OCI_MANIFEST),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+    let digest = format!("sha256:{}", sha256_hex(&bytes));
+    (bytes, digest)
+}
+
+/// A clean re-run, straight to the registry, publishes the image and reads it back.
+fn rerun_publishes(tag: &str, repo: &str, id: &str, diff_ids: &[String]) {
+    let dest = format!("{}/{repo}:v1", services().registry);
+    let pushed = push_args(tag, &dest, "none", &["--verify"], &[]);
+    expect_published(&pushed, &dest, repo, id, diff_ids);
+}
+
+/// The registry took the blob but names another digest for it: the push fails in one line
+/// naming the registry, the blob and the claimed digest, before any manifest is sent.
+#[test]
+fn a_blob_commit_answered_with_another_digest_fails_the_push_and_writes_no_tag() {
+    let name = unique("commit-digest");
+    let (tag, id, diff_ids) = image_with_a_large_layer(&name);
+    let claimed = format!("sha256:{}", sha256_hex(b"not the blob that was sent"));
+    let proxy = HttpFaultProxy::start(
+        &services().registry,
+        Faults {
+            commit_digest: Some(claimed.clone()),
+            ..Faults::default()
+        },
+    );
+    let repo = format!("faults/{name}");
+    let dest = format!("{}/{repo}:v1", proxy.address);
+    let line = push_args(&tag, &dest, "none", &[], &[]).expect_failure();
+    let seen = proxy.seen();
+    let committed = committed(&seen);
+    let named = committed
+        .iter()
+        .find(|d| line.contains(d.as_str()))
+        .unwrap_or_else(|| panic!("names none of the committed blobs {committed:?}: {line}"));
+    assert!(
+        line.contains(&format!("registry {}", proxy.address)) && line.contains(&claimed),
+        "{line}"
+    );
+    // Nothing names the blobs: no manifest was sent, and no tag exists.
+    assert!(
+        seen.iter().all(|s| !s.path.contains("/manifests/")),
+        "{seen:#?}"
+    );
+    assert_tag_absent(&services().registry, &repo, "v1");
+
+    rerun_publishes(&tag, &repo, &id, &diff_ids);
+    // The blob the error named is one of the image's.
+    let manifest: Value = serde_json::from_slice(&stored_manifest(&repo).0).unwrap();
+    let blobs: Vec<&str> = std::iter::once(&manifest["config"])
+        .chain(manifest["layers"].as_array().unwrap())
+        .map(|b| b["digest"].as_str().unwrap())
+        .collect();
+    assert!(blobs.contains(&named.as_str()), "{named} not in {blobs:?}");
+}
+
+/// `--verify` finds a blob the registry reports one byte larger than the manifest states.
+#[test]
+fn verify_fails_when_the_registry_reports_another_blob_size() {
+    let name = unique("verify-size");
+    let (tag, id, diff_ids) = image_with_a_large_layer(&name);
+    let proxy = HttpFaultProxy::start(
+        &services().registry,
+        Faults {
+            blob_size_offset: 1,
+            ..Faults::default()
+        },
+    );
+    let repo = format!("faults/{name}");
+    let dest = format!("{}/{repo}:v1", proxy.address);
+    // The blobs are new, so only verify's HEADs find them, after the manifest went up.
+    let line = push_args(&tag, &dest, "none", &["--verify"], &[]).expect_failure();
+    let (bytes, digest) = stored_manifest(&repo);
+    let manifest: Value = serde_json::from_slice(&bytes).unwrap();
+    let config = &manifest["config"];
+    let size = config["size"].as_u64().unwrap();
+    assert!(
+        line.contains(&format!("verify after writing {dest}"))
+            && line.contains(&format!(
+                "{}/{repo} holds config {} of manifest {digest} with {} bytes, not the {size} the manifest states",
+                proxy.address,
+                config["digest"].as_str().unwrap(),
+                size + 1
+            )),
+        "{line}"
+    );
+    rerun_publishes(&tag, &repo, &id, &diff_ids);
+}
+
+/// `--verify` fetches the manifest by digest and gets bytes that hash to something else.
+#[test]
+fn verify_fails_when_the_registry_serves_other_manifest_bytes() {
+    let name = unique("verify-bytes");
+    let (tag, id, diff_ids) = image_with_a_large_layer(&name);
+    let proxy = HttpFaultProxy::start(
+        &services().registry,
+        Faults {
+            manifest_bytes_changed: true,
+            ..Faults::default()
+        },
+    );
+    let repo = format!("faults/{name}");
+    let dest = format!("{}/{repo}:v1", proxy.address);
+    let line = push_args(&tag, &dest, "none", &["--verify"], &[]).expect_failure();
+    let (mut bytes, digest) = stored_manifest(&repo);
+    bytes.push(b'\n');
+    assert!(
+        line.contains(&format!("verify after writing {dest}"))
+            && line.contains(&format!(
+                "{}/{repo} serves manifest {digest} with bytes that hash to sha256:{}",
+                proxy.address,
+                sha256_hex(&bytes)
+            )),
+        "{line}"
+    );
+    rerun_publishes(&tag, &repo, &id, &diff_ids);
 }

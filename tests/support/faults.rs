@@ -2,8 +2,10 @@
 //! each request to the registry over a fresh connection (one request per client connection)
 //! and, as its `Faults` say, drops connections in the middle of a chunk, answers 500 or 429
 //! (with Retry-After) instead of the registry, refuses chunks above a size as GHCR does,
-//! enforces Gitea's PATCH rule, or moves uploads to a second loopback address, as registries do
-//! that hand uploads to object storage. It records every request it saw.
+//! enforces Gitea's PATCH rule, moves uploads to a second loopback address, as registries do
+//! that hand uploads to object storage, or alters the registry's answers (another digest for a
+//! blob commit, another size for a blob, other bytes for a manifest). It records every request
+//! it saw.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -36,6 +38,13 @@ pub struct Faults {
     /// Requests at the second address are sent on with this `Authorization` (the proxy plays
     /// object storage, which authorizes by the URL it handed out, never by the client's header).
     pub second_address_authorization: Option<String>,
+    /// Answer every blob commit the registry took (the PUT `?digest=` that ends an upload, 201)
+    /// with this `Docker-Content-Digest` in place of the registry's.
+    pub commit_digest: Option<String>,
+    /// Add this to the `Content-Length` of every blob HEAD that finds the blob.
+    pub blob_size_offset: u64,
+    /// Append a newline to every manifest a GET finds: the same JSON, bytes with another digest.
+    pub manifest_bytes_changed: bool,
 }
 
 /// A request the proxy saw, and what became of it.
@@ -203,6 +212,53 @@ fn answer(client: &mut TcpStream, status: &str, extra: &str) -> std::io::Result<
         client,
         "HTTP/1.1 {status}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
+}
+
+/// Alters what the registry answered, as `faults` say: a registry that claims another digest
+/// or size than the one it holds, or serves other bytes than it was given.
+fn lie(
+    request: &Request,
+    seen: &Seen,
+    status: u16,
+    headers: &mut [(String, String)],
+    body: &mut Vec<u8>,
+    faults: &Faults,
+) {
+    fn header<'a>(headers: &'a mut [(String, String)], name: &str) -> Option<&'a mut String> {
+        headers
+            .iter_mut()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+    let (method, path) = (request.method.as_str(), seen.path.as_str());
+    let commit =
+        method == "PUT" && path.contains("/blobs/uploads/") && seen.query.contains("digest=");
+    if let Some(digest) = faults
+        .commit_digest
+        .as_ref()
+        .filter(|_| commit && status == 201)
+    {
+        if let Some(v) = header(headers, "docker-content-digest") {
+            *v = digest.clone();
+        }
+    }
+    if method == "HEAD" && path.contains("/blobs/") && status == 200 && faults.blob_size_offset > 0
+    {
+        if let Some(v) = header(headers, "content-length") {
+            let size: u64 = v.parse().unwrap_or(0);
+            *v = (size + faults.blob_size_offset).to_string();
+        }
+    }
+    if method == "GET"
+        && path.contains("/manifests/")
+        && status == 200
+        && faults.manifest_bytes_changed
+    {
+        body.push(b'\n');
+        if let Some(v) = header(headers, "content-length") {
+            *v = body.len().to_string();
+        }
+    }
 }
 
 fn serve(client: TcpStream, shared: &Shared, second: bool) -> std::io::Result<()> {
@@ -375,6 +431,7 @@ fn serve(client: TcpStream, shared: &Shared, second: bool) -> std::io::Result<()
             }
         }
     }
+    lie(&request, &seen, status, &mut headers, &mut body, faults);
     let mut out = format!("{}\r\n", status_line.trim_end());
     for (k, v) in &headers {
         let key = k.to_ascii_lowercase();
