@@ -420,10 +420,11 @@ fn a_blob_commit_answered_with_another_digest_fails_the_push_and_writes_no_tag()
     assert!(blobs.contains(&named.as_str()), "{named} not in {blobs:?}");
 }
 
-/// `--verify` finds a blob the registry reports one byte larger than the manifest states.
+/// A registry that reports every blob one byte larger than it is: `--verify` finds it after a
+/// push of new blobs, and the next push, which finds the blobs there, fails before any manifest.
 #[test]
-fn verify_fails_when_the_registry_reports_another_blob_size() {
-    let name = unique("verify-size");
+fn a_registry_that_misreports_blob_sizes_fails_verify_and_the_next_push() {
+    let name = unique("blob-size");
     let (tag, id, diff_ids) = image_with_a_large_layer(&name);
     let proxy = HttpFaultProxy::start(
         &services().registry,
@@ -433,7 +434,8 @@ fn verify_fails_when_the_registry_reports_another_blob_size() {
         },
     );
     let repo = format!("faults/{name}");
-    let dest = format!("{}/{repo}:v1", proxy.address);
+    let location = format!("{}/{repo}", proxy.address);
+    let dest = format!("{location}:v1");
     // The blobs are new, so only verify's HEADs find them, after the manifest went up.
     let line = push_args(&tag, &dest, "none", &["--verify"], &[]).expect_failure();
     let (bytes, digest) = stored_manifest(&repo);
@@ -443,13 +445,33 @@ fn verify_fails_when_the_registry_reports_another_blob_size() {
     assert!(
         line.contains(&format!("verify after writing {dest}"))
             && line.contains(&format!(
-                "{}/{repo} holds config {} of manifest {digest} with {} bytes, not the {size} the manifest states",
-                proxy.address,
+                "{location} holds config {} of manifest {digest} with {} bytes, not the {size} the manifest states",
                 config["digest"].as_str().unwrap(),
                 size + 1
             )),
         "{line}"
     );
+
+    let before = proxy.seen().len();
+    let line = push(&tag, &format!("{location}:v2")).expect_failure();
+    let blobs: Vec<(&str, u64)> = std::iter::once(config)
+        .chain(manifest["layers"].as_array().unwrap())
+        .map(|b| (b["digest"].as_str().unwrap(), b["size"].as_u64().unwrap()))
+        .collect();
+    assert!(
+        blobs.iter().any(|(d, s)| line.contains(&format!(
+            "{location} reports blob {d} as {} bytes, but it is {s} bytes",
+            s + 1
+        ))),
+        "{line}"
+    );
+    let seen = proxy.seen()[before..].to_vec();
+    assert!(
+        seen.iter().all(|s| !s.path.contains("/manifests/")),
+        "{seen:#?}"
+    );
+    assert_tag_absent(&services().registry, &repo, "v2");
+
     rerun_publishes(&tag, &repo, &id, &diff_ids);
 }
 

@@ -252,7 +252,15 @@ fn publish_blobs_and_manifest(
     let (config, layers) =
         match already_published(image, encoding, destination, repository, cache, progress)? {
             Some(published) => published,
-            None => export_and_upload(image, encoding, source, repository, cache, progress)?,
+            None => export_and_upload(
+                image,
+                encoding,
+                destination,
+                source,
+                repository,
+                cache,
+                progress,
+            )?,
         };
     // Where these blobs now are: a later push to another repository can mount them from here.
     if let Destination::Registry(target) = destination {
@@ -319,8 +327,9 @@ fn write_manifest(
     let digest = repository.put_manifest(reference, media_type, body)?;
     if digest != Digest::of(body) {
         bail!(
-            "{} stored the manifest as {digest}, which is not the digest of what was sent",
-            destination.location()
+            "{} stored the manifest as {digest}, which is not the digest of what was sent ({})",
+            destination.location(),
+            Digest::of(body)
         );
     }
     Ok(digest)
@@ -495,7 +504,7 @@ fn find_or_mount(
     repository: &mut impl BlobSink,
     cache: &mut impl Cache,
 ) -> Result<Option<Found>> {
-    if holds(repository, blob)? {
+    if holds(repository, blob, destination)? {
         return Ok(Some(Found { mounted_from: None }));
     }
     let Destination::Registry(target) = destination else {
@@ -508,7 +517,7 @@ fn find_or_mount(
         else {
             continue;
         };
-        if repository.mount_blob(&blob.digest, source)? && holds(repository, blob)? {
+        if repository.mount_blob(&blob.digest, source)? && holds(repository, blob, destination)? {
             return Ok(Some(Found {
                 mounted_from: Some(source.to_string()),
             }));
@@ -519,12 +528,13 @@ fn find_or_mount(
 
 /// Whether the registry holds `blob`. A digest fixes the size: a registry that reports another
 /// size for it is broken or lying, which fails the push rather than being papered over.
-fn holds(repository: &mut impl BlobSink, blob: &Blob) -> Result<bool> {
+fn holds(repository: &mut impl BlobSink, blob: &Blob, destination: &Destination) -> Result<bool> {
     match repository.blob_size(&blob.digest)? {
         None => Ok(false),
         Some(size) if size == blob.size => Ok(true),
         Some(size) => bail!(
-            "the registry reports blob {} as {size} bytes, but it is {} bytes",
+            "{} reports blob {} as {size} bytes, but it is {} bytes",
+            destination.location(),
             blob.digest,
             blob.size
         ),
@@ -538,6 +548,7 @@ fn holds(repository: &mut impl BlobSink, blob: &Blob) -> Result<bool> {
 fn export_and_upload(
     image: &ImageSummary,
     encoding: &Encoding,
+    destination: &Destination,
     source: &mut impl ImageSource,
     repository: &mut impl BlobSink,
     cache: &mut impl Cache,
@@ -570,7 +581,7 @@ fn export_and_upload(
         digest: Digest::of(&saved.config),
         size: saved.config.len() as u64,
     };
-    if !holds(repository, &config)? {
+    if !holds(repository, &config, destination)? {
         repository.put_blob(&config.digest, &saved.config)?;
     }
     progress.report(Event::ConfigDone(config.digest.clone()));
@@ -1042,7 +1053,7 @@ mod tests {
         registry.0.borrow_mut().misreport_blob_sizes = true;
         let err = push(&mut source, &mut cache).unwrap_err().to_string();
         let expected = format!(
-            "the registry reports blob {} as {} bytes, but it is {} bytes",
+            "127.0.0.1:5000/team/app reports blob {} as {} bytes, but it is {} bytes",
             Digest::of(&f.config),
             f.config.len() + 1,
             f.config.len()
