@@ -1029,9 +1029,14 @@ mod tests {
             &mut Events::default(),
         )
         .unwrap_err();
-        assert!(
-            err.to_string().contains("not the digest of what was sent"),
-            "{err}"
+        let sent = registry.0.borrow().manifest.clone().unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "127.0.0.1:5000/team/app stored the manifest as {}, which is not the digest of what was sent ({})",
+                Digest::of(b"other"),
+                Digest::of(&sent)
+            )
         );
     }
 
