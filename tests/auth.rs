@@ -9,12 +9,13 @@ mod support;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
+use support::registry::Registry;
 use support::*;
 
 const USER: &str = "ocipush-user";
@@ -32,77 +33,6 @@ fn tool(dir: &Path, program: &str, args: &[&str]) -> Vec<u8> {
         describe(&out)
     );
     out.stdout
-}
-
-/// A free port on 127.0.0.1 (the registry binds it right after; a lost race is retried).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `docker-registry serve` started by a test, stopped (by pid) when dropped.
-struct Registry {
-    child: Child,
-    /// `127.0.0.1:PORT`
-    address: String,
-    dir: tempfile::TempDir,
-}
-
-impl Registry {
-    /// Starts a registry whose config is `config(port)` plus storage, on a free port.
-    fn start(dir: tempfile::TempDir, extra: &dyn Fn(u16) -> String) -> Self {
-        for _ in 0..5 {
-            let port = free_port();
-            let config = format!(
-                "version: 0.1\nlog: {{level: warn, formatter: text}}\nstorage:\n  filesystem: {{rootdirectory: \"{}\"}}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: ocipush-test-not-a-secret\n{}",
-                dir.path().join("data").display(),
-                extra(port)
-            );
-            let path = dir.path().join("config.yml");
-            std::fs::write(&path, config).unwrap();
-            let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-            let mut child = Command::new("docker-registry")
-                .arg("serve")
-                .arg(&path)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("docker-registry (run ./scripts/test.sh, which installs it)");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if child.try_wait().unwrap().is_some() {
-                    break; // most likely lost the port: try another
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Self {
-                        child,
-                        address: format!("127.0.0.1:{port}"),
-                        dir,
-                    };
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let log = std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default();
-        panic!("docker-registry did not start:\n{log}");
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A CA (`ca.pem`) and a server certificate for IP 127.0.0.1 signed by it, in `dir`.
@@ -211,15 +141,14 @@ fn mutual_tls_registry() -> Registry {
     let dir = tempfile::tempdir().unwrap();
     make_certificates(dir.path());
     make_client_certificate(dir.path());
-    let d = dir.path().to_path_buf();
-    Registry::start(dir, &move |_| {
-        format!(
-            "  tls:\n    certificate: \"{}\"\n    key: \"{}\"\n    clientcas: [\"{}\"]\n",
-            d.join("server.pem").display(),
-            d.join("server.key").display(),
-            d.join("ca.pem").display()
-        )
-    })
+    let d = dir.path();
+    let tls = format!(
+        "  tls:\n    certificate: \"{}\"\n    key: \"{}\"\n    clientcas: [\"{}\"]\n",
+        d.join("server.pem").display(),
+        d.join("server.key").display(),
+        d.join("ca.pem").display()
+    );
+    Registry::start_with(dir, &tls)
 }
 
 /// A registry with TLS (certificate from a test CA, `ca.pem` in its dir) and htpasswd auth.
@@ -228,15 +157,14 @@ fn tls_htpasswd_registry() -> Registry {
     make_certificates(dir.path());
     let htpasswd = tool(dir.path(), "htpasswd", &["-Bbn", USER, PASSWORD]);
     std::fs::write(dir.path().join("htpasswd"), htpasswd).unwrap();
-    let d = dir.path().to_path_buf();
-    Registry::start(dir, &move |_| {
-        format!(
-            "  tls: {{certificate: \"{}\", key: \"{}\"}}\nauth:\n  htpasswd: {{realm: ocipush-test, path: \"{}\"}}\n",
-            d.join("server.pem").display(),
-            d.join("server.key").display(),
-            d.join("htpasswd").display()
-        )
-    })
+    let d = dir.path();
+    let tls_and_auth = format!(
+        "  tls: {{certificate: \"{}\", key: \"{}\"}}\nauth:\n  htpasswd: {{realm: ocipush-test, path: \"{}\"}}\n",
+        d.join("server.pem").display(),
+        d.join("server.key").display(),
+        d.join("htpasswd").display()
+    );
+    Registry::start_with(dir, &tls_and_auth)
 }
 
 /// A one-layer image in the test daemon; returns its tag.
@@ -762,14 +690,12 @@ fn serve_token(
 fn token_registry() -> (Registry, TokenIssuer) {
     let dir = tempfile::tempdir().unwrap();
     let issuer = TokenIssuer::start(dir.path());
-    let (port, cert) = (issuer.port, dir.path().join("token.pem"));
-    let registry = Registry::start(dir, &move |_| {
-        format!(
-            "auth:\n  token: {{realm: \"http://127.0.0.1:{port}/token\", service: test-registry, issuer: test-issuer, rootcertbundle: \"{}\"}}\n",
-            cert.display()
-        )
-    });
-    (registry, issuer)
+    let auth = format!(
+        "auth:\n  token: {{realm: \"http://127.0.0.1:{}/token\", service: test-registry, issuer: test-issuer, rootcertbundle: \"{}\"}}\n",
+        issuer.port,
+        dir.path().join("token.pem").display()
+    );
+    (Registry::start_with(dir, &auth), issuer)
 }
 
 #[test]
@@ -841,13 +767,11 @@ fn htpasswd_registry() -> Registry {
     let dir = tempfile::tempdir().unwrap();
     let htpasswd = tool(dir.path(), "htpasswd", &["-Bbn", USER, PASSWORD]);
     std::fs::write(dir.path().join("htpasswd"), htpasswd).unwrap();
-    let d = dir.path().to_path_buf();
-    Registry::start(dir, &move |_| {
-        format!(
-            "auth:\n  htpasswd: {{realm: ocipush-test, path: \"{}\"}}\n",
-            d.join("htpasswd").display()
-        )
-    })
+    let auth = format!(
+        "auth:\n  htpasswd: {{realm: ocipush-test, path: \"{}\"}}\n",
+        dir.path().join("htpasswd").display()
+    );
+    Registry::start_with(dir, &auth)
 }
 
 #[test]

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use support::registry::Registry;
 use support::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -183,89 +184,8 @@ fn proxy_one(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Registries this file starts, images it builds, ocipush runs it watches
+// Images this file builds, ocipush runs it watches
 // ---------------------------------------------------------------------------------------------
-
-/// A `docker-registry serve` on a fixed port with its storage in a temp dir, which a test can
-/// kill (by pid) and start again on the same port and storage.
-struct Registry {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Self {
-        let mut registry = Self {
-            child: None,
-            port: 0,
-            dir: tempfile::tempdir().unwrap(),
-        };
-        for _ in 0..5 {
-            registry.port = closed_port();
-            if registry.serve() {
-                return registry;
-            }
-        }
-        panic!("docker-registry did not start");
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the registry on its port and storage; false if it did not come up.
-    fn serve(&mut self) -> bool {
-        let config = format!(
-            "version: 0.1\nlog: {{level: warn, formatter: text}}\nstorage:\n  filesystem: {{rootdirectory: \"{}\"}}\n  delete: {{enabled: true}}\nhttp:\n  addr: 127.0.0.1:{}\n  secret: ocipush-test-not-a-secret\n",
-            self.dir.path().join("data").display(),
-            self.port
-        );
-        let path = self.dir.path().join("config.yml");
-        std::fs::write(&path, config).unwrap();
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("registry.log"))
-            .unwrap();
-        let mut child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("docker-registry (run ./scripts/test.sh, which installs it)");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if child.try_wait().unwrap().is_some() {
-                return false;
-            }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                self.child = Some(child);
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        false
-    }
-
-    /// SIGKILL to this registry's pid: no shutdown, as in a crash.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// Builds `FROM base` (or scratch) plus one COPY of `bytes`, as `tag`.
 fn build_image(tag: &str, base: Option<&str>, files: &[(&str, &[u8])]) {
@@ -626,7 +546,7 @@ fn a_registry_killed_mid_push_and_restarted_gets_the_image_on_a_rerun() {
     let name = unique("killed");
     let image = format!("{name}:1");
     build_image(&image, None, &[("big.bin", &incompressible(24 << 20))]);
-    let proxy = RegistryProxy::start(&registry.address());
+    let proxy = RegistryProxy::start(&registry.address);
     proxy.throttle.store(2 << 20, Ordering::SeqCst);
     let dest = format!("{}/{name}/app:1", proxy.address);
     let cache = tempfile::tempdir().unwrap();
@@ -653,12 +573,12 @@ fn a_registry_killed_mid_push_and_restarted_gets_the_image_on_a_rerun() {
         registry.serve(),
         "the registry did not come back on its port"
     );
-    assert_tag_absent(&registry.address(), &format!("{name}/app"), "1");
+    assert_tag_absent(&registry.address, &format!("{name}/app"), "1");
     proxy.throttle.store(0, Ordering::SeqCst);
     let pushed = push_with(&image, &dest, "none", &[("OCIPUSH_CACHE_DIR", cache_dir)]);
     let digest = pushed.expect_success(&dest);
     copy_to_oci_layout_and_verify(
-        &format!("{}/{name}/app:1", registry.address()),
+        &format!("{}/{name}/app:1", registry.address),
         &digest,
         &rootfs_layers(&image),
     );
