@@ -169,15 +169,9 @@ fn tls_htpasswd_registry() -> Registry {
 
 /// A one-layer image in the test daemon; returns its tag.
 fn small_image(name: &str) -> String {
-    let ctx = tempfile::tempdir().unwrap();
-    std::fs::write(ctx.path().join("file.txt"), format!("auth test {name}\n")).unwrap();
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
-        "FROM scratch\nCOPY file.txt /file.txt\n",
-    )
-    .unwrap();
     let tag = format!("{name}:1.0");
-    docker_build(&tag, ctx.path());
+    let file = format!("auth test {name}\n");
+    build_image(&tag, None, &[("file.txt", file.as_bytes())]);
     tag
 }
 

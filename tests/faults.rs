@@ -15,16 +15,16 @@ use support::*;
 /// An image with a 9 MiB layer of random bytes (incompressible: about 9 MiB gzipped too) and
 /// a small one; returns (tag, image ID, diff IDs).
 fn image_with_a_large_layer(name: &str) -> (String, String, Vec<String>) {
-    let ctx = tempfile::tempdir().unwrap();
-    std::fs::write(ctx.path().join("big.bin"), random_bytes(9 << 20)).unwrap();
-    std::fs::write(ctx.path().join("small.txt"), format!("faults {name}\n")).unwrap();
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
-        "FROM scratch\nCOPY big.bin /big.bin\nCOPY small.txt /small.txt\n",
-    )
-    .unwrap();
     let tag = format!("{name}:1");
-    docker_build(&tag, ctx.path());
+    let small = format!("faults {name}\n");
+    build_image(
+        &tag,
+        None,
+        &[
+            ("big.bin", &random_bytes(9 << 20)),
+            ("small.txt", small.as_bytes()),
+        ],
+    );
     let id = image_id(&tag);
     let diff_ids = rootfs_layers(&tag);
     (tag, id, diff_ids)

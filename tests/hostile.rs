@@ -184,20 +184,8 @@ fn proxy_one(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Images this file builds, ocipush runs it watches
+// ocipush runs this file watches, and what it checks after them
 // ---------------------------------------------------------------------------------------------
-
-/// Builds `FROM base` (or scratch) plus one COPY of `bytes`, as `tag`.
-fn build_image(tag: &str, base: Option<&str>, files: &[(&str, &[u8])]) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut dockerfile = format!("FROM {}\n", base.unwrap_or("scratch"));
-    for (name, bytes) in files {
-        std::fs::write(dir.path().join(name), bytes).unwrap();
-        dockerfile += &format!("COPY {name} /{name}\n");
-    }
-    std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
-    docker_build(tag, dir.path());
-}
 
 /// An ocipush push started in the background, its stderr (JSON progress) read line by line.
 struct Running {

@@ -193,6 +193,18 @@ pub fn docker_build(tag: &str, context: &Path) {
     run_ok(&mut c);
 }
 
+/// Builds `FROM base` (or scratch) plus one COPY per file (name, bytes), as `tag`.
+pub fn build_image(tag: &str, base: Option<&str>, files: &[(&str, &[u8])]) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut dockerfile = format!("FROM {}\n", base.unwrap_or("scratch"));
+    for (name, bytes) in files {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+        dockerfile += &format!("COPY {name} /{name}\n");
+    }
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
+    docker_build(tag, dir.path());
+}
+
 pub fn image_id(image: &str) -> String {
     docker_ok(&["inspect", "-f", "{{.Id}}", image])
 }
