@@ -400,7 +400,10 @@ fn a_blob_commit_answered_with_another_digest_fails_the_push_and_writes_no_tag()
         .find(|d| line.contains(d.as_str()))
         .unwrap_or_else(|| panic!("names none of the committed blobs {committed:?}: {line}"));
     assert!(
-        line.contains(&format!("registry {}", proxy.address)) && line.contains(&claimed),
+        line.contains(&format!(
+            "registry {} stored blob {named} in {repo} as {claimed}",
+            proxy.address
+        )),
         "{line}"
     );
     // Nothing names the blobs: no manifest was sent, and no tag exists.

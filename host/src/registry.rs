@@ -311,8 +311,8 @@ impl Api {
             .and_then(|v| v.to_str().ok())
         {
             Some(stored) if stored != digest => Err(format!(
-                "registry {} stored blob {digest} as {stored}",
-                self.registry
+                "registry {} stored blob {digest} in {} as {stored}",
+                self.registry, self.name
             )),
             _ => Ok(()),
         }
