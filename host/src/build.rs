@@ -8,12 +8,12 @@ use std::path::Path;
 use bollard::query_parameters::BuildImageOptionsBuilder;
 use bollard::Docker;
 use futures_util::StreamExt;
-use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use wasmtime::component::Resource;
 
 use crate::guest::ocipush::core::docker::{BuildEvent, BuildRequest, HostBuildJob};
 use crate::guest::HostState;
+use crate::interrupt::Runtime;
 
 /// Events read ahead of the guest.
 const READ_AHEAD: usize = 64;
@@ -27,7 +27,7 @@ pub struct BuildJob {
 
 /// Starts building `request` in `docker`, from `allowed`, the one directory the user named.
 pub fn start(
-    rt: &Handle,
+    rt: &Runtime,
     docker: Docker,
     daemon: &str,
     allowed: Option<&Path>,
@@ -124,7 +124,7 @@ impl HostBuildJob for HostState {
             return Ok(Err("the build has ended".to_string()));
         }
         let event = rt
-            .block_on(job.events.recv())
+            .block_on(job.events.recv())?
             .unwrap_or_else(|| Err("the build stopped without a result".to_string()));
         job.ended = !matches!(event, Ok(BuildEvent::Output(_)));
         Ok(event)

@@ -150,7 +150,8 @@ impl crate::guest::ocipush::core::credentials::HostCredential for crate::guest::
 
 /// Asks a credential helper, as docker does: `docker-credential-NAME get` with the server on
 /// stdin, `{"Username", "Secret"}` on stdout. A helper that fails or says nothing is "no
-/// credential". It gets `HELPER_TIMEOUT`; a helper that hangs is killed.
+/// credential". It gets `HELPER_TIMEOUT`; a helper that hangs, or is still running when a
+/// signal comes, is killed.
 fn from_helper(name: &str, registry: &str) -> Option<Credential> {
     // The name becomes part of a program name: nothing that could reach another path.
     if name.is_empty()
@@ -189,7 +190,11 @@ fn from_helper(name: &str, registry: &str) -> Option<Credential> {
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if std::time::Instant::now() < deadline => {
+            // A signal stops the wait too: Ctrl-C must not sit out a hung helper.
+            Ok(None)
+                if std::time::Instant::now() < deadline
+                    && crate::interrupt::received().is_none() =>
+            {
                 std::thread::sleep(std::time::Duration::from_millis(10))
             }
             _ => {

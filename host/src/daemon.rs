@@ -4,13 +4,13 @@
 use bollard::Docker;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use wasmtime::component::Resource;
 
 use crate::guest::ocipush::core::docker::{BuildRequest, Host, HostExportStream, ImageSummary};
 use crate::guest::ocipush::core::types::Platform;
 use crate::guest::HostState;
+use crate::interrupt::Runtime;
 
 /// Export chunks handed to the guest are gathered to about this size.
 const CHUNK: usize = 1 << 20;
@@ -36,7 +36,7 @@ impl Daemon {
 
     /// Connects on first use, agreeing on an API version the daemon speaks (Debian's dockerd
     /// 20.10 is far older than the client's default).
-    fn docker(&mut self, rt: &Handle) -> Result<Docker, String> {
+    fn docker(&mut self, rt: &Runtime) -> Result<Docker, String> {
         if let Some(docker) = &self.docker {
             return Ok(docker.clone());
         }
@@ -45,7 +45,7 @@ impl Daemon {
         };
         let docker = Docker::connect_with_defaults().map_err(unreachable)?;
         let docker = rt
-            .block_on(docker.negotiate_version())
+            .block_on(docker.negotiate_version())?
             .map_err(unreachable)?;
         self.docker = Some(docker.clone());
         Ok(docker)
@@ -161,7 +161,7 @@ impl HostState {
         let docker = self.daemon.docker(&self.rt)?;
         let inspect = self
             .rt
-            .block_on(docker.inspect_image(image))
+            .block_on(docker.inspect_image(image))?
             .map_err(|e| self.daemon.describe(image, e))?;
         let id = inspect
             .id
@@ -208,7 +208,7 @@ impl HostExportStream for HostState {
                 }
             }
             let next = if out.is_empty() {
-                crate::guest::timed(&mut self.waits.export, || rt.block_on(stream.chunks.recv()))
+                crate::guest::timed(&mut self.waits.export, || rt.block_on(stream.chunks.recv()))?
             } else {
                 stream.chunks.try_recv().ok()
             };

@@ -91,8 +91,9 @@ impl Guest {
 
 /// Everything the guest's imports reach: the store's data.
 pub struct HostState {
-    /// Host calls block on async I/O here; the guest runs on a thread outside the runtime.
-    pub rt: Handle,
+    /// Host calls block on async I/O here, and only here: a signal ends any such wait. The
+    /// guest runs on a thread outside the runtime.
+    pub rt: crate::interrupt::Runtime,
     /// Resources handed to the guest as opaque handles.
     pub table: ResourceTable,
     wasi: WasiCtx,
@@ -311,7 +312,7 @@ fn run_guest<T>(
     Pusher::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
 
     let state = HostState {
-        rt,
+        rt: crate::interrupt::Runtime::new(rt),
         table: ResourceTable::new(),
         wasi: WasiCtx::builder().build(),
         daemon: Daemon::from_env(),

@@ -318,6 +318,22 @@ impl Api {
         }
     }
 
+    /// Cancels an upload session (`DELETE`) that will not be committed, so the registry can free
+    /// it at once rather than purge it later. Best effort, and bounded by `CANCEL_LIMIT` whether
+    /// or not a signal came: a push that failed or stopped must not hang on it.
+    pub fn cancel_upload(&self, rt: &crate::interrupt::Runtime, session: Url) {
+        let request = self.request(Method::DELETE, session).send();
+        match rt.block_on_for(crate::interrupt::CANCEL_LIMIT, request) {
+            Some(Ok(response)) => {
+                tracing::debug!(registry = %self.registry, status = %response.status(), "upload cancelled")
+            }
+            Some(Err(e)) => {
+                tracing::debug!(registry = %self.registry, error = %e, "cancelling an upload failed")
+            }
+            None => tracing::debug!(registry = %self.registry, "cancelling an upload timed out"),
+        }
+    }
+
     /// Mounts `digest` from repository `source` of this registry (`POST
     /// blobs/uploads/?mount=&from=`). A bearer token gets `pull` on `source` first. Declined
     /// (false): 202 (an upload session was opened instead; it is cancelled), 401/403 (Harbor
@@ -705,7 +721,7 @@ impl Host for HostState {
         };
         let opened = self.rt.block_on(Self::open_repository(
             client, registry, name, credential, policy,
-        ));
+        ))?;
         Ok(match opened {
             Ok(repository) => Ok(self.table.push(repository)?),
             Err(e) => Err(e),
@@ -722,7 +738,7 @@ impl HostRepository for HostState {
         let rt = self.rt.clone();
         let repository = self.repository(&repository)?;
         let api = repository.api.clone();
-        let found = rt.block_on(api.blob_size(&digest));
+        let found = rt.block_on(api.blob_size(&digest))?;
         if let Ok(Some(_)) = found {
             repository.confirmed.lock().unwrap().insert(digest);
         }
@@ -738,7 +754,7 @@ impl HostRepository for HostState {
         let rt = self.rt.clone();
         let repository = self.repository(&repository)?;
         let api = repository.api.clone();
-        let mounted = rt.block_on(api.mount_blob(&digest, &source));
+        let mounted = rt.block_on(api.mount_blob(&digest, &source))?;
         if let Ok(true) = mounted {
             repository.confirmed.lock().unwrap().insert(digest);
         }
@@ -761,10 +777,15 @@ impl HostRepository for HostState {
             )));
         }
         let size = data.len() as u64;
-        let result = rt.block_on(async {
-            let location = api.start_upload().await?;
-            api.commit_upload(location, &digest, size, data).await
-        });
+        let location = match rt.block_on(api.start_upload())? {
+            Ok(location) => location,
+            Err(e) => return Ok(Err(e)),
+        };
+        let result = rt.block_on(api.commit_upload(location.clone(), &digest, size, data));
+        if !matches!(result, Ok(Ok(()))) {
+            api.cancel_upload(&rt, location);
+        }
+        let result = result?;
         if result.is_ok() {
             repository.confirmed.lock().unwrap().insert(digest);
         }
@@ -846,7 +867,7 @@ impl HostRepository for HostState {
                 .get("docker-content-digest")
                 .and_then(|v| v.to_str().ok());
             Ok(stored.unwrap_or(&computed).to_string())
-        });
+        })?;
         if let Ok(digest) = &result {
             repository.confirmed.lock().unwrap().insert(digest.clone());
         }
@@ -888,7 +909,7 @@ impl HostRepository for HostState {
                 body.extend_from_slice(&chunk);
             }
             Ok(Some(body))
-        }))
+        })?)
     }
 
     fn drop(&mut self, repository: Resource<Repository>) -> wasmtime::Result<()> {

@@ -22,7 +22,6 @@ use futures_util::StreamExt;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
 use reqwest::{Method, StatusCode, Url};
 use sha2::{Digest as _, Sha256};
-use tokio::runtime::Handle;
 use tokio::sync::watch;
 use wasmtime::component::Resource;
 
@@ -31,6 +30,7 @@ use crate::guest::ocipush::core::registry::{
 };
 use crate::guest::HostState;
 use crate::gzip::ParallelGzip;
+use crate::interrupt::Runtime;
 use crate::registry::{Api, Confirmed};
 use crate::retry;
 
@@ -60,7 +60,7 @@ pub struct LayerUpload {
     session: Arc<Mutex<Url>>,
     api: Api,
     confirmed: Confirmed,
-    rt: Handle,
+    rt: Runtime,
     committed: bool,
 }
 
@@ -81,14 +81,14 @@ pub(crate) struct Produced {
 impl LayerUpload {
     /// Opens an upload session and starts its encoder and its sender.
     pub fn start(
-        rt: &Handle,
+        rt: &Runtime,
         api: Api,
         confirmed: Confirmed,
         compression: Compression,
         level: u32,
         chunk_size: u64,
     ) -> Result<Self, String> {
-        let location = rt.block_on(api.start_upload())?;
+        let location = rt.block_on(api.start_upload())??;
         let spool = tempfile::tempfile()
             .map(Arc::new)
             .map_err(|e| format!("creating a temporary file to spool a layer: {e}"))?;
@@ -145,7 +145,17 @@ impl LayerUpload {
     /// The first real error of a failed upload: the sender's, else the encoder's.
     fn failure(&mut self) -> String {
         self.input = None;
-        let sent = self.sender.take().map(|s| self.rt.block_on(s));
+        let sent = match self
+            .sender
+            .as_mut()
+            .map(|s| self.rt.block_on(s))
+            .transpose()
+        {
+            Ok(sent) => sent,
+            // The sender stays, for dropping the upload to stop it.
+            Err(interrupted) => return interrupted.into(),
+        };
+        self.sender = None;
         let encoded = self.encoder.take().map(|e| {
             e.join()
                 .unwrap_or_else(|_| Err("the layer encoder panicked".into()))
@@ -167,22 +177,13 @@ impl LayerUpload {
             Ok(Ok(encoded)) => encoded,
             Ok(Err(_)) | Err(_) => return Err(self.failure()),
         };
-        let mut sender = self.sender.take().ok_or("the layer upload already ended")?;
-        // The rest of the spool can take long to send: Ctrl-C must not wait for it.
-        let sent = self.rt.block_on(async {
-            tokio::select! {
-                sent = &mut sender => Some(sent),
-                _ = crate::interrupt::wait() => None,
-            }
-        });
-        let Some(sent) = sent else {
-            sender.abort();
-            return Err(format!(
-                "interrupted by {} while uploading to registry {}",
-                crate::interrupt::received().unwrap_or("a signal"),
-                self.api.registry
-            ));
-        };
+        let sender = self
+            .sender
+            .as_mut()
+            .ok_or("the layer upload already ended")?;
+        // On a signal the sender stays, for dropping the upload to stop it.
+        let sent = self.rt.block_on(sender)?;
+        self.sender = None;
         match sent {
             Ok(result) => result?,
             Err(e) => {
@@ -198,7 +199,7 @@ impl LayerUpload {
             &encoded.digest,
             encoded.size,
             Vec::new(),
-        ))?;
+        ))??;
         self.committed = true;
         self.confirmed
             .lock()
@@ -223,10 +224,7 @@ impl Drop for LayerUpload {
             sender.abort();
         }
         let location = self.session.lock().unwrap().clone();
-        let request = self.api.request(Method::DELETE, location);
-        let _ = self
-            .rt
-            .block_on(async { tokio::time::timeout(Duration::from_secs(5), request.send()).await });
+        self.api.cancel_upload(&self.rt, location);
     }
 }
 
