@@ -1,8 +1,10 @@
 //! Hostile conditions against the real daemon and real registries: ten concurrent pushes sharing
-//! one cache, Ctrl-C (SIGINT/SIGTERM) in the middle of an upload, a registry killed mid-push and
-//! restarted, and registries that answer with oversized headers or with digests and sizes that
-//! do not match what was sent. Faults are injected by a proxy in front of a real registry
-//! (`RegistryProxy`); every image that is pushed is read back and verified through skopeo.
+//! one cache, Ctrl-C (SIGINT/SIGTERM) in the middle of an upload and while a registry or the
+//! daemon stops answering, a registry killed mid-push and restarted, and registries that answer
+//! with oversized headers or with digests and sizes that do not match what was sent. Faults are
+//! injected by proxies in front of a real registry (`RegistryProxy`, and `HttpFaultProxy` to hold
+//! a request) or the daemon (`FaultProxy`); every image that is pushed is read back and verified
+//! through skopeo.
 
 mod support;
 
@@ -14,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use support::faults::{Faults, HttpFaultProxy, Seen};
 use support::registry::Registry;
 use support::*;
 
@@ -226,27 +229,31 @@ impl Running {
     /// to its upload session), and a moment more.
     fn wait_until_uploading(&mut self, proxy: &RegistryProxy, repository: &str) {
         let patch = format!("PATCH /v2/{repository}/blobs/uploads/");
+        self.wait_until("an upload", || {
+            proxy.requests().iter().any(|r| r.starts_with(&patch))
+        });
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    /// Waits (at most 2 minutes) until `reached` says the push got to `what`, while it runs.
+    fn wait_until(&mut self, what: &str, reached: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
             while let Ok(line) = self.lines.try_recv() {
                 self.stderr.push(line);
             }
-            if proxy.requests().iter().any(|r| r.starts_with(&patch)) {
-                std::thread::sleep(Duration::from_millis(500));
+            if reached() {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
-                    "ocipush ended ({status}) before uploading:\n{}",
+                    "ocipush ended ({status}) before {what}:\n{}",
                     self.stderr.join("\n")
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!(
-            "no upload started within 2 minutes:\n{}",
-            self.stderr.join("\n")
-        );
+        panic!("waited 2 minutes for {what}:\n{}", self.stderr.join("\n"));
     }
 
     fn signal(&self, name: &str) {
@@ -256,6 +263,29 @@ impl Running {
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// Sends SIG`signal` while the push is stuck (`stuck` says how, for messages) and checks
+    /// that it stops as a signal must stop it: within 3 s, not after the 10 s grace, with exit
+    /// status `code` and one line saying it was interrupted.
+    fn stop_promptly(self, signal: &str, code: i32, stuck: &str) {
+        self.signal(signal);
+        let started = Instant::now();
+        let (exit, stderr) = self.finish(Duration::from_secs(60));
+        let took = started.elapsed();
+        eprintln!("SIG{signal} while {stuck}: exited in {took:?}");
+        assert!(
+            took < Duration::from_secs(3),
+            "SIG{signal} while {stuck}: took {took:?}"
+        );
+        assert_eq!(exit, Some(code), "SIG{signal}:\n{}", stderr.join("\n"));
+        let error = the_error_line(&stderr);
+        assert!(
+            error.starts_with(&format!(
+                "ocipush: error: interrupted by SIG{signal}: the push stopped"
+            )),
+            "{error}"
+        );
     }
 
     /// Waits for the exit (at most `limit`); returns the exit code and the full stderr.
@@ -282,6 +312,16 @@ impl Running {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// The one `ocipush: error:` line among a run's stderr (JSON progress otherwise).
+fn the_error_line(stderr: &[String]) -> &str {
+    let errors: Vec<_> = stderr
+        .iter()
+        .filter(|l| l.starts_with("ocipush: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", stderr.join("\n"));
+    errors[0]
 }
 
 /// The cache is whole: no temporary file left, every entry a whole JSON document (a record naming
@@ -459,18 +499,11 @@ fn an_interrupted_push_leaves_no_tag_and_a_rerun_completes() {
             "took {:?}",
             started.elapsed()
         );
-        let last = stderr.last().cloned().unwrap_or_default();
         assert_eq!(exit, Some(code), "SIG{signal}:\n{}", stderr.join("\n"));
+        let error = the_error_line(&stderr);
         assert!(
-            last.starts_with(&format!("ocipush: error: interrupted by SIG{signal}")),
-            "{last}"
-        );
-        assert_eq!(
-            stderr
-                .iter()
-                .filter(|l| l.starts_with("ocipush: error:"))
-                .count(),
-            1
+            error.starts_with(&format!("ocipush: error: interrupted by SIG{signal}")),
+            "{error}"
         );
         assert_tag_absent(&registry, &format!("{name}/app"), "1");
         let requests = proxy.requests();
@@ -524,6 +557,124 @@ fn registry_status(registry: &str, path: &str) -> u16 {
         .unwrap_or_else(|| panic!("no HTTP status in {head:?}"))
 }
 
+/// A registry that stops answering mid-push: the fault proxy holds one request unanswered (a
+/// layer's commit PUT, then in a second push the manifest PUT), and SIGINT / SIGTERM comes while
+/// ocipush waits for it. ocipush exits with 130 / 143 within 3 s, not after the 10 s grace, with
+/// one line and no tag; every upload session it opened ends committed or cancelled (the held
+/// commit's session by a DELETE, which the registry honoured); the cache is whole; a re-run
+/// without the fault completes and verifies.
+#[test]
+fn a_signal_ends_a_request_the_registry_never_answers() {
+    let registry = services().registry;
+    let name = unique("held");
+    let repository = format!("{name}/app");
+    let image = format!("{name}:1");
+    build_image(&image, None, &[("a.bin", &incompressible(2 << 20))]);
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().to_str().unwrap();
+
+    for (held, signal, code) in [
+        ("/blobs/uploads/", "INT", 130),
+        ("/manifests/", "TERM", 143),
+    ] {
+        let proxy = HttpFaultProxy::start(
+            &registry,
+            Faults {
+                hold: Some(("PUT".into(), held.into())),
+                ..Faults::default()
+            },
+        );
+        let dest = format!("{}/{repository}:1", proxy.address);
+        let mut running = Running::start(&image, &dest, &[("OCIPUSH_CACHE_DIR", cache_dir)]);
+        running.wait_until(&format!("a PUT to {held}"), || {
+            proxy
+                .seen()
+                .iter()
+                .any(|s| s.method == "PUT" && s.path.contains(held))
+        });
+        running.stop_promptly(signal, code, &format!("PUT {held} was held"));
+        assert_tag_absent(&registry, &repository, "1");
+        let cancelled = assert_sessions_closed(&registry, &proxy.seen());
+        if held == "/blobs/uploads/" {
+            assert_eq!(cancelled, 1, "the held commit's session is cancelled");
+        }
+        assert_cache_intact_or_empty(cache.path());
+    }
+
+    let dest = format!("{registry}/{repository}:1");
+    let pushed = push_with(&image, &dest, "none", &[("OCIPUSH_CACHE_DIR", cache_dir)]);
+    let digest = pushed.expect_success(&dest);
+    copy_to_oci_layout_and_verify(&dest, &digest, &rootfs_layers(&image));
+    assert_cache_intact(cache.path());
+}
+
+/// A daemon that stalls in the middle of an export, while the layer's upload session is open:
+/// SIGINT ends the wait for the export's next bytes, ocipush exits with 130 within 3 s and one
+/// line, the upload session is cancelled, no tag; a re-run straight from the daemon completes.
+#[test]
+fn a_signal_ends_a_stalled_export() {
+    let s = services();
+    let name = unique("stalled");
+    let repository = format!("{name}/app");
+    let image = format!("{name}:1");
+    build_image(&image, None, &[("a.bin", &incompressible(4 << 20))]);
+    let daemon = FaultProxy::stalling(&s.docker_host, 3 << 20);
+    let proxy = HttpFaultProxy::start(&s.registry, Faults::default());
+    let cache = tempfile::tempdir().unwrap();
+    let envs = [
+        ("OCIPUSH_CACHE_DIR", cache.path().to_str().unwrap()),
+        ("DOCKER_HOST", &daemon.docker_host()),
+    ];
+    let dest = format!("{}/{repository}:1", proxy.address);
+    let mut running = Running::start(&image, &dest, &envs);
+    let session_opened = |seen: &[Seen]| {
+        seen.iter()
+            .any(|r| r.method == "POST" && r.path.ends_with("/blobs/uploads/") && r.status == 202)
+    };
+    running.wait_until("the export stalling in an open upload", || {
+        daemon.stalled.load(Ordering::SeqCst) && session_opened(&proxy.seen())
+    });
+    running.stop_promptly("INT", 130, "the export stalled");
+    assert_tag_absent(&s.registry, &repository, "1");
+    assert_eq!(assert_sessions_closed(&s.registry, &proxy.seen()), 1);
+
+    let dest = format!("{}/{repository}:1", s.registry);
+    let pushed = push_with(&image, &dest, "none", &envs[..1]);
+    let digest = pushed.expect_success(&dest);
+    copy_to_oci_layout_and_verify(&dest, &digest, &rootfs_layers(&image));
+}
+
+/// Every upload session in `seen` (requests to `/v2/NAME/blobs/uploads/ID`) ended committed
+/// (a PUT answered 201) or cancelled (a DELETE, after which `registry` no longer has it).
+/// Returns how many were cancelled.
+fn assert_sessions_closed(registry: &str, seen: &[Seen]) -> usize {
+    let sessions: std::collections::BTreeSet<&str> = seen
+        .iter()
+        .map(|s| s.path.as_str())
+        .filter(|p| {
+            p.split_once("/blobs/uploads/")
+                .is_some_and(|(_, id)| !id.is_empty())
+        })
+        .collect();
+    let mut cancelled = 0;
+    for session in sessions {
+        let on = |method: &'static str| {
+            seen.iter()
+                .filter(move |s| s.path == session && s.method == method)
+        };
+        if on("DELETE").next().is_some() {
+            assert_eq!(registry_status(registry, session), 404, "{session}");
+            cancelled += 1;
+        } else {
+            assert!(
+                on("PUT").any(|s| s.status == 201),
+                "upload session {session} was left open: {seen:#?}"
+            );
+        }
+    }
+    cancelled
+}
+
 /// The registry is killed (SIGKILL, by pid) while a layer uploads: the push fails with one line
 /// and writes no tag. The registry comes back on the same port and storage, and a re-run
 /// completes and verifies through skopeo. (Whether the first run retries or not, it cannot
@@ -546,15 +697,10 @@ fn a_registry_killed_mid_push_and_restarted_gets_the_image_on_a_rerun() {
     // Long enough for any retries with backoff to give up.
     let (exit, stderr) = running.finish(Duration::from_secs(240));
     assert_eq!(exit, Some(1), "{}", stderr.join("\n"));
-    let errors: Vec<_> = stderr
-        .iter()
-        .filter(|l| l.starts_with("ocipush: error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "{}", stderr.join("\n"));
+    let error = the_error_line(&stderr);
     assert!(
-        errors[0].contains(&proxy.address),
-        "names the registry: {}",
-        errors[0]
+        error.contains(&proxy.address),
+        "names the registry: {error}"
     );
 
     assert!(

@@ -3,9 +3,10 @@
 //! and, as its `Faults` say, drops connections in the middle of a chunk, answers 500 or 429
 //! (with Retry-After) instead of the registry, refuses chunks above a size as GHCR does,
 //! enforces Gitea's PATCH rule, moves uploads to a second loopback address, as registries do
-//! that hand uploads to object storage, or alters the registry's answers (another digest for a
-//! blob commit, another size for a blob, other bytes for a manifest). It records every request
-//! it saw.
+//! that hand uploads to object storage, alters the registry's answers (another digest for a
+//! blob commit, another size for a blob, other bytes for a manifest), or holds a request
+//! unanswered, as a registry that stops answering mid-push does. It records every request it
+//! saw.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -45,6 +46,9 @@ pub struct Faults {
     pub blob_size_offset: u64,
     /// Append a newline to every manifest a GET finds: the same JSON, bytes with another digest.
     pub manifest_bytes_changed: bool,
+    /// Hold every request with this method whose path contains this text: unforwarded and
+    /// unanswered until the client hangs up (recorded with status 0 when it arrives).
+    pub hold: Option<(String, String)>,
 }
 
 /// A request the proxy saw, and what became of it.
@@ -292,6 +296,16 @@ fn serve(client: TcpStream, shared: &Shared, second: bool) -> std::io::Result<()
         0
     };
 
+    if faults
+        .hold
+        .as_ref()
+        .is_some_and(|(method, path)| request.method == *method && seen.path.contains(path))
+    {
+        record(seen);
+        let mut byte = [0u8; 1];
+        while matches!(reader.read(&mut byte), Ok(n) if n > 0) {}
+        return Ok(());
+    }
     if faults.refuse_mounts && request.method == "POST" && seen.query.contains("mount=") {
         seen.status = 401;
         record(seen);

@@ -1,7 +1,7 @@
 //! Shared helpers for the integration tests: the services started by `scripts/services.sh`,
 //! running commands with a time limit, building and loading images in the test daemon,
 //! a hand-written `docker save` tarball builder, registry inspection, and a fault-injecting
-//! proxy in front of the daemon's unix socket.
+//! proxy in front of the daemon's unix socket (a flipped byte, or an export that stalls).
 #![allow(dead_code)]
 
 pub mod faults;
@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -793,18 +793,39 @@ pub fn docker_load(archive: &[u8]) {
 /// Listens on a unix socket and forwards each request to the real daemon over a fresh
 /// connection, rewritten to HTTP/1.0 so the daemon answers without chunked encoding and closes
 /// the connection after the response. In the response body of an image export
-/// (`GET /images/…/get`), the byte at `flip_at` is inverted. One request per client connection.
+/// (`GET /images/…/get`), the byte at `flip_at` is inverted (`start`), or the body stops at
+/// `stall_at` without ending, until the client hangs up (`stalling`), as a daemon that stalls
+/// does. One request per client connection.
 pub struct FaultProxy {
     pub socket: PathBuf,
     /// How many bytes were flipped so far (so a test can prove the fault was injected).
     pub flips: Arc<AtomicUsize>,
+    /// Whether an export stalled.
+    pub stalled: Arc<AtomicBool>,
     /// Request lines seen, for diagnostics.
     pub requests: Arc<std::sync::Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
+/// What the proxy does to an export's body.
+#[derive(Clone, Copy)]
+enum ExportFault {
+    /// Invert the byte at this offset.
+    Flip(u64),
+    /// Send the bytes before this offset, then nothing more.
+    Stall(u64),
+}
+
 impl FaultProxy {
     pub fn start(upstream: &str, flip_at: u64) -> Self {
+        Self::with(upstream, ExportFault::Flip(flip_at))
+    }
+
+    pub fn stalling(upstream: &str, stall_at: u64) -> Self {
+        Self::with(upstream, ExportFault::Stall(stall_at))
+    }
+
+    fn with(upstream: &str, fault: ExportFault) -> Self {
         let upstream = PathBuf::from(
             upstream
                 .strip_prefix("unix://")
@@ -817,20 +838,22 @@ impl FaultProxy {
         let socket = dir.path().join("p.sock");
         let listener = UnixListener::bind(&socket).unwrap();
         let flips = Arc::new(AtomicUsize::new(0));
+        let stalled = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (f, r) = (flips.clone(), requests.clone());
+        let (f, st, r) = (flips.clone(), stalled.clone(), requests.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { break };
-                let (upstream, f, r) = (upstream.clone(), f.clone(), r.clone());
+                let (upstream, f, st, r) = (upstream.clone(), f.clone(), st.clone(), r.clone());
                 std::thread::spawn(move || {
-                    let _ = proxy_one(conn, &upstream, flip_at, &f, &r);
+                    let _ = proxy_one(conn, &upstream, fault, &f, &st, &r);
                 });
             }
         });
         FaultProxy {
             socket,
             flips,
+            stalled,
             requests,
             _dir: dir,
         }
@@ -844,8 +867,9 @@ impl FaultProxy {
 fn proxy_one(
     client: UnixStream,
     upstream: &Path,
-    flip_at: u64,
+    fault: ExportFault,
     flips: &AtomicUsize,
+    stalled: &AtomicBool,
     requests: &std::sync::Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(client.try_clone()?);
@@ -899,7 +923,7 @@ fn proxy_one(
     up.write_all(out_head.as_bytes())?;
     up.write_all(&body)?;
 
-    // Response head goes through unchanged; the body until EOF, with one byte flipped.
+    // Response head goes through unchanged; the body until EOF, with its fault.
     let mut up_r = BufReader::new(up);
     loop {
         let mut line = Vec::new();
@@ -918,9 +942,20 @@ fn proxy_one(
         if n == 0 {
             break;
         }
-        if is_export && flip_at >= offset && flip_at < offset + n as u64 {
-            buf[(flip_at - offset) as usize] ^= 0xff;
-            flips.fetch_add(1, Ordering::SeqCst);
+        match fault {
+            ExportFault::Flip(at) if is_export && at >= offset && at < offset + n as u64 => {
+                buf[(at - offset) as usize] ^= 0xff;
+                flips.fetch_add(1, Ordering::SeqCst);
+            }
+            ExportFault::Stall(at) if is_export && at < offset + n as u64 => {
+                client_w.write_all(&buf[..(at - offset) as usize])?;
+                client_w.flush()?;
+                stalled.store(true, Ordering::SeqCst);
+                let mut byte = [0u8; 1];
+                while matches!(reader.read(&mut byte), Ok(n) if n > 0) {}
+                return Ok(());
+            }
+            _ => {}
         }
         offset += n as u64;
         client_w.write_all(&buf[..n])?;
