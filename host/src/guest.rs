@@ -391,13 +391,13 @@ fn run_guest<T>(
         tracing::debug!(elapsed = ?started.elapsed(), waits = ?store.data().waits, "push finished");
         result.map_err(anyhow::Error::msg)
     })();
+    // Dropping the store drops the guest's unfinished uploads, which cancels them.
+    drop(store);
     // A push that failed because a signal stopped it says so, whatever step it was in.
     let result = match (result, crate::interrupt::received()) {
         (Err(e), Some(signal)) => {
             tracing::debug!("stopped by {signal}: {e:#}");
-            Err(anyhow!(
-                "interrupted by {signal}: the push stopped and its unfinished uploads were cancelled"
-            ))
+            Err(anyhow!(crate::interrupt::stopped(signal)))
         }
         (result, _) => result,
     };

@@ -14,7 +14,7 @@
 //! ended by then is ended regardless, without cleaning up.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
@@ -23,6 +23,10 @@ use tokio::task::JoinHandle;
 
 /// The signal received, 0 while none.
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+/// Upload sessions a stopped or failed push could not cancel (the registry refused the `DELETE`
+/// or did not answer it within `CANCEL_LIMIT`): the line a stopped push ends with says so.
+static LEFT_OPEN: AtomicUsize = AtomicUsize::new(0);
 
 /// How long a push has, after the signal, to cancel its uploads and exit.
 const GRACE: Duration = Duration::from_secs(10);
@@ -59,6 +63,22 @@ pub fn received() -> Option<&'static str> {
     match RECEIVED.load(Ordering::SeqCst) {
         0 => None,
         number => Some(name(number)),
+    }
+}
+
+/// Counts an upload session that cancelling did not close.
+pub fn upload_left_open() {
+    LEFT_OPEN.fetch_add(1, Ordering::SeqCst);
+}
+
+/// The line a push stopped by `signal` ends with: said after its unfinished uploads were
+/// dropped (each cancelled, or counted by `upload_left_open`), so that it is true.
+pub fn stopped(signal: &str) -> String {
+    let stopped = format!("interrupted by {signal}: the push stopped");
+    match LEFT_OPEN.load(Ordering::SeqCst) {
+        0 => format!("{stopped} and its unfinished uploads were cancelled"),
+        1 => format!("{stopped}; 1 unfinished upload could not be cancelled (the registry purges it later)"),
+        n => format!("{stopped}; {n} unfinished uploads could not be cancelled (the registry purges them later)"),
     }
 }
 
@@ -112,11 +132,10 @@ impl Runtime {
         })
     }
 
-    /// For cleanup after a push failed or stopped: runs `future` for at most `limit`, signal
-    /// or not; `None` if it did not end in time.
-    pub fn block_on_for<F: Future>(&self, limit: Duration, future: F) -> Option<F::Output> {
-        self.0
-            .block_on(async { tokio::time::timeout(limit, future).await.ok() })
+    /// For cleanup after a push failed or stopped: runs `future` to its end, signal or not, so
+    /// `future` must bound its own wait (as `Api::cancel` does with `CANCEL_LIMIT`).
+    pub fn block_on_cleanup<F: Future>(&self, future: F) -> F::Output {
+        self.0.block_on(future)
     }
 
     /// Runs `future` in the background (an export pump, an upload's sender).

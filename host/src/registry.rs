@@ -319,18 +319,44 @@ impl Api {
     }
 
     /// Cancels an upload session (`DELETE`) that will not be committed, so the registry can free
-    /// it at once rather than purge it later. Best effort, and bounded by `CANCEL_LIMIT` whether
-    /// or not a signal came: a push that failed or stopped must not hang on it.
+    /// it at once rather than purge it later. For a push that failed or stopped: see `cancel`.
     pub fn cancel_upload(&self, rt: &crate::interrupt::Runtime, session: Url) {
-        let request = self.request(Method::DELETE, session).send();
-        match rt.block_on_for(crate::interrupt::CANCEL_LIMIT, request) {
-            Some(Ok(response)) => {
-                tracing::debug!(registry = %self.registry, status = %response.status(), "upload cancelled")
+        rt.block_on_cleanup(self.cancel(session))
+    }
+
+    /// Best effort, and bounded by `CANCEL_LIMIT` whether or not a signal came: a push must not
+    /// hang on it. A session the registry did not close is counted, for the stopped push's line.
+    async fn cancel(&self, session: Url) {
+        let cancelled = async {
+            let response = self
+                .request(Method::DELETE, session)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status();
+            if status.is_success() {
+                return Ok(());
             }
-            Some(Err(e)) => {
-                tracing::debug!(registry = %self.registry, error = %e, "cancelling an upload failed")
+            let refusal = self.refusal("cancelling an upload", response).await;
+            // Unknown: the session is gone already. Any other refusal leaves it open, e.g.
+            // distribution's 404 BLOB_UPLOAD_INVALID for a `_state` that predates a PATCH the
+            // registry got part of (a signal cut it short): it keeps that session until its purge.
+            if status == StatusCode::NOT_FOUND && refusal.contains("BLOB_UPLOAD_UNKNOWN") {
+                Ok(())
+            } else {
+                Err(refusal)
             }
-            None => tracing::debug!(registry = %self.registry, "cancelling an upload timed out"),
+        };
+        let registry = &self.registry;
+        let outcome = tokio::time::timeout(crate::interrupt::CANCEL_LIMIT, cancelled)
+            .await
+            .unwrap_or_else(|_| Err("no answer in time".to_string()));
+        match outcome {
+            Ok(()) => tracing::debug!(%registry, "upload cancelled"),
+            Err(error) => {
+                tracing::debug!(%registry, %error, "an upload was left open");
+                crate::interrupt::upload_left_open();
+            }
         }
     }
 
@@ -365,7 +391,7 @@ impl Api {
             StatusCode::CREATED => Ok(true),
             StatusCode::ACCEPTED => {
                 if let Ok(session) = self.location(&response) {
-                    let _ = self.request(Method::DELETE, session).send().await;
+                    self.cancel(session).await;
                 }
                 Ok(false)
             }
