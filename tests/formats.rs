@@ -5,12 +5,12 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
+use support::faults::{Faults, HttpFaultProxy};
 use support::*;
 
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -276,91 +276,6 @@ fn verify_reads_the_push_back_and_reports_it() {
     );
 }
 
-/// A TCP proxy in front of the registry that hides one blob from HEAD requests (the request
-/// line names another digest instead, so the registry answers 404); everything else passes
-/// through byte for byte.
-struct HidingProxy {
-    address: String,
-}
-
-impl HidingProxy {
-    fn start(upstream: &str, repo: &str, hidden: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let from = format!("HEAD /v2/{repo}/blobs/{hidden} ").into_bytes();
-        let to = format!("HEAD /v2/{repo}/blobs/sha256:{} ", "0".repeat(64)).into_bytes();
-        assert_eq!(from.len(), to.len());
-        let upstream = upstream.to_string();
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { break };
-                let Ok(server) = TcpStream::connect(&upstream) else {
-                    continue;
-                };
-                let (from, to) = (from.clone(), to.clone());
-                let (client_r, server_w) =
-                    (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || rewrite_copy(client_r, server_w, &from, &to));
-                std::thread::spawn(move || rewrite_copy(server, client, b"", b""));
-            }
-        });
-        Self { address }
-    }
-}
-
-/// Copies `input` to `output`, replacing `pattern` with `replacement` (same length) wherever
-/// it occurs, also across reads: a tail that could begin the pattern is held back until more
-/// bytes come, or until the connection has been quiet for a moment.
-fn rewrite_copy(mut input: TcpStream, mut output: TcpStream, pattern: &[u8], replacement: &[u8]) {
-    let _ = input.set_read_timeout(Some(std::time::Duration::from_millis(20)));
-    let mut pending: Vec<u8> = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let quiet = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                pending.extend_from_slice(&buf[..n]);
-                false
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                true
-            }
-            Err(_) => break,
-        };
-        if !pattern.is_empty() {
-            let mut i = 0;
-            while i + pattern.len() <= pending.len() {
-                if &pending[i..i + pattern.len()] == pattern {
-                    pending[i..i + pattern.len()].copy_from_slice(replacement);
-                    i += pattern.len();
-                } else {
-                    i += 1;
-                }
-            }
-        }
-        let held = if quiet {
-            0
-        } else {
-            (1..pattern.len().min(pending.len() + 1))
-                .rev()
-                .find(|&k| pending.ends_with(&pattern[..k]))
-                .unwrap_or(0)
-        };
-        let send = pending.len() - held;
-        if output.write_all(&pending[..send]).is_err() {
-            break;
-        }
-        pending.drain(..send);
-    }
-    let _ = output.write_all(&pending);
-    let _ = output.shutdown(std::net::Shutdown::Write);
-}
-
 #[test]
 fn verify_fails_when_the_registry_does_not_have_a_blob_the_manifest_names() {
     let s = services();
@@ -375,7 +290,13 @@ fn verify_fails_when_the_registry_does_not_have_a_blob_the_manifest_names() {
 
     // Through a proxy that hides that blob from HEAD: the push (which uploads it, because the
     // HEAD says it is missing) writes the manifest, and --verify then finds the blob missing.
-    let proxy = HidingProxy::start(&s.registry, &repo, &hidden);
+    let proxy = HttpFaultProxy::start(
+        &s.registry,
+        Faults {
+            hide_blob: Some(hidden.clone()),
+            ..Faults::default()
+        },
+    );
     let through = format!("{}/{repo}:v2", proxy.address);
     let pushed = push_args(&tag, &through, "none", &["--verify"], &[]);
     let line = pushed.expect_failure();

@@ -4,9 +4,9 @@
 //! (with Retry-After) instead of the registry, refuses chunks above a size as GHCR does,
 //! enforces Gitea's PATCH rule, moves uploads to a second loopback address, as registries do
 //! that hand uploads to object storage, alters the registry's answers (another digest for a
-//! blob commit, another size for a blob, other bytes for a manifest), or holds a request
-//! unanswered, as a registry that stops answering mid-push does. It records every request it
-//! saw.
+//! blob commit or a manifest, another size for a blob, other bytes for a manifest, a header of
+//! 1 MiB), hides a blob, or holds a request unanswered, as a registry that stops answering
+//! mid-push does. It records every request it saw.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -49,6 +49,13 @@ pub struct Faults {
     /// Hold every request with this method whose path contains this text: unforwarded and
     /// unanswered until the client hangs up (recorded with status 0 when it arrives).
     pub hold: Option<(String, String)>,
+    /// Answer 404, unforwarded, to every HEAD of this blob: a registry that lost it.
+    pub hide_blob: Option<String>,
+    /// Answer every manifest PUT the registry took (201) with this `Docker-Content-Digest` in
+    /// place of the registry's.
+    pub manifest_digest: Option<String>,
+    /// Add a 1 MiB header to every answer.
+    pub huge_header: bool,
 }
 
 /// A request the proxy saw, and what became of it.
@@ -237,14 +244,14 @@ fn lie(
     let (method, path) = (request.method.as_str(), seen.path.as_str());
     let commit =
         method == "PUT" && path.contains("/blobs/uploads/") && seen.query.contains("digest=");
-    if let Some(digest) = faults
-        .commit_digest
-        .as_ref()
-        .filter(|_| commit && status == 201)
-    {
-        if let Some(v) = header(headers, "docker-content-digest") {
-            *v = digest.clone();
-        }
+    let manifest_put = method == "PUT" && path.contains("/manifests/");
+    let claimed = match status {
+        201 if commit => faults.commit_digest.as_ref(),
+        201 if manifest_put => faults.manifest_digest.as_ref(),
+        _ => None,
+    };
+    if let (Some(digest), Some(v)) = (claimed, header(headers, "docker-content-digest")) {
+        *v = digest.clone();
     }
     if method == "HEAD" && path.contains("/blobs/") && status == 200 && faults.blob_size_offset > 0
     {
@@ -305,6 +312,16 @@ fn serve(client: TcpStream, shared: &Shared, second: bool) -> std::io::Result<()
         let mut byte = [0u8; 1];
         while matches!(reader.read(&mut byte), Ok(n) if n > 0) {}
         return Ok(());
+    }
+    if request.method == "HEAD"
+        && faults
+            .hide_blob
+            .as_ref()
+            .is_some_and(|digest| seen.path.ends_with(&format!("/blobs/{digest}")))
+    {
+        seen.status = 404;
+        record(seen);
+        return answer(&mut client, "404 Not Found", "");
     }
     if faults.refuse_mounts && request.method == "POST" && seen.query.contains("mount=") {
         seen.status = 401;
@@ -463,6 +480,9 @@ fn serve(client: TcpStream, shared: &Shared, second: bool) -> std::io::Result<()
             v.clone()
         };
         out += &format!("{k}: {v}\r\n");
+    }
+    if faults.huge_header {
+        out += &format!("X-Filler: {}\r\n", "f".repeat(1 << 20));
     }
     out += "Connection: close\r\n\r\n";
     // Recorded before the client hears the answer, so the log is in the order things happened.
