@@ -506,3 +506,62 @@ fn verify_fails_when_the_registry_serves_other_manifest_bytes() {
     );
     rerun_publishes(&tag, &repo, &id, &diff_ids);
 }
+
+/// The registry stores the manifest but answers its PUT with another digest: the push fails in
+/// one line naming the destination, the digest claimed and the digest of what was sent. The tag
+/// is the one thing written by then: a PUT by tag writes manifest and tag at once.
+#[test]
+fn a_manifest_put_answered_with_another_digest_fails_the_push() {
+    let name = unique("manifest-digest");
+    let (tag, id, diff_ids) = image_with_a_large_layer(&name);
+    let claimed = format!("sha256:{}", "0".repeat(64));
+    let proxy = HttpFaultProxy::start(
+        &services().registry,
+        Faults {
+            manifest_digest: Some(claimed.clone()),
+            ..Faults::default()
+        },
+    );
+    let repo = format!("faults/{name}");
+    let dest = format!("{}/{repo}:v1", proxy.address);
+    let line = push_args(&tag, &dest, "none", &[], &[]).expect_failure();
+    let (_, sent) = stored_manifest(&repo);
+    assert!(
+        line.contains(&format!(
+            "{}/{repo} stored the manifest as {claimed}, which is not the digest of what was sent ({sent})",
+            proxy.address
+        )),
+        "{line}"
+    );
+    rerun_publishes(&tag, &repo, &id, &diff_ids);
+}
+
+/// A registry whose every answer carries a 1 MiB header: the first request fails the push in
+/// one line naming the registry, before anything is uploaded or written.
+#[test]
+fn an_answer_with_a_huge_header_fails_the_push_in_one_line() {
+    let name = unique("huge-header");
+    let (tag, id, diff_ids) = image_with_a_large_layer(&name);
+    let proxy = HttpFaultProxy::start(
+        &services().registry,
+        Faults {
+            huge_header: true,
+            ..Faults::default()
+        },
+    );
+    let repo = format!("faults/{name}");
+    let dest = format!("{}/{repo}:v1", proxy.address);
+    let line = push_args(&tag, &dest, "none", &[], &[]).expect_failure();
+    assert!(
+        line.contains(&format!("registry {}", proxy.address)) && line.contains("too large"),
+        "{line}"
+    );
+    let seen = proxy.seen();
+    assert!(
+        seen.iter()
+            .all(|s| s.method != "PATCH" && s.method != "PUT"),
+        "{seen:#?}"
+    );
+    assert_tag_absent(&services().registry, &repo, "v1");
+    rerun_publishes(&tag, &repo, &id, &diff_ids);
+}
