@@ -394,6 +394,23 @@ fn certs_d_ca_and_podman_auth_json_are_used() {
     assert_eq!(skopeo_digest(&d).unwrap(), digest);
 }
 
+/// What ocipush asks a registry whose connection ended after the TLS handshake: whether it
+/// wants a client certificate. A TLS 1.3 registry that requires one sends its alert after our
+/// side of the handshake is done, so the request may see the alert or only a closed connection;
+/// the probe's answer does not depend on that race.
+#[test]
+fn the_client_certificate_probe_tells_mutual_tls_from_plain_tls() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let asks = |registry: &Registry| {
+        let (host, port) = registry.address.rsplit_once(':').unwrap();
+        let port = port.parse().unwrap();
+        let limit = std::time::Duration::from_secs(5);
+        rt.block_on(ocipush::tls::asks_for_client_certificate(host, port, limit))
+    };
+    assert!(asks(&mutual_tls_registry()));
+    assert!(!asks(&tls_htpasswd_registry()));
+}
+
 #[test]
 fn certs_d_client_certificate_gives_mutual_tls() {
     let registry = mutual_tls_registry();

@@ -25,6 +25,8 @@ use crate::upload::LayerUpload;
 
 /// The most bytes of an error response body worth reading for a message.
 const ERROR_BODY_LIMIT: usize = 4096;
+/// How long asking a registry whether it wants a client certificate may take.
+const PROBE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The most bytes of a token service's answer read.
 const TOKEN_BODY_LIMIT: usize = 1 << 20;
 /// The most bytes of a manifest read back: registries cap manifests at 4 MiB.
@@ -137,7 +139,15 @@ impl Api {
                 Err(e) if crate::tls::is_certificate_error(&e) => {
                     return Err(self.transport_error(what, &e))
                 }
-                Err(e) => (self.transport_error(what, &e), None),
+                Err(e) => {
+                    if attempt == 0 && self.wants_client_certificate(&e).await {
+                        return Err(format!(
+                            "registry {} refused the TLS handshake while {what}: it asks for a client certificate, and none is set up for it; put client.cert and client.key in its certs.d directory (/etc/docker/certs.d/{}/)",
+                            self.registry, self.registry
+                        ));
+                    }
+                    (self.transport_error(what, &e), None)
+                }
                 Ok(response)
                     if response.status() == StatusCode::UNAUTHORIZED
                         && !renewed
@@ -161,6 +171,24 @@ impl Api {
                 return Err(retry::gave_up(&reason, self.policy.retries));
             }
         }
+    }
+
+    /// Whether a request failed because the registry wants a client certificate we do not have
+    /// (see `tls::asks_for_client_certificate`): asked only over HTTPS without one set up, and
+    /// not when the registry could not be reached at all.
+    async fn wants_client_certificate(&self, e: &reqwest::Error) -> bool {
+        if e.is_connect()
+            || self.base.scheme() != "https"
+            || crate::tls::has_client_certificate(&self.registry)
+        {
+            return false;
+        }
+        let (Some(host), Some(port)) = (self.base.host_str(), self.base.port_or_known_default())
+        else {
+            return false;
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        crate::tls::asks_for_client_certificate(host, port, PROBE_LIMIT).await
     }
 
     /// `GET /v2/`: does the registry speak the API, and let us in?

@@ -3,8 +3,18 @@
 //! `client.key` for mutual TLS). Each registry gets a client built with its own settings.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use reqwest::{Certificate, Identity};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio_rustls::TlsConnector;
 
 /// Where per-registry directories are looked for, unless `OCIPUSH_CERTS_DIRS` says otherwise.
 const CERTS_DIRS: &str = "/etc/docker/certs.d:/etc/containers/certs.d";
@@ -56,6 +66,101 @@ impl TlsOptions {
     }
 }
 
+/// Whether the registry's certs.d directories give it a client certificate.
+pub fn has_client_certificate(registry: &str) -> bool {
+    certs_dirs(registry)
+        .iter()
+        .any(|dir| dir.join("client.cert").exists() || dir.join("client.key").exists())
+}
+
+/// Whether the TLS server at `host`:`port` asks for a client certificate, within `limit`.
+/// Asked only to explain a failed request: a TLS 1.3 server that requires a certificate we do not
+/// have lets our side of the handshake finish, then sends its alert and hangs up, and whether the
+/// HTTP client reports that alert or just a closed connection is a race. The probe's handshake
+/// sends no certificate and no data, so it does not check the server's certificate either.
+pub async fn asks_for_client_certificate(host: &str, port: u16, limit: Duration) -> bool {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let asked = Arc::new(AskedForCertificate::default());
+    let Ok(builder) = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+    else {
+        return false;
+    };
+    let config = builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(UncheckedServer(provider)))
+        .with_client_cert_resolver(asked.clone());
+    let Ok(name) = ServerName::try_from(host.to_string()) else {
+        return false;
+    };
+    let handshake = async {
+        let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+        TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+    };
+    // The answer is in whether the server asked, not in how the handshake ended.
+    let _ = tokio::time::timeout(limit, handshake).await;
+    asked.0.load(Ordering::SeqCst)
+}
+
+/// Remembers that the server asked for a client certificate; offers none.
+#[derive(Debug, Default)]
+struct AskedForCertificate(AtomicBool);
+
+impl ResolvesClientCert for AskedForCertificate {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.0.store(true, Ordering::SeqCst);
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Accepts any server certificate, with signatures still checked: for the probe only, which
+/// sends nothing the server could misuse.
+#[derive(Debug)]
+struct UncheckedServer(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for UncheckedServer {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// `BASE/HOST[:PORT]` for every certs.d base directory.
 fn certs_dirs(registry: &str) -> Vec<PathBuf> {
     let bases = std::env::var("OCIPUSH_CERTS_DIRS").unwrap_or_else(|_| CERTS_DIRS.to_string());
@@ -104,7 +209,6 @@ fn read_identity(cert: &Path, key: &Path) -> Result<Identity, String> {
     })
 }
 
-/// Whether a failed request failed on a TLS certificate (the server's, or ours refused).
 /// Whether the server ended the TLS handshake with an alert: it refused us (typically our
 /// missing or unknown client certificate), rather than we it.
 pub fn is_handshake_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -118,6 +222,7 @@ pub fn is_handshake_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Whether a failed request failed on a TLS certificate (the server's, or ours refused).
 pub fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(e);
     while let Some(e) = cause {
