@@ -1,8 +1,8 @@
 //! Uploads through an imperfect network and imperfect registries: a fault-injecting proxy
 //! (tests/support/faults.rs) sits in front of the real registry started by scripts/services.sh.
 //! After every successful run the image reads back through skopeo with every digest verified;
-//! after every failed run no tag exists, except where `--verify` fails: it reads back what the
-//! tag names, so the tag is written by then.
+//! after every failed run no tag exists (`--verify` reads the manifest back by digest before the
+//! tag), except where a registry writes the tag itself while lying about the manifest's digest.
 
 mod support;
 
@@ -356,12 +356,13 @@ fn committed(seen: &[Seen]) -> Vec<String> {
         .collect()
 }
 
-/// The manifest REPO:v1 as the real registry holds it: its bytes and their digest.
-fn stored_manifest(repo: &str) -> (Vec<u8>, String) {
+/// The manifest REPO:REFERENCE (a tag or digest) as the real registry holds it: its bytes and
+/// their digest.
+fn stored_manifest(repo: &str, reference: &str) -> (Vec<u8>, String) {
     let (status, bytes) = registry_get(
         &services().registry,
         repo,
-        "manifests/v1",
+        &format!("manifests/{reference}"),
         Some(OCI_MANIFEST),
     );
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
@@ -415,7 +416,7 @@ fn a_blob_commit_answered_with_another_digest_fails_the_push_and_writes_no_tag()
 
     rerun_publishes(&tag, &repo, &id, &diff_ids);
     // The blob the error named is one of the image's.
-    let manifest: Value = serde_json::from_slice(&stored_manifest(&repo).0).unwrap();
+    let manifest: Value = serde_json::from_slice(&stored_manifest(&repo, "v1").0).unwrap();
     let blobs: Vec<&str> = std::iter::once(&manifest["config"])
         .chain(manifest["layers"].as_array().unwrap())
         .map(|b| b["digest"].as_str().unwrap())
@@ -439,14 +440,14 @@ fn a_registry_that_misreports_blob_sizes_fails_verify_and_the_next_push() {
     let repo = format!("faults/{name}");
     let location = format!("{}/{repo}", proxy.address);
     let dest = format!("{location}:v1");
-    // The blobs are new, so only verify's HEADs find them, after the manifest went up.
+    // The blobs are new, so only verify's HEADs find them, after the manifest went up by digest.
     let line = push_args(&tag, &dest, "none", &["--verify"], &[]).expect_failure();
-    let (bytes, digest) = stored_manifest(&repo);
+    let (bytes, digest) = stored_manifest(&repo, &manifest_written_by_digest(&proxy.seen()));
     let manifest: Value = serde_json::from_slice(&bytes).unwrap();
     let config = &manifest["config"];
     let size = config["size"].as_u64().unwrap();
     assert!(
-        line.contains(&format!("verify after writing {dest}"))
+        line.contains(&format!("verify before writing {dest}"))
             && line.contains(&format!(
                 "{location} holds config {} of manifest {digest} with {} bytes, not the {size} the manifest states",
                 config["digest"].as_str().unwrap(),
@@ -454,6 +455,7 @@ fn a_registry_that_misreports_blob_sizes_fails_verify_and_the_next_push() {
             )),
         "{line}"
     );
+    assert_tag_absent(&services().registry, &repo, "v1");
 
     let before = proxy.seen().len();
     let line = push(&tag, &format!("{location}:v2")).expect_failure();
@@ -493,10 +495,10 @@ fn verify_fails_when_the_registry_serves_other_manifest_bytes() {
     let repo = format!("faults/{name}");
     let dest = format!("{}/{repo}:v1", proxy.address);
     let line = push_args(&tag, &dest, "none", &["--verify"], &[]).expect_failure();
-    let (mut bytes, digest) = stored_manifest(&repo);
+    let (mut bytes, digest) = stored_manifest(&repo, &manifest_written_by_digest(&proxy.seen()));
     bytes.push(b'\n');
     assert!(
-        line.contains(&format!("verify after writing {dest}"))
+        line.contains(&format!("verify before writing {dest}"))
             && line.contains(&format!(
                 "{}/{repo} serves manifest {digest} with bytes that hash to sha256:{}",
                 proxy.address,
@@ -504,12 +506,28 @@ fn verify_fails_when_the_registry_serves_other_manifest_bytes() {
             )),
         "{line}"
     );
+    assert_tag_absent(&services().registry, &repo, "v1");
     rerun_publishes(&tag, &repo, &id, &diff_ids);
 }
 
+/// The digest a manifest was written under (`PUT …/manifests/sha256:…`, as `--verify` does
+/// before the tag), from what the proxy saw; the one such PUT.
+fn manifest_written_by_digest(seen: &[Seen]) -> String {
+    let puts: Vec<&str> = seen
+        .iter()
+        .filter(|s| s.method == "PUT")
+        .filter_map(|s| s.path.split_once("/manifests/").map(|(_, r)| r))
+        .collect();
+    match puts[..] {
+        [digest] if digest.starts_with("sha256:") => digest.to_string(),
+        _ => panic!("not one manifest PUT by digest: {puts:?}"),
+    }
+}
+
 /// The registry stores the manifest but answers its PUT with another digest: the push fails in
-/// one line naming the destination, the digest claimed and the digest of what was sent. The tag
-/// is the one thing written by then: a PUT by tag writes manifest and tag at once.
+/// one line naming the destination, the digest claimed and the digest of what was sent. With
+/// `--verify` the manifest goes up by digest first, and no tag is written; without, the tag is
+/// the one thing written by then: a PUT by tag writes manifest and tag at once.
 #[test]
 fn a_manifest_put_answered_with_another_digest_fails_the_push() {
     let name = unique("manifest-digest");
@@ -523,16 +541,22 @@ fn a_manifest_put_answered_with_another_digest_fails_the_push() {
         },
     );
     let repo = format!("faults/{name}");
-    let dest = format!("{}/{repo}:v1", proxy.address);
-    let line = push_args(&tag, &dest, "none", &[], &[]).expect_failure();
-    let (_, sent) = stored_manifest(&repo);
-    assert!(
+    let lied_to = |line: &str, sent: &str| {
         line.contains(&format!(
             "{}/{repo} stored the manifest as {claimed}, which is not the digest of what was sent ({sent})",
             proxy.address
-        )),
-        "{line}"
-    );
+        ))
+    };
+
+    let dest = format!("{}/{repo}:v1", proxy.address);
+    let line = push_args(&tag, &dest, "none", &["--verify"], &[]).expect_failure();
+    let (_, sent) = stored_manifest(&repo, &manifest_written_by_digest(&proxy.seen()));
+    assert!(lied_to(&line, &sent), "{line}");
+    assert_tag_absent(&services().registry, &repo, "v1");
+
+    let line = push_args(&tag, &dest, "none", &[], &[]).expect_failure();
+    assert_eq!(stored_manifest(&repo, "v1").1, sent);
+    assert!(lied_to(&line, &sent), "{line}");
     rerun_publishes(&tag, &repo, &id, &diff_ids);
 }
 

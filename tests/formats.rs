@@ -289,7 +289,8 @@ fn verify_fails_when_the_registry_does_not_have_a_blob_the_manifest_names() {
     let hidden = m["layers"][0]["digest"].as_str().unwrap().to_string();
 
     // Through a proxy that hides that blob from HEAD: the push (which uploads it, because the
-    // HEAD says it is missing) writes the manifest, and --verify then finds the blob missing.
+    // HEAD says it is missing) writes the manifest by digest, and --verify then finds the blob
+    // missing, before the tag.
     let proxy = HttpFaultProxy::start(
         &s.registry,
         Faults {
@@ -301,11 +302,13 @@ fn verify_fails_when_the_registry_does_not_have_a_blob_the_manifest_names() {
     let pushed = push_args(&tag, &through, "none", &["--verify"], &[]);
     let line = pushed.expect_failure();
     assert!(
-        line.contains(&format!("verify after writing {}/{repo}:v2", proxy.address))
-            && line.contains(&hidden)
-            && line.contains("does not have layer"),
+        line.contains(&format!(
+            "verify before writing {}/{repo}:v2",
+            proxy.address
+        )) && line.contains(&format!("does not have layer {hidden}")),
         "{line}"
     );
+    assert_tag_absent(&s.registry, &repo, "v2");
     // Without --verify the same push succeeds: the failure is verify's finding.
     let pushed = push_args(&tag, &through, "none", &[], &[]);
     pushed.expect_success(&through);

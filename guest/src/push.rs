@@ -291,8 +291,11 @@ fn publish_blobs_and_manifest(
     })
 }
 
-/// Writes a manifest or index under the destination's tag (the last write of a push), and
-/// reads it back when asked to verify.
+/// Writes a manifest or index under the destination's tag: the write that publishes a push, so
+/// it comes last. Asked to verify, a registry first gets the manifest by digest and it is read
+/// back before the tag names it, so a push that fails verification leaves no tag. (An OCI
+/// layout gets the tag first and is read back after: a manifest written there by digest would
+/// become an index entry of its own.)
 fn tag(
     repository: &mut impl BlobSink,
     destination: &Destination,
@@ -301,13 +304,34 @@ fn tag(
     settings: &Settings,
     progress: &mut impl ProgressSink,
 ) -> Result<Pushed> {
+    let before_tagging = settings.verify && matches!(destination, Destination::Registry(_));
+    let checked = if before_tagging {
+        let digest = write_manifest(
+            repository,
+            destination,
+            Digest::of(body).as_str(),
+            media_type,
+            body,
+        )?;
+        Some(verify(repository, destination, &digest, "before writing")?)
+    } else {
+        None
+    };
     let digest = write_manifest(repository, destination, destination.tag(), media_type, body)?;
     progress.report(Event::ManifestDone {
         reference: destination.tag().to_string(),
         digest: digest.clone(),
     });
     if settings.verify {
-        verify(repository, destination, &digest, progress)?;
+        let (manifests, blobs) = match checked {
+            Some(checked) => checked,
+            None => verify(repository, destination, &digest, "after writing")?,
+        };
+        progress.report(Event::Verified {
+            digest: digest.clone(),
+            manifests,
+            blobs,
+        });
     }
     Ok(Pushed {
         digest,
@@ -337,26 +361,21 @@ fn write_manifest(
 
 /// Reads back what was published, by digest: the manifest (or index, and each manifest it
 /// names) must hash to its digest, and every blob it names must be in the registry with the
-/// size it states. Any difference fails the push.
+/// size it states. Any difference fails the push. `when` says where the tag stands (`before
+/// writing` or `after writing`), for the error. Returns how many manifests and blobs it checked.
 fn verify(
     repository: &mut impl BlobSink,
     destination: &Destination,
     digest: &Digest,
-    progress: &mut impl ProgressSink,
-) -> Result<()> {
-    let (manifests, blobs) = read_back(repository, destination, digest).with_context(|| {
+    when: &str,
+) -> Result<(u32, u32)> {
+    read_back(repository, destination, digest).with_context(|| {
         format!(
-            "verify after writing {}:{}",
+            "verify {when} {}:{}",
             destination.location(),
             destination.tag()
         )
-    })?;
-    progress.report(Event::Verified {
-        digest: digest.clone(),
-        manifests,
-        blobs,
-    });
-    Ok(())
+    })
 }
 
 /// Fetches `digest` and what it names; returns how many manifests and blobs were checked.
@@ -767,6 +786,8 @@ mod tests {
         misreport_manifest_digest: bool,
         /// Reports every blob one byte larger than it is.
         misreport_blob_sizes: bool,
+        /// A blob it takes and then loses.
+        loses: Option<Digest>,
     }
 
     #[derive(Clone, Default)]
@@ -854,8 +875,10 @@ mod tests {
             let size = self.data.len() as u64;
             let mut log = self.log.borrow_mut();
             log.calls.push(format!("layer {digest}"));
-            log.blobs
-                .insert(digest.clone(), std::mem::take(&mut self.data));
+            if log.loses.as_ref() != Some(&digest) {
+                log.blobs
+                    .insert(digest.clone(), std::mem::take(&mut self.data));
+            }
             Ok(Blob { digest, size })
         }
     }
@@ -1316,24 +1339,49 @@ mod tests {
             })
         );
 
-        // A layer the registry lost after the push: verify names it.
-        let lose = f.diff_ids[1].clone();
-        registry.0.borrow_mut().blobs.remove(&lose);
-        let mut repository = registry.clone();
-        let target = Destination::parse(&request.destination).unwrap();
-        let err = verify(
-            &mut repository,
-            &target,
-            &pushed.digest,
+        // The manifest went up by digest, was read back, and only then got its tag.
+        let calls = registry.0.borrow().calls.clone();
+        let at = |call: &str| calls.iter().position(|c| c.starts_with(call));
+        let by_digest = at(&format!("manifest {}", pushed.digest)).unwrap();
+        let read = at(&format!("get {}", pushed.digest)).unwrap();
+        let tagged = at("manifest 1.0").unwrap();
+        assert!(by_digest < read && read < tagged, "{calls:#?}");
+    }
+
+    /// A registry that takes a layer and loses it: verify reads back the manifest, finds the
+    /// layer missing, and the tag is never written.
+    #[test]
+    fn a_push_that_fails_verify_writes_no_tag() {
+        let f = fixture();
+        let mut source = Memory::new(classic_export(&f), summary(&f));
+        let registry = MemoryRegistry::default();
+        let lost = f.diff_ids[1].clone();
+        registry.0.borrow_mut().loses = Some(lost.clone());
+        let request = PushRequest {
+            settings: Settings {
+                verify: true,
+                ..settings()
+            },
+            ..request()
+        };
+        let err = run(
+            &request,
+            &mut source,
+            &registry,
+            &mut MemoryCache::default(),
             &mut Events::default(),
         )
         .unwrap_err();
         let err = format!("{err:#}");
         assert!(
-            err.starts_with("verify after writing 127.0.0.1:5000/team/app:1.0: ")
-                && err.contains(lose.as_str())
-                && err.contains("does not have layer"),
+            err.starts_with("verify before writing 127.0.0.1:5000/team/app:1.0: ")
+                && err.contains(&format!("does not have layer {lost}")),
             "{err}"
+        );
+        let calls = registry.0.borrow().calls.clone();
+        assert!(
+            !calls.iter().any(|c| c.starts_with("manifest 1.0")),
+            "{calls:#?}"
         );
     }
 
@@ -1347,23 +1395,11 @@ mod tests {
             .manifests
             .insert(digest.to_string(), b"{ }".to_vec());
         let target = Destination::parse("127.0.0.1:5000/team/app:1").unwrap();
-        let err = verify(
-            &mut registry.clone(),
-            &target,
-            &digest,
-            &mut Events::default(),
-        )
-        .unwrap_err();
+        let err = verify(&mut registry.clone(), &target, &digest, "after writing").unwrap_err();
         let err = format!("{err:#}");
         assert!(err.contains("hash to"), "{err}");
         let missing = Digest::of(b"missing");
-        let err = verify(
-            &mut registry.clone(),
-            &target,
-            &missing,
-            &mut Events::default(),
-        )
-        .unwrap_err();
+        let err = verify(&mut registry.clone(), &target, &missing, "after writing").unwrap_err();
         let err = format!("{err:#}");
         assert!(err.contains("has no manifest"), "{err}");
     }
@@ -1442,23 +1478,26 @@ mod tests {
         assert_eq!(entries[0]["platform"]["architecture"], "amd64");
         assert_eq!(entries[1]["platform"]["architecture"], "arm64");
         assert_eq!(entries[1]["platform"]["variant"], "v8");
-        // Children by digest, the tag last.
+        // Children by digest, the index by digest (to verify it before it is tagged), the
+        // tag last.
         let writes: Vec<&String> = log
             .calls
             .iter()
             .filter(|c| c.starts_with("manifest "))
             .collect();
-        assert_eq!(writes.len(), 3);
+        assert_eq!(writes.len(), 4);
         for (write, entry) in writes.iter().zip(entries) {
             assert!(
                 write.starts_with(&format!("manifest {} ", entry["digest"].as_str().unwrap())),
                 "{write}"
             );
         }
+        let index_type = crate::manifest::OCI_INDEX;
         assert_eq!(
             writes[2],
-            &format!("manifest 1 {}", crate::manifest::OCI_INDEX)
+            &format!("manifest {} {index_type}", pushed.digest)
         );
+        assert_eq!(writes[3], &format!("manifest 1 {index_type}"));
         assert!(matches!(
             events.0.last(),
             Some(Event::Verified {

@@ -110,8 +110,8 @@ struct PushOptions {
     /// labels), replacing one with the same key. OCI format only.
     #[arg(long = "annotation", value_name = "KEY=VALUE")]
     annotations: Vec<String>,
-    /// After the push, read the manifest back by digest and check that every blob it names is
-    /// in the registry; fail if anything is missing.
+    /// Before tagging, write the manifest by digest, read it back and check that every blob it
+    /// names is in the registry with its size; fail, with no tag written, if anything is off.
     #[arg(long)]
     verify: bool,
     /// Stop the guest when it computes this long without calling the host (a push calls
