@@ -291,9 +291,11 @@ fn assert_cache_intact(dir: &Path) {
             if sub == "kv" {
                 let json: serde_json::Value = serde_json::from_slice(&bytes)
                     .unwrap_or_else(|e| panic!("cache entry {name} is damaged: {e}"));
-                // Records name a digest; cached configs are the daemon's config, whole.
+                // Records name a digest (a blob's, or an export entry's diff ID); cached configs
+                // are the daemon's config, whole.
                 assert!(
                     json["digest"].as_str().is_some_and(is_sha256_digest)
+                        || json["diff_id"].as_str().is_some_and(is_sha256_digest)
                         || json["rootfs"]["diff_ids"].is_array(),
                     "{name}: {json}"
                 );

@@ -501,6 +501,56 @@ fn count(events: &[Value], kind: &str) -> usize {
     events.iter().filter(|e| e["event"] == kind).count()
 }
 
+/// The everyday case: an app image rebuilt with a change in its top layer and pushed again.
+/// The layers below are in the registry, so only the new layer is compressed and uploaded: the
+/// export still carries every layer, and the lower layers' entries are recognised by name (as
+/// the previous push exported them) and only hashed. The image reads back whole through skopeo.
+#[test]
+fn a_rebuilt_image_uploads_only_its_new_layer() {
+    let s = services();
+    let name = unique("rebuilt");
+    let (base, _, base_diff_ids) = build_many_layers_image(&name, 3, 2 * 1024 * 1024);
+    let app = |version: u8| {
+        let ctx = tempfile::tempdir().unwrap();
+        std::fs::write(ctx.path().join("app.bin"), random_bytes(1 << 20)).unwrap();
+        std::fs::write(
+            ctx.path().join("Dockerfile"),
+            format!("FROM {base}\nCOPY app.bin /app.bin\n"),
+        )
+        .unwrap();
+        let tag = format!("{name}-app:{version}");
+        docker_build(&tag, ctx.path());
+        let diff_ids = rootfs_layers(&tag);
+        assert_eq!(diff_ids[..3], base_diff_ids[..]);
+        (tag, diff_ids)
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let cache_env = [("OCIPUSH_CACHE_DIR", cache.path().to_str().unwrap())];
+    let repo = format!("ocipush-test/{name}");
+
+    let (v1, _) = app(1);
+    let d1 = dest(&s.registry, &repo, "1");
+    push_with(&v1, &d1, "json", &cache_env).expect_success(&d1);
+    let (v2, diff_ids) = app(2);
+    let d2 = dest(&s.registry, &repo, "2");
+    let pushed = push_with(&v2, &d2, "json", &cache_env);
+    let digest = pushed.expect_success(&d2);
+    let events = json_events(&pushed.stderr);
+    let positions = |kind: &str| -> Vec<u64> {
+        let mut positions: Vec<u64> = events
+            .iter()
+            .filter(|e| e["event"] == kind)
+            .map(|e| e["position"].as_u64().unwrap())
+            .collect();
+        positions.sort();
+        positions
+    };
+    assert_eq!(positions("layer-skipped"), vec![1, 2, 3], "{events:?}");
+    assert_eq!(positions("layer-done"), vec![4], "{events:?}");
+    assert_eq!(count(&events, "layer-started"), 1, "{events:?}");
+    copy_to_oci_layout_and_verify(&format!("{}/{repo}:2", s.registry), &digest, &diff_ids);
+}
+
 #[test]
 fn a_repeat_push_exports_nothing_and_a_stale_or_damaged_cache_costs_only_time() {
     let s = services();

@@ -1,6 +1,8 @@
 //! What the guest remembers between runs, through the host's `cache` capability: for a layer's
-//! diff ID and encoding, the blob it was published as. Only verified uploads are recorded, and
-//! an entry is used only after a HEAD shows the registry holds a blob of that digest and size.
+//! diff ID and encoding, the blob it was published as, and for an export entry's name and size,
+//! the diff ID it hashed to. Only verified uploads are recorded, a blob entry is used only after
+//! a HEAD shows the registry holds a blob of that digest and size, and an entry name's diff ID
+//! only as a guess that the entry's hash then confirms.
 //! An entry that does not parse or does not match its key is ignored: it costs time, never
 //! correctness.
 
@@ -54,6 +56,42 @@ pub fn remember_layer(cache: &mut impl Cache, diff_id: &Digest, encoding: &Encod
     };
     if let Ok(bytes) = serde_json::to_vec(&entry) {
         cache.put(&key(diff_id, encoding), &bytes);
+    }
+}
+
+/// What a layer entry of an export hashed to, as stored. Docker names a layer entry by the
+/// chain of layers up to it (or by its digest), so an image built on another exports the shared
+/// layers under the same names: the name says, before the bytes are read, which layer is coming.
+#[derive(Serialize, Deserialize)]
+struct ExportEntry {
+    name: String,
+    size: u64,
+    diff_id: String,
+}
+
+fn entry_key(name: &str, size: u64) -> String {
+    format!("entry/v1/{size}/{name}")
+}
+
+/// The diff ID an export entry of this name and size hashed to before, if the cache says so.
+/// Only a guess: the entry is still hashed, and checked against it.
+pub fn entry_diff_id(cache: &mut impl Cache, name: &str, size: u64) -> Option<Digest> {
+    let entry: ExportEntry = serde_json::from_slice(&cache.get(&entry_key(name, size))?).ok()?;
+    if entry.name != name || entry.size != size {
+        return None;
+    }
+    Digest::parse(&entry.diff_id, "cached diff ID").ok()
+}
+
+/// Records that the export entry `name` of `size` bytes hashed to `diff_id`.
+pub fn remember_entry(cache: &mut impl Cache, name: &str, size: u64, diff_id: &Digest) {
+    let entry = ExportEntry {
+        name: name.to_string(),
+        size,
+        diff_id: diff_id.to_string(),
+    };
+    if let Ok(bytes) = serde_json::to_vec(&entry) {
+        cache.put(&entry_key(name, size), &bytes);
     }
 }
 

@@ -15,7 +15,7 @@ use crate::manifest::{
 };
 use crate::progress::{Event, LayerBytes, LayerRef, ProgressSink};
 use crate::reference::Destination;
-use crate::save::{read_export, Blob, ImageSummary, Layer, LayerEntry, Publish};
+use crate::save::{read_export, Blob, ImageSummary, Layer, LayerEntry, Publish, SavedImage};
 
 /// Bytes per crossing of the component boundary: large, because each crossing copies.
 pub const CHUNK_SIZE: usize = 1 << 20;
@@ -560,10 +560,12 @@ fn holds(repository: &mut impl BlobSink, blob: &Blob, destination: &Destination)
     }
 }
 
-/// Streams the export once: each layer is hashed while it uploads and committed only if its
+/// Streams the export (again only if an entry was not the layer its name promised): each layer
+/// is hashed while it uploads and committed only if its
 /// diff ID is one the image lists (a layer the export holds already compressed is stored as it
-/// is, if it hashes to its name); then the config goes up byte for byte as the daemon wrote
-/// it, so its digest stays the image ID. What was verified is remembered in the cache.
+/// is, if it hashes to its name); a layer the destination already holds is only hashed, when
+/// its entry's name says it is that layer. Then the config goes up byte for byte as the daemon
+/// wrote it, so its digest stays the image ID. What was verified is remembered in the cache.
 fn export_and_upload(
     image: &ImageSummary,
     encoding: &Encoding,
@@ -573,18 +575,24 @@ fn export_and_upload(
     cache: &mut impl Cache,
     progress: &mut impl ProgressSink,
 ) -> Result<(Config, Vec<Layer>)> {
-    // Export by ID, so inspect and export see one image.
-    let export = source.export(image.id.as_str())?;
-    let mut publisher = Publisher {
-        repository: &mut *repository,
-        image,
-        encoding,
-        progress: &mut *progress,
-        stored: HashMap::new(),
+    let present = present_layers(image, encoding, destination, repository, cache)?;
+    // A stored blob's place in the image is known only once the export is read.
+    let (saved, stored) = match export_once(
+        image, encoding, source, repository, cache, progress, &present,
+    ) {
+        // An entry was not the layer its name promised, and its bytes are gone: export
+        // again, uploading every layer.
+        Err(e) if e.downcast_ref::<Misnamed>().is_some() => export_once(
+            image,
+            encoding,
+            source,
+            repository,
+            cache,
+            progress,
+            &HashMap::new(),
+        )?,
+        result => result?,
     };
-    let saved = read_export(export, image, &mut publisher)?;
-    // A stored blob's place in the image is known only now.
-    let stored = std::mem::take(&mut publisher.stored);
     for (position, layer) in saved.layers.iter().enumerate() {
         if let Some(entry) = stored.get(&layer.blob.digest) {
             progress.report(Event::LayerDone {
@@ -626,21 +634,104 @@ fn export_and_upload(
     ))
 }
 
+/// A layer the destination holds already, found before the export.
+struct Present {
+    blob: Blob,
+    found: Found,
+}
+
+/// The layers of `image` the destination holds (or was made to hold, by a mount), by diff ID,
+/// as far as the cache knows the blobs this encoding makes of them.
+fn present_layers(
+    image: &ImageSummary,
+    encoding: &Encoding,
+    destination: &Destination,
+    repository: &mut impl BlobSink,
+    cache: &mut impl Cache,
+) -> Result<HashMap<Digest, Present>> {
+    let mut present = HashMap::new();
+    for diff_id in &image.diff_ids {
+        let Some(blob) = cache::layer_blob(cache, diff_id, encoding) else {
+            continue;
+        };
+        if let Some(found) = find_or_mount(&blob, destination, repository, cache)? {
+            present.insert(diff_id.clone(), Present { blob, found });
+        }
+    }
+    Ok(present)
+}
+
+/// Exports the image and reads the export, publishing its layers as they pass; returns what
+/// it held and the blobs stored as the export held them, by digest, with their entries.
+fn export_once(
+    image: &ImageSummary,
+    encoding: &Encoding,
+    source: &mut impl ImageSource,
+    repository: &mut impl BlobSink,
+    cache: &mut impl Cache,
+    progress: &mut impl ProgressSink,
+    present: &HashMap<Digest, Present>,
+) -> Result<(SavedImage, HashMap<Digest, LayerRef>)> {
+    // Export by ID, so inspect and export see one image.
+    let export = source.export(image.id.as_str())?;
+    let mut publisher = Publisher {
+        repository,
+        image,
+        encoding,
+        progress,
+        cache,
+        present,
+        stored: HashMap::new(),
+    };
+    let saved = read_export(export, image, &mut publisher)?;
+    Ok((saved, publisher.stored))
+}
+
+/// An export entry that did not hash to the layer its name did before.
+#[derive(Debug)]
+struct Misnamed {
+    entry: String,
+    expected: Digest,
+    hashed: Digest,
+}
+
+impl std::fmt::Display for Misnamed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "export entry {} hashed to {}, not to {} as before",
+            self.entry, self.hashed, self.expected
+        )
+    }
+}
+
+impl std::error::Error for Misnamed {}
+
 /// Publishes the layers of an export as they pass.
-struct Publisher<'a, S: BlobSink, P: ProgressSink> {
+struct Publisher<'a, S: BlobSink, P: ProgressSink, C: Cache> {
     repository: &'a mut S,
     image: &'a ImageSummary,
     encoding: &'a Encoding,
     progress: &'a mut P,
+    cache: &'a mut C,
+    /// Layers the destination holds: not uploaded again.
+    present: &'a HashMap<Digest, Present>,
     /// Blobs stored as the export held them, by digest: where they were in the export.
     stored: HashMap<Digest, LayerRef>,
 }
 
-impl<S: BlobSink, P: ProgressSink> Publish for Publisher<'_, S, P> {
+impl<S: BlobSink, P: ProgressSink, C: Cache> Publish for Publisher<'_, S, P, C> {
     /// Streams one layer to the registry, hashing it on the way, and commits it only once its
     /// diff ID proves to be one the image lists; otherwise the upload is dropped, which
-    /// cancels it.
+    /// cancels it. A layer the destination holds, by what its entry hashed to before, is only
+    /// hashed (`check_present`).
     fn layer(&mut self, entry: LayerEntry<'_>) -> Result<Layer> {
+        let (name, size) = (entry.name.clone(), entry.size);
+        let promised = cache::entry_diff_id(self.cache, &name, size)
+            .filter(|diff_id| self.present.contains_key(diff_id));
+        if let Some(promised) = promised {
+            return self.check_present(entry, promised);
+        }
         let (layer, upload, diff_id) = self.stream(entry, self.encoding)?;
         let Some(position) = self.image.diff_ids.iter().position(|d| d == &diff_id) else {
             bail!(
@@ -650,6 +741,7 @@ impl<S: BlobSink, P: ProgressSink> Publish for Publisher<'_, S, P> {
             );
         };
         let blob = upload.finish()?;
+        cache::remember_entry(self.cache, &name, size, &diff_id);
         self.progress.report(Event::LayerDone {
             layer,
             diff_id: diff_id.clone(),
@@ -684,7 +776,45 @@ impl<S: BlobSink, P: ProgressSink> Publish for Publisher<'_, S, P> {
     }
 }
 
-impl<S: BlobSink, P: ProgressSink> Publisher<'_, S, P> {
+impl<S: BlobSink, P: ProgressSink, C: Cache> Publisher<'_, S, P, C> {
+    /// A layer the destination holds, if the entry is what its name promised: hashed whole,
+    /// never uploaded. Anything else fails the export with `Misnamed`: its bytes are gone.
+    fn check_present(&mut self, entry: LayerEntry<'_>, promised: Digest) -> Result<Layer> {
+        let mut hasher = Hasher::default();
+        let mut chunk = vec![0u8; CHUNK_SIZE.min(entry.size as usize).max(1)];
+        loop {
+            let n = fill(entry.data, &mut chunk)
+                .with_context(|| format!("reading layer {} from the export", entry.name))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&chunk[..n]);
+        }
+        let hashed = hasher.finish();
+        if hashed != promised {
+            return Err(Misnamed {
+                entry: entry.name,
+                expected: promised,
+                hashed,
+            }
+            .into());
+        }
+        let present = &self.present[&hashed];
+        let position = self.image.diff_ids.iter().position(|d| d == &hashed);
+        self.progress.report(Event::LayerSkipped {
+            position: position.map_or(0, |p| p as u32 + 1),
+            diff_id: hashed.clone(),
+            digest: present.blob.digest.clone(),
+            size: present.blob.size,
+            mounted_from: present.found.mounted_from.clone(),
+        });
+        Ok(Layer {
+            diff_id: hashed,
+            blob: present.blob.clone(),
+            media_type: None,
+        })
+    }
+
     /// Streams an entry whole into a new upload encoded as `encoding`, reporting progress;
     /// returns the upload, still to finish, and the digest of the bytes streamed.
     fn stream(
@@ -1189,6 +1319,93 @@ mod tests {
             .calls
             .iter()
             .any(|c| c.starts_with("layer ")));
+    }
+
+    /// A registry that holds some of an image's layers: only the others are uploaded. The
+    /// export still passes every layer, and the ones the registry holds are only hashed, since
+    /// their entries' names say which layers they are.
+    #[test]
+    fn layers_the_registry_holds_are_hashed_not_uploaded() {
+        let f = fixture();
+        let mut source = Memory::new(classic_export(&f), summary(&f));
+        let mut cache = MemoryCache::default();
+        let registry = MemoryRegistry::default();
+        let first = run(
+            &request(),
+            &mut source,
+            &registry,
+            &mut cache,
+            &mut Events::default(),
+        )
+        .unwrap();
+        let lost = f.diff_ids[1].clone();
+        registry.0.borrow_mut().blobs.remove(&lost);
+        registry.0.borrow_mut().calls.clear();
+
+        let mut events = Events::default();
+        let again = run(&request(), &mut source, &registry, &mut cache, &mut events).unwrap();
+        assert_eq!(again, first);
+        assert_eq!(source.exports, 2);
+        let uploads: Vec<String> = registry
+            .0
+            .borrow()
+            .calls
+            .iter()
+            .filter(|c| c.starts_with("layer "))
+            .cloned()
+            .collect();
+        assert_eq!(uploads, vec![format!("layer {lost}")]);
+        let skipped: Vec<u32> = events
+            .0
+            .iter()
+            .filter_map(|e| match e {
+                Event::LayerSkipped { position, .. } => Some(*position),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(skipped, vec![1]);
+    }
+
+    /// An entry whose name promised a layer the registry holds, but whose bytes are another
+    /// layer: the export is read again and every layer uploaded, so nothing is lost.
+    #[test]
+    fn an_entry_that_breaks_its_names_promise_costs_a_second_export() {
+        let f = fixture();
+        let mut source = Memory::new(classic_export(&f), summary(&f));
+        let mut cache = MemoryCache::default();
+        let registry = MemoryRegistry::default();
+        let first = run(
+            &request(),
+            &mut source,
+            &registry,
+            &mut cache,
+            &mut Events::default(),
+        )
+        .unwrap();
+        // The second layer's entry now says it was the first layer, which the registry holds.
+        let (second, first_layer) = (f.diff_ids[1].as_str(), f.diff_ids[0].as_str());
+        for (key, value) in cache.0.iter_mut() {
+            let text = String::from_utf8(value.clone()).unwrap();
+            if key.starts_with("entry/") && text.contains(second) {
+                *value = text.replace(second, first_layer).into_bytes();
+            }
+        }
+        registry.0.borrow_mut().blobs.remove(&f.diff_ids[1]);
+
+        let again = run(
+            &request(),
+            &mut source,
+            &registry,
+            &mut cache,
+            &mut Events::default(),
+        )
+        .unwrap();
+        assert_eq!(again, first);
+        assert_eq!(
+            source.exports, 3,
+            "one export, and one more after the broken promise"
+        );
+        assert!(registry.0.borrow().blobs.contains_key(&f.diff_ids[1]));
     }
 
     fn manifest_of(registry: &MemoryRegistry) -> serde_json::Value {
