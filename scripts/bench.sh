@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark: ocipush against skopeo, pushing a ~1 GB, 5-layer image from a private dockerd to fresh
-# loopback registries, fresh and repeat, with `docker save > /dev/null` as the floor.
+# loopback registries, fresh and repeat, with `docker save > /dev/null` as the floor; then an app
+# image on top of it, rebuilt with a new 1 MiB top layer and pushed again (`rebuilt`).
 #
 # Usage: scripts/bench.sh            prints a markdown table (wall time, ratios, ocipush peak RSS)
 #
@@ -89,6 +90,23 @@ measure skopeo-repeat skopeo copy -q --src-daemon-host "$DOCKER_HOST" --dest-tls
 	"docker-daemon:$image" "docker://$skopeo_reg/bench/app:1"
 measure ocipush-repeat "$ocipush" push --progress none "$image" "$ocipush_reg/bench/app:1"
 
+# app NAME: the bench image with a new 1 MiB layer of random bytes on top.
+app() {
+	mkdir -p "$work/app"
+	head -c $((1 << 20)) /dev/urandom >"$work/app/app.bin"
+	printf 'FROM %s\nCOPY app.bin /app.bin\n' "$image" >"$work/app/Dockerfile"
+	DOCKER_BUILDKIT=0 docker build -q -t "$1" "$work/app" >/dev/null 2>&1
+}
+app ocipush-bench-app:1
+log "pushing the app's first build with both (not measured)"
+skopeo copy -q --src-daemon-host "$DOCKER_HOST" --dest-tls-verify=false \
+	"docker-daemon:ocipush-bench-app:1" "docker://$skopeo_reg/bench/app:2" >/dev/null
+"$ocipush" push --progress none ocipush-bench-app:1 "$ocipush_reg/bench/app:2" >/dev/null
+app ocipush-bench-app:2
+measure skopeo-rebuilt skopeo copy -q --src-daemon-host "$DOCKER_HOST" --dest-tls-verify=false \
+	"docker-daemon:ocipush-bench-app:2" "docker://$skopeo_reg/bench/app:3"
+measure ocipush-rebuilt "$ocipush" push --progress none ocipush-bench-app:2 "$ocipush_reg/bench/app:3"
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 cat <<EOF
 
@@ -101,4 +119,6 @@ $(date -u +%Y-%m-%d), $(nproc) cores, $(awk '/MemTotal/ { printf "%d GiB", $2 / 
 | ocipush fresh | ${wall[ocipush-fresh]} | $(ratio "${wall[ocipush-fresh]}" "${wall[skopeo-fresh]}") | $((rss[ocipush-fresh] / 1024)) MiB |
 | skopeo repeat | ${wall[skopeo-repeat]} | | |
 | ocipush repeat | ${wall[ocipush-repeat]} | $(ratio "${wall[ocipush-repeat]}" "${wall[skopeo-repeat]}") | $((rss[ocipush-repeat] / 1024)) MiB |
+| skopeo rebuilt (new 1 MiB top layer) | ${wall[skopeo-rebuilt]} | | |
+| ocipush rebuilt (new 1 MiB top layer) | ${wall[ocipush-rebuilt]} | $(ratio "${wall[ocipush-rebuilt]}" "${wall[skopeo-rebuilt]}") | $((rss[ocipush-rebuilt] / 1024)) MiB |
 EOF
