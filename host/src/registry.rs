@@ -142,8 +142,9 @@ impl Api {
                 Err(e) => {
                     if attempt == 0 && self.wants_client_certificate(&e).await {
                         return Err(format!(
-                            "registry {} refused the TLS handshake while {what}: it asks for a client certificate, and none is set up for it; put client.cert and client.key in its certs.d directory (/etc/docker/certs.d/{}/)",
-                            self.registry, self.registry
+                            "registry {} refused the TLS handshake while {what}: it asks for a client certificate, and none is set up for it; {}",
+                            self.registry,
+                            self.client_certificate_hint()
                         ));
                     }
                     (self.transport_error(what, &e), None)
@@ -210,10 +211,10 @@ impl Api {
     pub fn transport_error(&self, what: &str, e: &reqwest::Error) -> String {
         if crate::tls::is_handshake_refusal(e) {
             return format!(
-                "registry {} refused the TLS handshake while {what}: {}; if it requires a client certificate, put client.cert and client.key in its certs.d directory (/etc/docker/certs.d/{}/)",
+                "registry {} refused the TLS handshake while {what}: {}; if it requires a client certificate, {}",
                 self.registry,
                 root_cause(e),
-                self.registry
+                self.client_certificate_hint()
             );
         }
         if crate::tls::is_certificate_error(e) {
@@ -232,6 +233,14 @@ impl Api {
             "{verb} registry {} while {what}: {}",
             self.registry,
             root_cause(e)
+        )
+    }
+
+    /// Where a client certificate for this registry goes.
+    fn client_certificate_hint(&self) -> String {
+        format!(
+            "put client.cert and client.key in its certs.d directory (/etc/docker/certs.d/{}/)",
+            self.registry
         )
     }
 
