@@ -249,19 +249,19 @@ fn publish_blobs_and_manifest(
         total_bytes: image.size,
     });
     let encoding = &settings.encoding;
-    let (config, layers) =
-        match already_published(image, encoding, destination, repository, cache, progress)? {
-            Some(published) => published,
-            None => export_and_upload(
-                image,
-                encoding,
-                destination,
-                source,
-                repository,
-                cache,
-                progress,
-            )?,
-        };
+    let (config, layers) = match held(image, encoding, destination, repository, cache, progress)? {
+        Held::All(config, layers) => (config, layers),
+        Held::Some(present) => export_and_upload(
+            image,
+            encoding,
+            destination,
+            source,
+            repository,
+            cache,
+            progress,
+            &present,
+        )?,
+    };
     // Where these blobs now are: a later push to another repository can mount them from here.
     if let Destination::Registry(target) = destination {
         for blob in std::iter::once(&config.blob).chain(layers.iter().map(|l| &l.blob)) {
@@ -450,41 +450,50 @@ struct Config {
     bytes: Vec<u8>,
 }
 
-/// The config and layers as already in the registry, when the cache names a blob for each
-/// (and holds the config's bytes, checked against its digest) and each is found (a HEAD with
-/// the size recorded) or mounted from another repository of the registry it was pushed to.
-/// The blobs are content-addressed and were recorded only after verified uploads, so the
-/// manifest is the one a full push writes.
-fn already_published(
+/// What the destination holds of an image, as far as the cache can tell.
+enum Held {
+    /// The config and every layer: the export is skipped.
+    All(Config, Vec<Layer>),
+    /// These layers, by diff ID: only hashed as the export passes.
+    Some(HashMap<Digest, Present>),
+}
+
+/// Asks the destination once which of the image's blobs it holds: those the cache names a blob
+/// for (and for the config, holds its bytes, checked against its digest) that are found (a HEAD
+/// with the size recorded) or mounted from another repository of the registry they were pushed
+/// to. The blobs are content-addressed and were recorded only after verified uploads, so with
+/// all of them there the manifest is the one a full push writes.
+fn held(
     image: &ImageSummary,
     encoding: &Encoding,
     destination: &Destination,
     repository: &mut impl BlobSink,
     cache: &mut impl Cache,
     progress: &mut impl ProgressSink,
-) -> Result<Option<(Config, Vec<Layer>)>> {
-    let Some(config) = cache::image_config(cache, image) else {
-        return Ok(None);
-    };
-    let Some(bytes) = cache::config_bytes(cache, &config) else {
-        return Ok(None);
-    };
-    if find_or_mount(&config, destination, repository, cache)?.is_none() {
-        return Ok(None);
+) -> Result<Held> {
+    // The config first: without it there, the export cannot be skipped.
+    let mut config = None;
+    if let Some(blob) = cache::image_config(cache, image) {
+        if let Some(bytes) = cache::config_bytes(cache, &blob) {
+            if find_or_mount(&blob, destination, repository, cache)?.is_some() {
+                config = Some(Config { blob, bytes });
+            }
+        }
     }
+    let present = present_layers(image, encoding, destination, repository, cache)?;
+    let Some(config) = config else {
+        return Ok(Held::Some(present));
+    };
     let mut layers = Vec::with_capacity(image.diff_ids.len());
     let mut found = Vec::with_capacity(image.diff_ids.len());
     for diff_id in &image.diff_ids {
-        let Some(blob) = cache::layer_blob(cache, diff_id, encoding) else {
-            return Ok(None);
+        let Some(layer) = present.get(diff_id) else {
+            return Ok(Held::Some(present));
         };
-        let Some(how) = find_or_mount(&blob, destination, repository, cache)? else {
-            return Ok(None);
-        };
-        found.push(how);
+        found.push(&layer.found);
         layers.push(Layer {
             diff_id: diff_id.clone(),
-            blob,
+            blob: layer.blob.clone(),
             media_type: None,
         });
     }
@@ -494,17 +503,11 @@ fn already_published(
             diff_id: layer.diff_id.clone(),
             digest: layer.blob.digest.clone(),
             size: layer.blob.size,
-            mounted_from: how.mounted_from,
+            mounted_from: how.mounted_from.clone(),
         });
     }
-    progress.report(Event::ConfigDone(config.digest.clone()));
-    Ok(Some((
-        Config {
-            blob: config,
-            bytes,
-        },
-        layers,
-    )))
+    progress.report(Event::ConfigDone(config.blob.digest.clone()));
+    Ok(Held::All(config, layers))
 }
 
 /// How a blob came to be in the destination.
@@ -566,6 +569,7 @@ fn holds(repository: &mut impl BlobSink, blob: &Blob, destination: &Destination)
 /// is, if it hashes to its name); a layer the destination already holds is only hashed, when
 /// its entry's name says it is that layer. Then the config goes up byte for byte as the daemon
 /// wrote it, so its digest stays the image ID. What was verified is remembered in the cache.
+#[allow(clippy::too_many_arguments)]
 fn export_and_upload(
     image: &ImageSummary,
     encoding: &Encoding,
@@ -574,11 +578,11 @@ fn export_and_upload(
     repository: &mut impl BlobSink,
     cache: &mut impl Cache,
     progress: &mut impl ProgressSink,
+    present: &HashMap<Digest, Present>,
 ) -> Result<(Config, Vec<Layer>)> {
-    let present = present_layers(image, encoding, destination, repository, cache)?;
     // A stored blob's place in the image is known only once the export is read.
     let (saved, stored) = match export_once(
-        image, encoding, source, repository, cache, progress, &present,
+        image, encoding, source, repository, cache, progress, present,
     ) {
         // An entry was not the layer its name promised, and its bytes are gone: export
         // again, uploading every layer.
@@ -1321,13 +1325,10 @@ mod tests {
             .any(|c| c.starts_with("layer ")));
     }
 
-    /// A registry that holds some of an image's layers: only the others are uploaded. The
-    /// export still passes every layer, and the ones the registry holds are only hashed, since
-    /// their entries' names say which layers they are.
-    #[test]
-    fn layers_the_registry_holds_are_hashed_not_uploaded() {
-        let f = fixture();
-        let mut source = Memory::new(classic_export(&f), summary(&f));
+    /// The fixture image pushed once to an in-memory registry: its source, cache and registry,
+    /// and what the push gave.
+    fn pushed_once(f: &crate::testing::Fixture) -> (Memory, MemoryCache, MemoryRegistry, Pushed) {
+        let mut source = Memory::new(classic_export(f), summary(f));
         let mut cache = MemoryCache::default();
         let registry = MemoryRegistry::default();
         let first = run(
@@ -1338,6 +1339,16 @@ mod tests {
             &mut Events::default(),
         )
         .unwrap();
+        (source, cache, registry, first)
+    }
+
+    /// A registry that holds some of an image's layers: only the others are uploaded. The
+    /// export still passes every layer, and the ones the registry holds are only hashed, since
+    /// their entries' names say which layers they are.
+    #[test]
+    fn layers_the_registry_holds_are_hashed_not_uploaded() {
+        let f = fixture();
+        let (mut source, mut cache, registry, first) = pushed_once(&f);
         let lost = f.diff_ids[1].clone();
         registry.0.borrow_mut().blobs.remove(&lost);
         registry.0.borrow_mut().calls.clear();
@@ -1371,17 +1382,7 @@ mod tests {
     #[test]
     fn an_entry_that_breaks_its_names_promise_costs_a_second_export() {
         let f = fixture();
-        let mut source = Memory::new(classic_export(&f), summary(&f));
-        let mut cache = MemoryCache::default();
-        let registry = MemoryRegistry::default();
-        let first = run(
-            &request(),
-            &mut source,
-            &registry,
-            &mut cache,
-            &mut Events::default(),
-        )
-        .unwrap();
+        let (mut source, mut cache, registry, first) = pushed_once(&f);
         // The second layer's entry now says it was the first layer, which the registry holds.
         let (second, first_layer) = (f.diff_ids[1].as_str(), f.diff_ids[0].as_str());
         for (key, value) in cache.0.iter_mut() {
