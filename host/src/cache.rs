@@ -1,15 +1,15 @@
-//! The `cache` capability: a small key-value store on disk that concurrent pushes share.
+//! The host's cache directory: the guest's small key-value store on disk (the `cache`
+//! capability), which concurrent pushes share, and the compiled guest (`runner`).
 //! Each value is one file named by the sha256 of its key, replaced atomically (written to a
 //! unique temporary file, then renamed), so a reader sees a whole old value or a whole new one.
 //! What the values mean is the guest's business; it checks what it reads.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::guest::ocipush::core::cache::Host;
-use crate::guest::HostState;
+use crate::files::write_atomic;
 
 /// Values are small records; anything larger is not one of ours.
 const VALUE_LIMIT: u64 = 1 << 20;
@@ -23,34 +23,6 @@ pub fn dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
     Some(base.join("ocipush"))
-}
-
-/// Writes `bytes` to `path` atomically: a unique temporary file in the same directory, renamed.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| std::io::Error::other("no parent directory"))?;
-    std::fs::create_dir_all(dir)?;
-    let unique = format!(
-        ".{}.{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("entry"),
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
-    let tmp = dir.join(unique);
-    let written = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
 }
 
 /// An exclusive lock named `name` in the cache directory's `locks/` (the file stays; the lock
@@ -70,27 +42,22 @@ fn entry_path(dir: &Path, key: &str) -> PathBuf {
         .join(hex::encode(Sha256::digest(key.as_bytes())))
 }
 
-fn get(dir: &Path, key: &str) -> Option<Vec<u8>> {
+/// The value stored under `key`, if there is one and it could be read.
+pub fn get(dir: &Path, key: &str) -> Option<Vec<u8>> {
     let file = std::fs::File::open(entry_path(dir, key)).ok()?;
     let mut value = Vec::new();
     file.take(VALUE_LIMIT + 1).read_to_end(&mut value).ok()?;
     (value.len() as u64 <= VALUE_LIMIT).then_some(value)
 }
 
-impl Host for HostState {
-    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        Ok(self.cache_dir.as_deref().and_then(|dir| get(dir, &key)))
+/// Stores `value` under `key`, atomically replacing an earlier value; a value over the limit is
+/// not stored. Never fails: a cache that cannot be written only costs time.
+pub fn put(dir: &Path, key: &str, value: &[u8]) {
+    if value.len() as u64 > VALUE_LIMIT {
+        return;
     }
-
-    fn put(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
-        if let Some(dir) = &self.cache_dir {
-            if value.len() as u64 <= VALUE_LIMIT {
-                if let Err(e) = write_atomic(&entry_path(dir, &key), &value) {
-                    tracing::debug!(key, error = %e, "cache entry not written");
-                }
-            }
-        }
-        Ok(())
+    if let Err(e) = write_atomic(&entry_path(dir, key), value) {
+        tracing::debug!(key, error = %e, "cache entry not written");
     }
 }
 
@@ -102,8 +69,8 @@ mod tests {
     fn values_round_trip_and_replace_atomically() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(get(dir.path(), "k"), None);
-        write_atomic(&entry_path(dir.path(), "k"), b"one").unwrap();
-        write_atomic(&entry_path(dir.path(), "k"), b"two").unwrap();
+        put(dir.path(), "k", b"one");
+        put(dir.path(), "k", b"two");
         assert_eq!(get(dir.path(), "k").as_deref(), Some(&b"two"[..]));
         assert_eq!(get(dir.path(), "other"), None);
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("kv")).unwrap().collect();
@@ -121,7 +88,7 @@ mod tests {
     }
 
     #[test]
-    fn oversized_values_are_not_read() {
+    fn oversized_values_are_neither_stored_nor_read() {
         let dir = tempfile::tempdir().unwrap();
         write_atomic(
             &entry_path(dir.path(), "big"),
@@ -129,5 +96,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(get(dir.path(), "big"), None);
+        put(dir.path(), "big2", &vec![0u8; VALUE_LIMIT as usize + 1]);
+        assert!(!entry_path(dir.path(), "big2").exists());
     }
 }

@@ -1,5 +1,5 @@
-//! Credential lookup. Secrets stay here: the guest gets an opaque handle, and `Debug` never
-//! prints one.
+//! Credential lookup. Secrets stay here: the guest gets an opaque handle (the `credentials`
+//! capability), and `Debug` never prints one.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -123,28 +123,6 @@ fn from_docker_config(text: &str, registry: &str) -> Option<Credential> {
             Some(credential(String::new(), String::new(), Some(token)))
         }
         ConfigSource::Basic { username, password } => Some(credential(username, password, None)),
-    }
-}
-
-impl crate::guest::ocipush::core::credentials::Host for crate::guest::HostState {
-    fn lookup(
-        &mut self,
-        registry: String,
-    ) -> wasmtime::Result<Option<wasmtime::component::Resource<Credential>>> {
-        Ok(match lookup(&registry, self.cli_credential.as_ref()) {
-            Some(credential) => Some(self.table.push(credential)?),
-            None => None,
-        })
-    }
-}
-
-impl crate::guest::ocipush::core::credentials::HostCredential for crate::guest::HostState {
-    fn drop(
-        &mut self,
-        credential: wasmtime::component::Resource<Credential>,
-    ) -> wasmtime::Result<()> {
-        self.table.delete(credential)?;
-        Ok(())
     }
 }
 

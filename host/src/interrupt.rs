@@ -104,12 +104,6 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
-impl From<Interrupted> for String {
-    fn from(interrupted: Interrupted) -> Self {
-        interrupted.to_string()
-    }
-}
-
 /// The async runtime as host calls see it: they run on the guest's thread, outside the runtime,
 /// and block on it only through `block_on`, which a signal ends.
 #[derive(Clone)]

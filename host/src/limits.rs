@@ -10,29 +10,54 @@ use reqwest::Response;
 /// 4 MiB (the guest has the same limit, `ocipush_guest::limits::MANIFEST_LIMIT`).
 pub const MANIFEST_LIMIT: usize = 4 << 20;
 
-/// Refuses a manifest over `MANIFEST_LIMIT`, before it is sent.
-pub fn check_manifest_size(len: usize) -> Result<(), String> {
-    if len > MANIFEST_LIMIT {
-        return Err(format!(
-            "refusing to write a manifest of {len} bytes: registries accept at most {} MiB",
+/// A manifest over `MANIFEST_LIMIT`, refused before it is sent.
+#[derive(Debug)]
+pub struct ManifestTooLarge(pub usize);
+
+impl std::fmt::Display for ManifestTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "refusing to write a manifest of {} bytes: registries accept at most {} MiB",
+            self.0,
             MANIFEST_LIMIT >> 20
-        ));
+        )
+    }
+}
+
+/// Refuses a manifest over `MANIFEST_LIMIT`, before it is sent.
+pub fn check_manifest_size(len: usize) -> Result<(), ManifestTooLarge> {
+    if len > MANIFEST_LIMIT {
+        return Err(ManifestTooLarge(len));
     }
     Ok(())
 }
 
-/// Reads at most `limit` bytes of a response body and drops the rest unread: an error body is
-/// only worth a message, and a registry that streams one forever must not exhaust memory.
-pub async fn read_capped(mut response: Response, limit: usize) -> Vec<u8> {
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
-        let room = limit - body.len();
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() == limit {
+/// A response body read up to a limit.
+#[derive(Debug, Default)]
+pub struct Capped {
+    /// At most the limit's worth of the body.
+    pub bytes: Vec<u8>,
+    /// Whether the body went on past the limit; the rest was left unread.
+    pub over: bool,
+}
+
+/// Reads at most `limit` bytes of a response body and leaves the rest unread: the one way the
+/// host reads a body whole (error bodies, manifests read back, token answers), so that a
+/// registry that streams one forever cannot exhaust memory. A body of exactly `limit` bytes is
+/// whole.
+pub async fn read_capped(response: &mut Response, limit: usize) -> reqwest::Result<Capped> {
+    let mut body = Capped::default();
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit - body.bytes.len();
+        if chunk.len() > room {
+            body.bytes.extend_from_slice(&chunk[..room]);
+            body.over = true;
             break;
         }
+        body.bytes.extend_from_slice(&chunk);
     }
-    body
+    Ok(body)
 }
 
 #[cfg(test)]
@@ -44,7 +69,9 @@ mod tests {
     #[test]
     fn manifests_over_4_mib_are_refused() {
         assert!(check_manifest_size(MANIFEST_LIMIT).is_ok());
-        let err = check_manifest_size(MANIFEST_LIMIT + 1).unwrap_err();
+        let err = check_manifest_size(MANIFEST_LIMIT + 1)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("4194305 bytes"), "{err}");
     }
 
@@ -71,10 +98,11 @@ mod tests {
         let address = endless_body_server();
         let rt = tokio::runtime::Runtime::new().unwrap();
         let body = rt.block_on(async {
-            let response = reqwest::get(format!("http://{address}/v2/")).await.unwrap();
-            read_capped(response, 4096).await
+            let mut response = reqwest::get(format!("http://{address}/v2/")).await.unwrap();
+            read_capped(&mut response, 4096).await.unwrap()
         });
-        assert_eq!(body, vec![b'x'; 4096]);
+        assert_eq!(body.bytes, vec![b'x'; 4096]);
+        assert!(body.over);
     }
 
     /// serde_json refuses JSON nested deeper than 128 levels: a hostile manifest or token

@@ -7,7 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use ocipush::{cache, credentials, guest, interrupt, progress, registry, tls, upload};
+use ocipush::bindings::ocipush::core::docker::BuildRequest;
+use ocipush::bindings::ocipush::core::registry::Compression;
+use ocipush::bindings::{ManifestFormat, PublishSettings};
+use ocipush::runner::{self, Guest, Images, Job};
+use ocipush::{cache, credentials, files, interrupt, progress, registry, tls};
 use ocipush_guest::reference::Destination;
 use tracing_subscriber::EnvFilter;
 
@@ -137,8 +141,8 @@ struct PushOptions {
     retries: u32,
     /// The largest piece of a layer sent in one request, e.g. 4M or 512K (at least 256K).
     /// Smaller chunks are used on their own when a registry refuses large ones.
-    #[arg(long, default_value = "16M", value_parser = parse_size, value_name = "SIZE")]
-    chunk_size: u64,
+    #[arg(long, default_value_t = Size(registry::DEFAULT_CHUNK_SIZE), value_parser = parse_size, value_name = "SIZE")]
+    chunk_size: Size,
 }
 
 #[derive(Subcommand)]
@@ -183,8 +187,26 @@ fn main() -> ExitCode {
     }
 }
 
-/// A byte count: digits with an optional K, M or G suffix (powers of 1024).
-fn parse_size(text: &str) -> Result<u64, String> {
+/// A byte count as `--chunk-size` takes and shows it: digits with an optional K, M or G suffix
+/// (powers of 1024).
+#[derive(Clone, Copy, Debug)]
+struct Size(u64);
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Size(bytes) = *self;
+        match [(30, 'G'), (20, 'M'), (10, 'K')]
+            .into_iter()
+            .find(|(shift, _)| bytes != 0 && bytes % (1 << shift) == 0)
+        {
+            Some((shift, unit)) => write!(f, "{}{unit}", bytes >> shift),
+            None => write!(f, "{bytes}"),
+        }
+    }
+}
+
+/// A `Size` from text such as 16M, 512K or 1048576, at least the smallest chunk.
+fn parse_size(text: &str) -> Result<Size, String> {
     let upper = text.trim().to_ascii_uppercase();
     let digits = upper.trim_end_matches(['K', 'M', 'G', 'B', 'I']);
     let unit = match upper[digits.len()..].chars().next() {
@@ -203,13 +225,13 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(unit))
         .ok_or_else(|| format!("{text:?} is not a size such as 16M, 512K or 1048576"))?;
-    if size < upload::MIN_CHUNK_SIZE {
+    if size < registry::MIN_CHUNK_SIZE {
         return Err(format!(
             "{text} is below the smallest chunk, {}K",
-            upload::MIN_CHUNK_SIZE >> 10
+            registry::MIN_CHUNK_SIZE >> 10
         ));
     }
-    Ok(size)
+    Ok(Size(size))
 }
 
 /// The first line of stdin, without its line ending, like `docker login --password-stdin`.
@@ -230,7 +252,7 @@ fn run(cli: Cli) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let guest = guest::Guest::load(cli.guest.as_deref(), cli.guest_digest.as_deref())?;
+    let guest = Guest::load(cli.guest.as_deref(), cli.guest_digest.as_deref())?;
     match cli.command {
         Command::Push {
             source,
@@ -239,7 +261,7 @@ fn run(cli: Cli) -> Result<()> {
         } => publish(
             &rt,
             &guest,
-            Work::Push(guest::Images::One(&source)),
+            Work::Push(Images::One(&source)),
             &destination,
             options,
         )?,
@@ -250,7 +272,7 @@ fn run(cli: Cli) -> Result<()> {
         } => publish(
             &rt,
             &guest,
-            Work::Push(guest::Images::Index(&sources)),
+            Work::Push(Images::Index(&sources)),
             &destination,
             options,
         )?,
@@ -262,7 +284,7 @@ fn run(cli: Cli) -> Result<()> {
             push,
             options,
         } => {
-            let request = guest::ocipush::core::docker::BuildRequest {
+            let request = BuildRequest {
                 context: context
                     .to_str()
                     .with_context(|| {
@@ -293,12 +315,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Guest {
             command: GuestCommand::Info,
         } => {
-            print!("{}", guest::describe(&guest, cache::dir().as_deref())?);
+            print!("{}", runner::describe(&guest, cache::dir().as_deref())?);
         }
         Command::Guest {
             command: GuestCommand::Export { path },
         } => {
-            cache::write_atomic(&path, &guest.bytes)
+            files::write_atomic(&path, &guest.bytes)
                 .with_context(|| format!("writing the guest to {}", path.display()))?;
             println!("{} {}", guest.digest, path.display());
         }
@@ -306,31 +328,29 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// Runs the guest on one image or an index, and reports what was published.
 /// What `publish` has the guest do.
 enum Work<'a> {
-    Push(guest::Images<'a>),
+    Push(Images<'a>),
     /// Build, then push to the destination when the flag says so.
-    Build(&'a guest::ocipush::core::docker::BuildRequest, bool),
+    Build(&'a BuildRequest, bool),
 }
 
+/// Runs the guest on one image, an index or a build, and reports what was published.
 fn publish(
     rt: &tokio::runtime::Runtime,
-    guest: &guest::Guest,
+    guest: &Guest,
     work: Work<'_>,
     destination: &str,
     options: PushOptions,
 ) -> Result<()> {
-    use guest::ocipush::core::registry::Compression;
-    use guest::ManifestFormat;
     let (compression, default_level) = match options.compression {
         CompressionArg::Gzip => (Compression::Gzip, 1),
         CompressionArg::Zstd => (Compression::Zstd, 3),
         CompressionArg::None => (Compression::None, 0),
     };
-    let job = guest::Job {
+    let job = Job {
         destination,
-        settings: guest::PublishSettings {
+        settings: PublishSettings {
             compression,
             level: options.compression_level.unwrap_or(default_level),
             format: match options.format {
@@ -352,7 +372,7 @@ fn publish(
         },
         transfer: registry::Transfer {
             retries: options.retries,
-            chunk_size: options.chunk_size,
+            chunk_size: options.chunk_size.0,
         },
         cli_credential: match options.username {
             // Parsed as the guest parses it, so the credential goes to the registry the
@@ -374,9 +394,9 @@ fn publish(
     // The guest runs here, outside the runtime: its host calls block on the runtime.
     let progress = progress::Progress::new(options.progress);
     let pushed = match work {
-        Work::Push(images) => guest::push(rt.handle().clone(), progress, guest, &job, images)?,
+        Work::Push(images) => runner::push(rt.handle().clone(), progress, guest, &job, images)?,
         Work::Build(request, push) => {
-            let built = guest::build(rt.handle().clone(), progress, guest, &job, request, push)?;
+            let built = runner::build(rt.handle().clone(), progress, guest, &job, request, push)?;
             match built.pushed {
                 Some(pushed) => pushed,
                 None => {
@@ -393,4 +413,22 @@ fn publish(
     }
     println!("{destination}@{}", pushed.digest);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units_and_show_in_the_largest_whole_one() {
+        assert_eq!(parse_size("16M").unwrap().0, 16 << 20);
+        assert_eq!(parse_size("512k").unwrap().0, 512 << 10);
+        assert_eq!(parse_size("1048576").unwrap().0, 1 << 20);
+        assert!(parse_size("255K").is_err());
+        assert!(parse_size("lots").is_err());
+        assert_eq!(Size(registry::DEFAULT_CHUNK_SIZE).to_string(), "16M");
+        assert_eq!(Size(1536 << 10).to_string(), "1536K");
+        assert_eq!(Size(1 << 30).to_string(), "1G");
+        assert_eq!(Size(300_001).to_string(), "300001");
+    }
 }

@@ -1,9 +1,9 @@
 //! Runs the guest component in its sandbox: one engine and one store per push, only the
-//! capabilities of `wit/ocipush.wit` linked in, and WASI with nothing granted (a std guest
-//! imports it even though it uses none of it: no files, environment, network or stdio).
-//! The guest's memory is capped, and a watchdog stops a guest that computes too long without
-//! calling the host. A guest is checked (digest pin, component, contract version, world)
-//! before any daemon or registry traffic.
+//! capabilities of `wit/ocipush.wit` linked in (`capabilities`), and WASI with nothing granted
+//! (a std guest imports it even though it uses none of it: no files, environment, network or
+//! stdio). The guest's memory is capped (`state::MemoryLimit`), and a watchdog stops a guest
+//! that computes too long without calling the host. A guest is checked (digest pin, component,
+//! contract version, world) before any daemon or registry traffic; its compiled form is cached.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -14,30 +14,22 @@ use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest as _, Sha256};
 use tokio::runtime::Handle;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{CallHook, Config, Engine, ResourceLimiter, Store, UpdateDeadline};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime::{CallHook, Config, Engine, Store, UpdateDeadline};
+use wasmtime_wasi::WasiCtx;
 
 use ocipush_guest::reference::{Destination, Source};
 
+use crate::bindings::ocipush::core::docker::BuildRequest;
+use crate::bindings::{
+    BuildPushRequest, BuildResult, IndexRequest, PublishSettings, PushRequest, PushResult, Pusher,
+};
+use crate::credentials::Credential;
 use crate::daemon::Daemon;
+use crate::interrupt::Runtime;
 use crate::progress::Progress;
-
-wasmtime::component::bindgen!({
-    world: "pusher",
-    path: "../wit",
-    imports: { default: trappable },
-    with: {
-        "ocipush:core/docker.export-stream": crate::daemon::ExportStream,
-        "ocipush:core/docker.build-job": crate::build::BuildJob,
-        "ocipush:core/archive.tarball": crate::archive::Tarball,
-        "ocipush:core/credentials.credential": crate::credentials::Credential,
-        "ocipush:core/registry.repository": crate::registry::Repository,
-        "ocipush:core/registry.layer-upload": crate::upload::LayerUpload,
-        "ocipush:core/layout.directory": crate::layout::Directory,
-        "ocipush:core/layout.layer-file": crate::layout::LayerFile,
-        "ocipush:core/layout.reader": crate::layout::Reader,
-    },
-});
+use crate::registry::Transfer;
+use crate::state::{HostState, MemoryLimit, Sandbox, Waits};
+use crate::tls::TlsOptions;
 
 /// The guest component built from `guest/` by build.rs.
 pub static GUEST_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ocipush_guest.wasm"));
@@ -46,9 +38,6 @@ pub static GUEST_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ocipush
 pub const PACKAGE: &str = "ocipush:core";
 pub const PACKAGE_VERSION: &str = "0.2.0";
 
-/// The most linear memory a guest may have. A push needs a few MiB of buffers and its
-/// metadata (capped at 64 MiB by the guest itself).
-const MEMORY_LIMIT: usize = 256 << 20;
 /// How often the watchdog looks at the guest.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -89,103 +78,6 @@ impl Guest {
     }
 }
 
-/// Everything the guest's imports reach: the store's data.
-pub struct HostState {
-    /// Host calls block on async I/O here, and only here: a signal ends any such wait. The
-    /// guest runs on a thread outside the runtime.
-    pub rt: crate::interrupt::Runtime,
-    /// Resources handed to the guest as opaque handles.
-    pub table: ResourceTable,
-    wasi: WasiCtx,
-    pub daemon: Daemon,
-    /// TLS settings; each registry gets a client built with them and its certs.d directory.
-    pub tls: crate::tls::TlsOptions,
-    /// The command line's credential (`--username`, `--password-stdin`), for the destination.
-    pub cli_credential: Option<crate::credentials::Credential>,
-    /// The OCI layout directory the user named as the destination: the only one the guest
-    /// may open.
-    pub layout: Option<String>,
-    /// The OCI layout directory the user named as the source: the only one the guest may read.
-    pub layout_source: Option<String>,
-    /// `--retries` and `--chunk-size`.
-    pub transfer: crate::registry::Transfer,
-    /// The `docker save` tarball the user named as the source: the only file the guest may
-    /// read.
-    pub archive: Option<String>,
-    /// The build context the user named (`ocipush build`): the only directory a build may send.
-    pub build_context: Option<PathBuf>,
-    pub progress: Progress,
-    /// Where the `cache` capability keeps its entries; `None` when no directory is known.
-    pub cache_dir: Option<PathBuf>,
-    /// How long the guest's calls blocked, by kind: where a push spends its time.
-    pub waits: Waits,
-    limits: MemoryLimit,
-    /// When the guest last got control back from one of its imports: the watchdog's clock.
-    guest_since: Instant,
-    /// Set while the watchdog itself runs: its return to the guest is not a host call.
-    watchdog_running: bool,
-}
-
-/// Time the guest spent blocked in host calls, logged at debug level after a push.
-#[derive(Debug, Default)]
-pub struct Waits {
-    /// Waiting for the daemon's export.
-    pub export: Duration,
-    /// Waiting for a layer's encoder to take more bytes.
-    pub upload: Duration,
-    /// Waiting for a layer's last bytes to be sent and committed.
-    pub finish: Duration,
-}
-
-/// Runs `f`, adding the time it took to `slot`.
-pub fn timed<T>(slot: &mut Duration, f: impl FnOnce() -> T) -> T {
-    let start = Instant::now();
-    let result = f();
-    *slot += start.elapsed();
-    result
-}
-
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl ocipush::core::types::Host for HostState {}
-
-/// Caps the guest's memory, with a message that says so.
-struct MemoryLimit;
-
-impl ResourceLimiter for MemoryLimit {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > MEMORY_LIMIT {
-            return Err(wasmtime::Error::msg(format!(
-                "the guest tried to grow its memory to {} MiB, over its limit of {} MiB",
-                desired >> 20,
-                MEMORY_LIMIT >> 20
-            )));
-        }
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
-    }
-}
-
 /// The images a job pushes.
 pub enum Images<'a> {
     /// One image, its manifest under the destination's tag.
@@ -201,14 +93,15 @@ pub struct Job<'a> {
     pub settings: PublishSettings,
     /// How long the guest may compute without calling the host before it is stopped.
     pub compute_limit: Duration,
-    pub tls: crate::tls::TlsOptions,
+    pub tls: TlsOptions,
     /// `--username` and `--password-stdin`, for the destination's registry.
-    pub cli_credential: Option<crate::credentials::Credential>,
+    pub cli_credential: Option<Credential>,
     /// `--retries` and `--chunk-size`.
-    pub transfer: crate::registry::Transfer,
+    pub transfer: Transfer,
 }
 
-/// Pushes `job.source` from the daemon to `job.destination` through `guest`.
+/// Pushes `images` (from the daemon, a tarball or an OCI layout) to `job.destination` through
+/// `guest`.
 pub fn push(
     rt: Handle,
     progress: Progress,
@@ -218,11 +111,7 @@ pub fn push(
 ) -> Result<PushResult> {
     // Only a single image may come from a tarball or a layout: an index's sources are in the
     // daemon.
-    let mut sandbox = Sandbox {
-        archive: None,
-        layout_source: None,
-        build_context: None,
-    };
+    let mut sandbox = Sandbox::default();
     if let Images::One(source) = images {
         match Source::parse(source) {
             Ok(Source::Archive { path, .. }) => sandbox.archive = Some(path),
@@ -268,9 +157,8 @@ pub fn build(
     push: bool,
 ) -> Result<BuildResult> {
     let sandbox = Sandbox {
-        archive: None,
-        layout_source: None,
         build_context: Some(PathBuf::from(&request.context)),
+        ..Sandbox::default()
     };
     run_guest(rt, progress, guest, job, sandbox, |pusher, store| {
         pusher.call_build(
@@ -284,16 +172,6 @@ pub fn build(
     })
 }
 
-/// The files the user named, which the guest may have the host read: nothing else.
-struct Sandbox {
-    /// A `docker save` tarball to push from.
-    archive: Option<String>,
-    /// An OCI layout directory to push from.
-    layout_source: Option<String>,
-    /// A directory to build from.
-    build_context: Option<PathBuf>,
-}
-
 /// Runs `call` on a fresh instance of `guest`, sandboxed, with the capabilities `job` grants
 /// and the files `sandbox` names.
 fn run_guest<T>(
@@ -301,7 +179,7 @@ fn run_guest<T>(
     progress: Progress,
     guest: &Guest,
     job: &Job<'_>,
-    sandbox: Sandbox,
+    mut sandbox: Sandbox,
     call: impl FnOnce(&Pusher, &mut Store<HostState>) -> wasmtime::Result<Result<T, String>>,
 ) -> Result<T> {
     let engine = engine()?;
@@ -311,21 +189,18 @@ fn run_guest<T>(
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     Pusher::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
 
+    if let Ok(Destination::Layout(target)) = Destination::parse(job.destination) {
+        sandbox.layout = Some(target.path);
+    }
     let state = HostState {
-        rt: crate::interrupt::Runtime::new(rt),
+        rt: Runtime::new(rt),
         table: ResourceTable::new(),
         wasi: WasiCtx::builder().build(),
         daemon: Daemon::from_env(),
         tls: job.tls.clone(),
         cli_credential: job.cli_credential.clone(),
-        layout: match Destination::parse(job.destination) {
-            Ok(Destination::Layout(target)) => Some(target.path),
-            _ => None,
-        },
-        layout_source: sandbox.layout_source,
         transfer: job.transfer,
-        archive: sandbox.archive,
-        build_context: sandbox.build_context,
+        sandbox,
         progress,
         cache_dir,
         waits: Waits::default(),
@@ -335,47 +210,8 @@ fn run_guest<T>(
     };
     let mut store = Store::new(&engine, state);
     store.limiter(|state| &mut state.limits);
-    // The watchdog: every tick, a guest that has not called the host for too long is stopped.
-    // Time spent in host calls (waiting on the daemon or a registry) does not count.
-    store.call_hook(|mut store, hook| {
-        // Ctrl-C: no further host call (so no later write); the watchdog stops a computing guest.
-        if let (Some(signal), CallHook::CallingHost) = (crate::interrupt::received(), &hook) {
-            return Err(wasmtime::Error::msg(format!("interrupted by {signal}")));
-        }
-        let state = store.data_mut();
-        match hook {
-            CallHook::ReturningFromHost if state.watchdog_running => state.watchdog_running = false,
-            CallHook::CallingWasm | CallHook::ReturningFromHost => {
-                state.guest_since = Instant::now()
-            }
-            CallHook::CallingHost | CallHook::ReturningFromWasm => {}
-        }
-        Ok(())
-    });
-    let limit = job.compute_limit;
-    store.epoch_deadline_callback(move |mut store| {
-        if let Some(signal) = crate::interrupt::received() {
-            return Err(wasmtime::Error::msg(format!("interrupted by {signal}")));
-        }
-        store.data_mut().watchdog_running = true;
-        if store.data().guest_since.elapsed() > limit {
-                        return Err(wasmtime::Error::msg(format!(
-                "the guest computed for {} s without calling the host (--guest-cpu-limit): stopped it",
-                limit.as_secs()
-            )));
-        }
-        Ok(UpdateDeadline::Continue(1))
-    });
-    store.set_epoch_deadline(1);
-    let (stop_ticking, stopped) = std::sync::mpsc::channel::<()>();
-    let ticker = {
-        let engine = engine.clone();
-        std::thread::spawn(move || {
-            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(TICK) {
-                engine.increment_epoch();
-            }
-        })
-    };
+    watch(&mut store, job.compute_limit);
+    let ticker = Ticker::start(&engine);
 
     let result = (|| {
         let pusher = Pusher::instantiate(&mut store, &component, &linker)
@@ -401,9 +237,74 @@ fn run_guest<T>(
         }
         (result, _) => result,
     };
-    drop(stop_ticking);
-    let _ = ticker.join();
+    drop(ticker);
     result
+}
+
+/// The watchdog: every tick, a guest that has not called the host for `limit` is stopped.
+/// Time spent in host calls (waiting on the daemon or a registry) does not count. After a
+/// signal, no host call starts and a computing guest stops at the next tick.
+fn watch(store: &mut Store<HostState>, limit: Duration) {
+    store.call_hook(|mut store, hook| {
+        // Ctrl-C: no further host call (so no later write); the watchdog stops a computing guest.
+        if let (Some(signal), CallHook::CallingHost) = (crate::interrupt::received(), &hook) {
+            return Err(wasmtime::Error::msg(format!("interrupted by {signal}")));
+        }
+        let state = store.data_mut();
+        match hook {
+            CallHook::ReturningFromHost if state.watchdog_running => state.watchdog_running = false,
+            CallHook::CallingWasm | CallHook::ReturningFromHost => {
+                state.guest_since = Instant::now()
+            }
+            CallHook::CallingHost | CallHook::ReturningFromWasm => {}
+        }
+        Ok(())
+    });
+    store.epoch_deadline_callback(move |mut store| {
+        if let Some(signal) = crate::interrupt::received() {
+            return Err(wasmtime::Error::msg(format!("interrupted by {signal}")));
+        }
+        store.data_mut().watchdog_running = true;
+        if store.data().guest_since.elapsed() > limit {
+            return Err(wasmtime::Error::msg(format!(
+                "the guest computed for {} s without calling the host (--guest-cpu-limit): stopped it",
+                limit.as_secs()
+            )));
+        }
+        Ok(UpdateDeadline::Continue(1))
+    });
+    store.set_epoch_deadline(1);
+}
+
+/// The watchdog's clock: a thread that advances the engine's epoch every `TICK` until dropped.
+struct Ticker {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(engine: &Engine) -> Self {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let engine = engine.clone();
+        let thread = std::thread::spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(TICK) {
+                engine.increment_epoch();
+            }
+        });
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// What `ocipush guest info` prints: the guest, its digest, the contract it speaks, and every
@@ -454,13 +355,13 @@ fn contract_version<'a>(imports: impl Iterator<Item = &'a str>) -> Option<String
         .next()
 }
 
-/// Refuses a guest built for another contract, naming both versions. 0.x versions are
-/// compatible when their minor versions match, as in semver.
 /// The compatible series of a version: `0.2` for `0.2.7` (before 1.0, minor versions break).
 fn series(version: &str) -> String {
     version.split('.').take(2).collect::<Vec<_>>().join(".")
 }
 
+/// Refuses a guest built for another contract, naming both versions. 0.x versions are
+/// compatible when their minor versions match, as in semver.
 fn check_contract(origin: &str, imports: &[String], exports: &[String]) -> Result<()> {
     for name in imports {
         let Some(rest) = name.strip_prefix(&format!("{PACKAGE}/")) else {
@@ -533,7 +434,7 @@ fn load_component(engine: &Engine, guest: &Guest, cache_dir: Option<&Path>) -> R
                     if let Some(path) = &path {
                         let mut file = Sha256::digest(&bytes).to_vec();
                         file.extend_from_slice(&bytes);
-                        if let Err(e) = crate::cache::write_atomic(path, &file) {
+                        if let Err(e) = crate::files::write_atomic(path, &file) {
                             tracing::debug!(path = %path.display(), error = %e, "compiled guest not cached");
                         }
                     }

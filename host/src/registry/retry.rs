@@ -44,11 +44,40 @@ impl Policy {
     }
 }
 
-/// The error after the last retry failed.
-pub fn gave_up(reason: &str, retries: u32) -> String {
-    match retries {
-        0 => reason.to_string(),
-        n => format!("{reason} (gave up after {n} retries; --retries sets how many)"),
+/// What one attempt of a request came to.
+#[derive(Clone, Copy, Debug)]
+pub enum Outcome {
+    /// It failed below HTTP; `retryable` unless a certificate was at fault.
+    Failed { retryable: bool },
+    /// The server answered with this status.
+    Answered(StatusCode),
+}
+
+/// What to do after an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Fail now with the attempt's error.
+    Fail,
+    /// Wait, then try again, while retries are left (`Policy::wait`).
+    Retry,
+    /// Fetch a new bearer token, then try again: once per request.
+    Renew,
+    /// Hand the answer to the caller, who reports it if it is a refusal.
+    Return,
+}
+
+/// The retry decision, the same for every request that may be retried (token fetches too):
+/// lost connections, 408, 429 and 5xx are tried again; a certificate failure is not. An answer
+/// that is still worth retrying when retries run out is returned for the caller to report. A 401
+/// is answered with a new token once (`may_renew`: the registry hands out tokens, and none was
+/// renewed for this request yet): a token can expire in the middle of a push.
+pub fn decide(outcome: Outcome, attempt: u32, retries: u32, may_renew: bool) -> Decision {
+    match outcome {
+        Outcome::Failed { retryable: false } => Decision::Fail,
+        Outcome::Failed { retryable: true } => Decision::Retry,
+        Outcome::Answered(StatusCode::UNAUTHORIZED) if may_renew => Decision::Renew,
+        Outcome::Answered(status) if retryable(status) && attempt < retries => Decision::Retry,
+        Outcome::Answered(_) => Decision::Return,
     }
 }
 
@@ -120,6 +149,40 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn what_is_retried_renewed_returned_or_failed() {
+        use Decision::*;
+        let answered = |code| Outcome::Answered(StatusCode::from_u16(code).unwrap());
+        let lost = Outcome::Failed { retryable: true };
+        let certificate = Outcome::Failed { retryable: false };
+        assert_eq!(decide(lost, 0, 5, true), Retry);
+        assert_eq!(
+            decide(lost, 5, 5, true),
+            Retry,
+            "Policy::wait says when to give up"
+        );
+        assert_eq!(decide(certificate, 0, 5, true), Fail);
+        for code in [408, 429, 500, 503] {
+            assert_eq!(decide(answered(code), 0, 5, false), Retry, "{code}");
+            assert_eq!(decide(answered(code), 4, 5, false), Retry, "{code}");
+            assert_eq!(
+                decide(answered(code), 5, 5, false),
+                Return,
+                "{code}: out of retries, the answer is reported"
+            );
+        }
+        assert_eq!(decide(answered(500), 0, 0, false), Return, "--retries 0");
+        assert_eq!(decide(answered(401), 0, 5, true), Renew);
+        assert_eq!(
+            decide(answered(401), 0, 5, false),
+            Return,
+            "renewed once already"
+        );
+        for code in [200, 201, 202, 400, 403, 404, 413, 416] {
+            assert_eq!(decide(answered(code), 0, 5, true), Return, "{code}");
+        }
     }
 
     #[test]

@@ -1,0 +1,182 @@
+//! The `docker` capability: inspect, export and build in the daemon `DOCKER_HOST` names
+//! (`daemon`). A build reads only the context directory the user named.
+
+use std::path::Path;
+
+use bollard::models::ImageInspect;
+use wasmtime::component::Resource;
+
+use crate::bindings::ocipush::core::docker::{
+    BuildEvent, BuildRequest, Host, HostBuildJob, HostExportStream, ImageSummary,
+};
+use crate::bindings::ocipush::core::types::Platform;
+use crate::daemon::build::{self, BuildJob, Spec, Step};
+use crate::daemon::export::{self, ExportStream};
+use crate::daemon::{self, Error};
+use crate::state::{timed, HostError, HostState};
+
+impl From<daemon::Error> for HostError {
+    fn from(e: daemon::Error) -> Self {
+        match e {
+            Error::Interrupted(interrupted) => interrupted.into(),
+            e => HostError::message(e),
+        }
+    }
+}
+
+impl From<export::Error> for HostError {
+    fn from(e: export::Error) -> Self {
+        match e {
+            export::Error::Interrupted(interrupted) => interrupted.into(),
+            e => HostError::message(e),
+        }
+    }
+}
+
+impl From<build::Error> for HostError {
+    fn from(e: build::Error) -> Self {
+        match e {
+            build::Error::Interrupted(interrupted) => interrupted.into(),
+            e => HostError::message(e),
+        }
+    }
+}
+
+impl Host for HostState {
+    fn build(&mut self, request: BuildRequest) -> Result<Resource<BuildJob>, HostError> {
+        let docker = self.daemon.docker(&self.rt)?;
+        let spec = Spec {
+            context: Path::new(&request.context),
+            dockerfile: request.dockerfile.as_deref(),
+            tag: &request.tag,
+            build_args: &request.build_args,
+        };
+        let allowed = self.sandbox.build_context.as_deref();
+        let job = BuildJob::start(&self.rt, docker, &self.daemon.address, allowed, &spec)?;
+        Ok(self.table.push(job)?)
+    }
+
+    fn inspect(&mut self, image: String) -> Result<ImageSummary, HostError> {
+        let docker = self.daemon.docker(&self.rt)?;
+        let inspected = self
+            .rt
+            .block_on(docker.inspect_image(&image))?
+            .map_err(|e| self.daemon.describe(&image, e))?;
+        let summary = summary(&image, inspected)?;
+        tracing::debug!(image, id = %summary.id, layers = summary.diff_ids.len(), size = summary.size, platform = ?summary.platform, "inspected");
+        Ok(summary)
+    }
+
+    fn export_image(&mut self, image: String) -> Result<Resource<ExportStream>, HostError> {
+        let docker = self.daemon.docker(&self.rt)?;
+        let stream = ExportStream::start(&self.rt, docker, &self.daemon.address, image);
+        Ok(self.table.push(stream)?)
+    }
+}
+
+/// What the guest is told of an image: the daemon's inspect answer, mapped. The platform is
+/// there only when the daemon names both an OS and an architecture.
+fn summary(image: &str, inspect: ImageInspect) -> Result<ImageSummary, Error> {
+    let id = inspect.id.ok_or_else(|| Error::NoId {
+        image: image.to_string(),
+    })?;
+    let platform = match (inspect.os, inspect.architecture) {
+        (Some(os), Some(architecture)) if !os.is_empty() && !architecture.is_empty() => {
+            Some(Platform {
+                os,
+                architecture,
+                variant: inspect.variant.filter(|v| !v.is_empty()),
+            })
+        }
+        _ => None,
+    };
+    Ok(ImageSummary {
+        id,
+        diff_ids: inspect.root_fs.and_then(|r| r.layers).unwrap_or_default(),
+        size: inspect.size.unwrap_or(0).max(0) as u64,
+        platform,
+    })
+}
+
+impl HostExportStream for HostState {
+    fn read(&mut self, stream: Resource<ExportStream>, max: u32) -> Result<Vec<u8>, HostError> {
+        let rt = self.rt.clone();
+        let stream = self.table.get_mut(&stream)?;
+        Ok(timed(&mut self.waits.export, || stream.read(&rt, max))?)
+    }
+
+    fn drop(&mut self, stream: Resource<ExportStream>) -> wasmtime::Result<()> {
+        // Dropping the receiver ends the pump task at its next send.
+        self.table.delete(stream)?;
+        Ok(())
+    }
+}
+
+impl HostBuildJob for HostState {
+    fn next(&mut self, job: Resource<BuildJob>) -> Result<BuildEvent, HostError> {
+        let rt = self.rt.clone();
+        Ok(match self.table.get_mut(&job)?.next(&rt)? {
+            Step::Output(line) => BuildEvent::Output(line),
+            Step::Built(id) => BuildEvent::Built(id),
+        })
+    }
+
+    fn drop(&mut self, job: Resource<BuildJob>) -> wasmtime::Result<()> {
+        self.table.delete(job)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::ImageInspectRootFs;
+
+    #[test]
+    fn an_inspect_answer_becomes_the_images_summary() {
+        let inspect = ImageInspect {
+            id: Some("sha256:abc".into()),
+            root_fs: Some(ImageInspectRootFs {
+                layers: Some(vec!["sha256:l1".into(), "sha256:l2".into()]),
+                ..Default::default()
+            }),
+            size: Some(1234),
+            os: Some("linux".into()),
+            architecture: Some("arm64".into()),
+            variant: Some("v8".into()),
+            ..Default::default()
+        };
+        let summary = summary("app:1", inspect).unwrap();
+        assert_eq!(summary.id, "sha256:abc");
+        assert_eq!(summary.diff_ids, ["sha256:l1", "sha256:l2"]);
+        assert_eq!(summary.size, 1234);
+        let platform = summary.platform.unwrap();
+        assert_eq!(
+            (platform.os.as_str(), platform.architecture.as_str()),
+            ("linux", "arm64")
+        );
+        assert_eq!(platform.variant.as_deref(), Some("v8"));
+    }
+
+    #[test]
+    fn missing_or_empty_parts_of_an_inspect_answer() {
+        let bare = ImageInspect {
+            id: Some("sha256:abc".into()),
+            size: Some(-1),
+            os: Some("linux".into()),
+            architecture: Some(String::new()),
+            variant: Some(String::new()),
+            ..Default::default()
+        };
+        let summary = summary("app:1", bare).unwrap();
+        assert!(summary.diff_ids.is_empty());
+        assert_eq!(summary.size, 0, "a negative size counts as none");
+        assert!(summary.platform.is_none(), "no architecture, no platform");
+        let err = summary_error(ImageInspect::default());
+        assert_eq!(err, "the Docker daemon reported no ID for image app:1");
+    }
+
+    fn summary_error(inspect: ImageInspect) -> String {
+        summary("app:1", inspect).err().unwrap().to_string()
+    }
+}

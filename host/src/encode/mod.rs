@@ -1,0 +1,307 @@
+//! How a layer the guest streams is encoded (stored as is, gzip or zstd), in one place for both
+//! destinations: the registry upload spools the encoded bytes and sends them, the OCI layout
+//! writes them into its blob directory, and the same image gives the same blobs in both.
+//!
+//! A `Pipeline` is an encoder on a native thread fed by the guest's writes: it compresses (on
+//! several threads where the encoding allows), hashes the encoded bytes, appends them to a file
+//! and tells whoever waits on `Produced` how far it is.
+
+pub mod gzip;
+pub mod zstd;
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
+
+use gzip::ParallelGzip;
+
+/// Guest chunks (1-4 MiB each) queued for the encoder: bounds memory, and lets the guest hash
+/// the next chunk while this one compresses.
+const INPUT_QUEUE: usize = 2;
+
+/// An encoding and its level. Every encoding is deterministic: the same bytes and level always
+/// give the same output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codec {
+    /// Stored as streamed.
+    None,
+    /// gzip with no name and a zero mtime, in parallel 1 MiB blocks (`gzip`), level 1-9.
+    Gzip { level: u32 },
+    /// zstd by several threads, level 1-19.
+    Zstd { level: u32 },
+}
+
+/// The digest and size of the encoded bytes.
+#[derive(Debug)]
+pub struct Encoded {
+    pub digest: String,
+    pub size: u64,
+}
+
+/// How much of the layer the encoder has written to its file, and whether it is done.
+#[derive(Clone, Debug, Default)]
+pub struct Produced {
+    pub len: u64,
+    /// `Some` once the encoder stopped: `true` when the layer is complete.
+    pub end: Option<bool>,
+}
+
+/// Why encoding a layer failed.
+#[derive(Debug)]
+pub enum Error {
+    /// Writing the encoded bytes to their file.
+    Spool(io::Error),
+    /// Syncing the finished file to disk.
+    Sync {
+        path: PathBuf,
+        error: io::Error,
+    },
+    Panicked,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Spool(e) => write!(f, "spooling a layer to a temporary file: {e}"),
+            Self::Sync { path, error } => write!(f, "writing {}: {error}", path.display()),
+            Self::Panicked => f.write_str("the layer encoder panicked"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Why the guest's bytes could not be handed to the encoder.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// The input was already ended by `finish`.
+    Ended,
+    /// The encoder stopped, on an error its result tells.
+    Stopped,
+}
+
+/// An encoder thread and its input.
+pub struct Pipeline {
+    input: Option<SyncSender<Vec<u8>>>,
+    encoder: Option<JoinHandle<Result<Encoded, Error>>>,
+    produced: watch::Receiver<Produced>,
+    /// Uncompressed bytes the guest has written.
+    written: u64,
+}
+
+impl Pipeline {
+    /// Starts encoding into `file` (empty) with `codec`. With `sync`, the finished file is
+    /// synced to disk, and `sync` names it in an error.
+    pub fn start(file: Arc<File>, codec: Codec, sync: Option<PathBuf>) -> Self {
+        let (input, chunks) = mpsc::sync_channel::<Vec<u8>>(INPUT_QUEUE);
+        let (tell, produced) = watch::channel(Produced::default());
+        let encoder = std::thread::spawn(move || {
+            let encoded = encode(chunks, &file, &tell, codec)?;
+            if let Some(path) = sync {
+                file.sync_all()
+                    .map_err(|error| Error::Sync { path, error })?;
+            }
+            Ok(encoded)
+        });
+        Self {
+            input: Some(input),
+            encoder: Some(encoder),
+            produced,
+            written: 0,
+        }
+    }
+
+    /// Hands `data` to the encoder, waiting while its queue is full.
+    pub fn write(&mut self, data: Vec<u8>) -> Result<(), Closed> {
+        let len = data.len() as u64;
+        let input = self.input.as_ref().ok_or(Closed::Ended)?;
+        input.send(data).map_err(|_| Closed::Stopped)?;
+        self.written += len;
+        Ok(())
+    }
+
+    /// Ends the input and waits for the encoder's result; `None` once it was taken.
+    pub fn finish(&mut self) -> Option<Result<Encoded, Error>> {
+        self.input = None;
+        let encoder = self.encoder.take()?;
+        Some(encoder.join().unwrap_or(Err(Error::Panicked)))
+    }
+
+    /// Where a reader of the file learns how far the encoder is.
+    pub fn produced(&self) -> watch::Receiver<Produced> {
+        self.produced.clone()
+    }
+
+    /// Uncompressed bytes written, and encoded bytes in the file.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.written, self.produced.borrow().len)
+    }
+}
+
+impl Drop for Pipeline {
+    /// The encoder ends with its input; waited for so that its file is no longer written.
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+/// Compresses what arrives on `chunks`, hashes the encoded bytes and appends them to `file`,
+/// telling `produced` how far it is and, at the end, whether it completed.
+fn encode(
+    chunks: mpsc::Receiver<Vec<u8>>,
+    file: &File,
+    produced: &watch::Sender<Produced>,
+    codec: Codec,
+) -> Result<Encoded, Error> {
+    let mut out = Spooler {
+        file,
+        produced,
+        hasher: Sha256::new(),
+        size: 0,
+    };
+    let encoded = encode_into(chunks, &mut out, codec)
+        .map(|()| Encoded {
+            digest: format!("sha256:{}", hex::encode(out.hasher.finalize())),
+            size: out.size,
+        })
+        .map_err(Error::Spool);
+    produced.send_modify(|p| p.end = Some(encoded.is_ok()));
+    encoded
+}
+
+fn encode_into(
+    chunks: mpsc::Receiver<Vec<u8>>,
+    out: &mut impl Write,
+    codec: Codec,
+) -> io::Result<()> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    match codec {
+        Codec::Gzip { level } => {
+            let mut gz = ParallelGzip::new(level, threads, |piece| out.write_all(&piece))?;
+            for chunk in chunks {
+                gz.write(&chunk)?;
+            }
+            gz.finish()
+        }
+        Codec::Zstd { level } => {
+            let mut zstd = zstd::encoder(out, level, threads)?;
+            for chunk in chunks {
+                zstd.write_all(&chunk)?;
+            }
+            zstd.finish().map(drop)
+        }
+        Codec::None => {
+            for chunk in chunks {
+                out.write_all(&chunk)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Hashes encoded bytes, appends them to the file and says how many there are.
+struct Spooler<'a> {
+    file: &'a File,
+    produced: &'a watch::Sender<Produced>,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl Write for Spooler<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write_all_at(buf, self.size)?;
+        self.hasher.update(buf);
+        self.size += buf.len() as u64;
+        let len = self.size;
+        self.produced.send_modify(|p| p.len = len);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::io::Read;
+
+    pub(crate) fn data() -> Vec<u8> {
+        (0..3_000_000u32)
+            .map(|i| (i * 7 % 251) as u8 ^ (i >> 13) as u8)
+            .collect()
+    }
+
+    fn encoded(codec: Codec, chunks: &[&[u8]]) -> (Vec<u8>, Encoded) {
+        let file = Arc::new(tempfile::tempfile().unwrap());
+        let mut pipeline = Pipeline::start(file.clone(), codec, None);
+        let produced = pipeline.produced();
+        for chunk in chunks {
+            pipeline.write(chunk.to_vec()).unwrap();
+        }
+        let encoded = pipeline.finish().unwrap().unwrap();
+        let state = produced.borrow().clone();
+        assert_eq!(state.len, encoded.size, "the reader is told every byte");
+        assert_eq!(state.end, Some(true), "and that the layer is complete");
+        assert_eq!(pipeline.write(b"more".to_vec()), Err(Closed::Ended));
+        let bytes = crate::files::read_at(&file, 0, encoded.size as usize).unwrap();
+        (bytes, encoded)
+    }
+
+    #[test]
+    fn gzip_is_deterministic_and_hashes_what_it_sends() {
+        let data = data();
+        let gzip = Codec::Gzip { level: 6 };
+        let (a, encoded_a) = encoded(gzip, &[&data[..1_000_000], &data[1_000_000..]]);
+        let (b, encoded_b) = encoded(
+            gzip,
+            &[
+                &data[..333_333],
+                &data[333_333..1_500_001],
+                &data[1_500_001..],
+            ],
+        );
+        assert!(a == b, "chunking must not change the output");
+        assert_eq!(encoded_a.digest, encoded_b.digest);
+        assert_eq!(encoded_a.size, a.len() as u64);
+        assert_eq!(
+            encoded_a.digest,
+            format!("sha256:{}", hex::encode(Sha256::digest(&a)))
+        );
+        assert_eq!(&a[4..8], &[0, 0, 0, 0], "zero mtime");
+        let mut round = Vec::new();
+        flate2::read::MultiGzDecoder::new(&a[..])
+            .read_to_end(&mut round)
+            .unwrap();
+        assert!(round == data);
+        let (fast, _) = encoded(Codec::Gzip { level: 1 }, &[&data]);
+        assert!(fast != a, "the level is part of the encoding");
+    }
+
+    #[test]
+    fn zstd_round_trips_whatever_the_chunking() {
+        let data = data();
+        let (z, encoded_z) = encoded(Codec::Zstd { level: 3 }, &[&data[..7], &data[7..]]);
+        assert_eq!(encoded_z.size, z.len() as u64);
+        assert!(::zstd::decode_all(&z[..]).unwrap() == data);
+    }
+
+    #[test]
+    fn none_sends_the_bytes_as_they_are() {
+        let (raw, encoded_raw) = encoded(Codec::None, &[b"abc", b"def"]);
+        assert_eq!(raw, b"abcdef");
+        assert_eq!(
+            encoded_raw.digest,
+            format!("sha256:{}", hex::encode(Sha256::digest(b"abcdef")))
+        );
+    }
+}

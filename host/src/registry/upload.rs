@@ -1,0 +1,424 @@
+//! A layer uploaded while the guest is still reading it. The guest's chunks are encoded on a
+//! native thread (`encode::Pipeline`) into a spool (an anonymous temporary file, gone when the
+//! upload ends), and an async sender uploads the spool in chunks (`PATCH` with `Content-Range`)
+//! as they fill, so export, hashing, compression and upload overlap.
+//!
+//! The spool is what makes a layer survive an imperfect registry: after a failed chunk the
+//! sender asks the registry how much it holds (the upload status, `Range`) and resumes from
+//! there; if the registry lost the session it starts the layer over in a new one; a chunk the
+//! registry refuses as too large (413, or 416 while the offsets agree) is sent again in smaller
+//! chunks, and every later one too. Failures are retried as `retry::Policy` says.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
+use reqwest::{Method, StatusCode, Url};
+use tokio::sync::watch;
+
+use super::client::Renew;
+use super::error::{Error, Transport};
+use super::repository::Api;
+use super::retry::{self, Decision, Outcome};
+use crate::confirmed::Confirmed;
+use crate::encode::{self, Codec, Encoded, Pipeline, Produced};
+use crate::interrupt::Runtime;
+
+/// The chunk size used unless `--chunk-size` says otherwise: large enough that a chunk's
+/// round trip costs little, small enough to hold in memory while it is in flight.
+pub const DEFAULT_CHUNK_SIZE: u64 = 16 << 20;
+/// The smallest chunk the sender falls back to when a registry refuses chunks as too large.
+pub const MIN_CHUNK_SIZE: u64 = 256 << 10;
+/// A chunk refused as too large is sent again at most this large, then halved: GHCR refuses
+/// chunks above 4 MiB.
+const REFUSED_CHUNK_FALLBACK: u64 = 4 << 20;
+/// A chunk's body is handed to the HTTP client in pieces of this size, so `sent` moves smoothly.
+const SEND_PIECE: usize = 256 << 10;
+
+/// One layer upload in flight.
+pub struct LayerUpload {
+    pipeline: Pipeline,
+    sender: Option<tokio::task::JoinHandle<Result<(), Error>>>,
+    /// Encoded bytes the registry acknowledged, plus those of the chunk in flight.
+    sent: Arc<AtomicU64>,
+    /// The upload session's current URL: each answer names the next one.
+    session: Arc<Mutex<Url>>,
+    api: Api,
+    confirmed: Confirmed,
+    rt: Runtime,
+    committed: bool,
+}
+
+impl LayerUpload {
+    /// Opens an upload session and starts its encoder and its sender.
+    pub fn start(
+        rt: &Runtime,
+        api: Api,
+        confirmed: Confirmed,
+        codec: Codec,
+        chunk_size: u64,
+    ) -> Result<Self, Error> {
+        let location = rt.block_on(api.start_upload())??;
+        let spool = tempfile::tempfile()
+            .map(Arc::new)
+            .map_err(|error| Error::Spool {
+                doing: "creating a temporary file to spool a layer",
+                error,
+            })?;
+        let pipeline = Pipeline::start(spool.clone(), codec, None);
+        let sent = Arc::new(AtomicU64::new(0));
+        let session = Arc::new(Mutex::new(location));
+        let sender = rt.spawn(
+            Sender {
+                api: api.clone(),
+                spool,
+                session: session.clone(),
+                sent: sent.clone(),
+                chunk_size: chunk_size.max(MIN_CHUNK_SIZE),
+            }
+            .run(pipeline.produced()),
+        );
+        Ok(Self {
+            pipeline,
+            sender: Some(sender),
+            sent,
+            session,
+            api,
+            confirmed,
+            rt: rt.clone(),
+            committed: false,
+        })
+    }
+
+    pub fn write(&mut self, data: Vec<u8>) -> Result<(), Error> {
+        if self.sender.as_ref().is_some_and(|s| s.is_finished()) {
+            // The sender gave up (the registry refused, or retries ran out): say why now
+            // rather than after the rest of the layer.
+            return Err(self.failure(None));
+        }
+        match self.pipeline.write(data) {
+            Ok(()) => Ok(()),
+            Err(encode::Closed::Ended) => Err(Error::Ended),
+            Err(encode::Closed::Stopped) => Err(self.failure(None)),
+        }
+    }
+
+    /// Uncompressed bytes the guest wrote, and encoded bytes sent.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.pipeline.counts().0, self.sent.load(Ordering::Relaxed))
+    }
+
+    /// The first real error of a failed upload: the sender's, else the encoder's (`encoded`,
+    /// when the caller has it already).
+    fn failure(&mut self, encoded: Option<Result<Encoded, encode::Error>>) -> Error {
+        let encoded = encoded.or_else(|| self.pipeline.finish());
+        let sent = match self
+            .sender
+            .as_mut()
+            .map(|s| self.rt.block_on(s))
+            .transpose()
+        {
+            Ok(sent) => sent,
+            // The sender stays, for dropping the upload to stop it.
+            Err(interrupted) => return interrupted.into(),
+        };
+        self.sender = None;
+        match (sent, encoded) {
+            (Some(Ok(Err(Error::EncoderStopped))), Some(Err(e))) => Error::Encode(e),
+            (Some(Ok(Err(e))), _) => e,
+            (_, Some(Err(e))) => Error::Encode(e),
+            _ => Error::EndedEarly {
+                registry: self.api.client.registry.clone(),
+            },
+        }
+    }
+
+    /// Ends the layer, waits for the registry to hold every byte, and commits it under the
+    /// digest of the encoded bytes; a committed layer is confirmed.
+    pub fn finish(&mut self) -> Result<Encoded, Error> {
+        let encoded = match self.pipeline.finish() {
+            None => return Err(Error::Ended),
+            Some(Ok(encoded)) => encoded,
+            Some(Err(e)) => return Err(self.failure(Some(Err(e)))),
+        };
+        let sender = self.sender.as_mut().ok_or(Error::Ended)?;
+        // On a signal the sender stays, for dropping the upload to stop it.
+        let sent = self.rt.block_on(sender)?;
+        self.sender = None;
+        match sent {
+            Ok(result) => result?,
+            Err(e) => {
+                return Err(Error::SenderDied {
+                    registry: self.api.client.registry.clone(),
+                    cause: e.to_string(),
+                })
+            }
+        }
+        let location = self.session.lock().unwrap().clone();
+        self.rt.block_on(self.api.commit_upload(
+            location,
+            &encoded.digest,
+            encoded.size,
+            Vec::new(),
+        ))??;
+        self.committed = true;
+        self.confirmed.insert(encoded.digest.clone());
+        tracing::debug!(digest = %encoded.digest, size = encoded.size, "layer committed");
+        Ok(encoded)
+    }
+}
+
+impl Drop for LayerUpload {
+    /// An upload dropped before its commit is cancelled, so the registry can free it.
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        if let Some(sender) = self.sender.take() {
+            sender.abort();
+        }
+        let location = self.session.lock().unwrap().clone();
+        self.api.cancel_upload(&self.rt, location);
+    }
+}
+
+/// Uploads the spool in chunks as the encoder fills it, until every byte is acknowledged.
+struct Sender {
+    api: Api,
+    spool: Arc<File>,
+    session: Arc<Mutex<Url>>,
+    sent: Arc<AtomicU64>,
+    chunk_size: u64,
+}
+
+/// What became of one chunk.
+enum Chunk {
+    /// The registry took it; the session continues at this URL.
+    Taken(Url),
+    /// The registry refused it as too large (413, or 416 which may also mean the offsets differ).
+    TooLarge(StatusCode),
+    /// Worth retrying: a lost connection, 408, 429 or 5xx (with the registry's Retry-After).
+    Failed(Error, Option<Duration>),
+    /// Refused for good.
+    Refused(Error),
+}
+
+impl Sender {
+    async fn run(mut self, mut produced: watch::Receiver<Produced>) -> Result<(), Error> {
+        let what = format!("uploading a layer to {}", self.api.name);
+        let mut offset = 0u64; // bytes the registry holds
+        let mut failures = 0u32; // since the last chunk the registry took
+        loop {
+            let want = offset + self.chunk_size;
+            let state = produced
+                .wait_for(|p| p.len >= want || p.end.is_some())
+                .await
+                .map_err(|_| Error::EncoderStopped)?
+                .clone();
+            if state.end == Some(false) {
+                return Err(Error::EncoderStopped);
+            }
+            if state.end.is_some() && state.len == offset {
+                return Ok(()); // everything is in the registry: ready to commit
+            }
+            let end = state.len.min(want);
+            let location = self.session.lock().unwrap().clone();
+            let refused_size = match self.patch(location, offset, end).await {
+                Chunk::Taken(next) => {
+                    *self.session.lock().unwrap() = next;
+                    offset = end;
+                    self.sent.store(offset, Ordering::Relaxed);
+                    failures = 0;
+                    continue;
+                }
+                Chunk::Refused(message) => return Err(message),
+                Chunk::TooLarge(status) => Some(status),
+                Chunk::Failed(reason, retry_after) => {
+                    failures += 1;
+                    let policy = &self.api.client.policy;
+                    let notice = reason.to_string();
+                    if !policy.wait(&what, failures, &notice, retry_after).await {
+                        return Err(Error::GaveUp {
+                            last: Box::new(reason),
+                            retries: policy.retries,
+                        });
+                    }
+                    None
+                }
+            };
+            // Where is the registry now? Resume from there, or start over in a new session.
+            let held = self.resync(&what, state.len).await?;
+            if let Some(status) = refused_size {
+                if held == offset || status == StatusCode::PAYLOAD_TOO_LARGE {
+                    self.smaller_chunks(status, end - offset)?;
+                }
+            }
+            offset = held;
+            self.sent.store(offset, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends `offset..end` of the spool as one chunk.
+    async fn patch(&self, location: Url, offset: u64, end: u64) -> Chunk {
+        let mut bytes = vec![0u8; (end - offset) as usize];
+        if let Err(e) = self.spool.read_exact_at(&mut bytes, offset) {
+            return Chunk::Refused(Error::Spool {
+                doing: "reading a layer back from its spool",
+                error: e,
+            });
+        }
+        let bytes = Bytes::from(bytes);
+        let sent = self.sent.clone();
+        let pieces: Vec<io::Result<Bytes>> = (0..bytes.len())
+            .step_by(SEND_PIECE)
+            .map(|at| Ok(bytes.slice(at..(at + SEND_PIECE).min(bytes.len()))))
+            .collect();
+        // Counted as the HTTP client takes each piece to write it to the socket.
+        let body = futures_util::stream::iter(pieces).inspect(move |piece| {
+            if let Ok(piece) = piece {
+                sent.fetch_add(piece.len() as u64, Ordering::Relaxed);
+            }
+        });
+        let request = self
+            .api
+            .request(Method::PATCH, location)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_RANGE, format!("{offset}-{}", end - 1))
+            .header(CONTENT_LENGTH, end - offset)
+            .body(reqwest::Body::wrap_stream(body));
+        let what = format!("uploading a layer to {}", self.api.name);
+        // Decided as every request is (`retry::decide`); when to give up is `run`'s call, as a
+        // failed chunk is resumed from where the registry is rather than sent again.
+        let retries = self.api.client.policy.retries;
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => {
+                let failure = self.api.client.transport(&what, &e);
+                let retryable = !Transport::of(&e).certificate;
+                return match retry::decide(Outcome::Failed { retryable }, 0, retries, false) {
+                    Decision::Retry => Chunk::Failed(failure, None),
+                    _ => Chunk::Refused(failure),
+                };
+            }
+        };
+        let status = response.status();
+        if status == StatusCode::ACCEPTED {
+            return match self.api.client.location(&response) {
+                Ok(next) => Chunk::Taken(next),
+                Err(e) => Chunk::Refused(e),
+            };
+        }
+        if status == StatusCode::PAYLOAD_TOO_LARGE || status == StatusCode::RANGE_NOT_SATISFIABLE {
+            return Chunk::TooLarge(status);
+        }
+        match retry::decide(Outcome::Answered(status), 0, retries, self.api.renews()) {
+            Decision::Renew => match self.api.renew().await {
+                Ok(()) => Chunk::Failed(Error::TokenRenewed, Some(Duration::ZERO)),
+                Err(e) => Chunk::Refused(e),
+            },
+            Decision::Retry => {
+                let after = retry::retry_after(&response);
+                Chunk::Failed(self.api.refusal(&what, response).await, after)
+            }
+            _ => Chunk::Refused(self.api.refusal(&what, response).await),
+        }
+    }
+
+    /// Asks the registry how much of the upload it holds (`GET` the session: `Range: 0-N`) and
+    /// returns that offset; when the session is gone, opens a new one and returns 0.
+    async fn resync(&self, what: &str, produced: u64) -> Result<u64, Error> {
+        let location = self.session.lock().unwrap().clone();
+        let response = self
+            .api
+            .send_retrying(what, || self.api.request(Method::GET, location.clone()))
+            .await?;
+        if response.status() == StatusCode::NO_CONTENT || response.status() == StatusCode::OK {
+            let held = response
+                .headers()
+                .get(RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(upload_range_end);
+            if let Some(held) = held.filter(|h| *h <= produced) {
+                if let Some(next) = response
+                    .headers()
+                    .get(LOCATION)
+                    .is_some()
+                    .then(|| self.api.client.location(&response))
+                {
+                    *self.session.lock().unwrap() = next?;
+                }
+                tracing::debug!(held, "resuming the upload where the registry is");
+                return Ok(held);
+            }
+        }
+        // The registry lost the session (distribution drops one that saw a partial chunk):
+        // start the layer over in a new session; the spool still holds every byte.
+        let _ = self.api.request(Method::DELETE, location).send().await;
+        let next = self.api.start_upload().await?;
+        *self.session.lock().unwrap() = next;
+        self.api.client.policy.notices.upload(&format!(
+            "registry {} lost the upload session of a layer: starting it over",
+            self.api.client.registry
+        ));
+        Ok(0)
+    }
+
+    /// After a chunk of `size` bytes was refused with `status`: smaller chunks from now on.
+    fn smaller_chunks(&mut self, status: StatusCode, size: u64) -> Result<(), Error> {
+        if size <= MIN_CHUNK_SIZE {
+            return Err(Error::ChunkRefused {
+                registry: self.api.client.registry.clone(),
+                size,
+                status,
+            });
+        }
+        self.chunk_size = if size > REFUSED_CHUNK_FALLBACK {
+            REFUSED_CHUNK_FALLBACK
+        } else {
+            (size / 2).max(MIN_CHUNK_SIZE)
+        };
+        self.api.client.policy.notices.upload(&format!(
+            "registry {} refused a chunk of {} ({status}): sending chunks of {}",
+            self.api.client.registry,
+            indicatif::HumanBytes(size),
+            indicatif::HumanBytes(self.chunk_size)
+        ));
+        Ok(())
+    }
+}
+
+/// How many bytes an upload status `Range: 0-N` says the registry holds: N + 1. Distribution
+/// answers `0-0` for an empty upload as well as for one byte; it counts as empty (a byte sent
+/// twice is caught by the digest the registry checks on commit).
+fn upload_range_end(value: &str) -> Option<u64> {
+    let value = value.trim().trim_start_matches("bytes=");
+    let (start, end) = value.split_once('-')?;
+    if start.trim() != "0" {
+        return None;
+    }
+    match end.trim() {
+        "0" | "-1" | "" => Some(0),
+        end => end.parse::<u64>().ok().map(|e| e + 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_status_ranges_count_held_bytes() {
+        assert_eq!(upload_range_end("0-1048575"), Some(1 << 20));
+        assert_eq!(upload_range_end("bytes=0-9"), Some(10));
+        assert_eq!(upload_range_end("0-0"), Some(0));
+        assert_eq!(upload_range_end("0--1"), Some(0));
+        assert_eq!(upload_range_end("5-9"), None);
+        assert_eq!(upload_range_end("junk"), None);
+    }
+}
