@@ -8,14 +8,16 @@
 use std::collections::HashMap;
 use std::io::Read;
 
-use ocipush_guest::archive::{Archive, RandomAccess};
-use ocipush_guest::cache::{self, Cache};
+use ocipush_guest::archive::Archive;
+use ocipush_guest::cache;
 use ocipush_guest::digest::Digest;
-use ocipush_guest::layout::{Layout, LayoutFiles};
-use ocipush_guest::manifest::{Compression, Encoding};
-use ocipush_guest::push::ImageSource;
+use ocipush_guest::layout::Layout;
+use ocipush_guest::model::{Blob, Compression, Encoding, ImageSummary, Layer};
+use ocipush_guest::ports::{
+    Cache, ImageSource, LayerEntry, LayoutFiles, Publish, RandomAccess, ReadExport,
+};
 use ocipush_guest::reference;
-use ocipush_guest::save::{read_export, Blob, ImageSummary, Layer, LayerEntry, Publish};
+use ocipush_guest::save::read_export;
 
 /// What a target does with one input.
 pub type Target = fn(&[u8]);
@@ -211,10 +213,7 @@ fn pushes_as_inspected(mut source: impl ImageSource, name: &str) -> bool {
     let Ok(image) = source.inspect(name) else {
         return false;
     };
-    let Ok(export) = source.export(image.id.as_str()) else {
-        return false;
-    };
-    let Ok(saved) = read_export(export, &image, &mut Drain) else {
+    let Ok(saved) = source.read_export(&image, &mut Drain) else {
         return false;
     };
     assert_eq!(Digest::of(&saved.config), image.id);

@@ -8,16 +8,19 @@
 //! and a `manifest.json` naming only it, which the same reader as the daemon's export
 //! (`save.rs`) verifies layer by layer. Layers of other images in the file are never read.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::rc::Rc;
 
-use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+use anyhow::{anyhow, bail, Context, Result};
 
+use crate::config;
 use crate::digest::Digest;
-use crate::push::ImageSource;
-use crate::save::{join_link, normalize, ImageSummary};
+use crate::model::ImageSummary;
+use crate::ports::{ImageSource, RandomAccess};
+use crate::savefile::{
+    entry_path, follow_links, take_export, CutExport, Export, SaveManifest, SaveWriter,
+};
 
 /// How many entries an archive may have: a bound on the index's memory.
 const ENTRY_LIMIT: usize = 1 << 20;
@@ -25,19 +28,8 @@ const ENTRY_LIMIT: usize = 1 << 20;
 const METADATA_LIMIT: u64 = 16 << 20;
 /// The largest blob looked at as a possible OCI manifest.
 const OCI_MANIFEST_LIMIT: u64 = 1 << 20;
-/// How many symlinks deep a path may be.
-const LINK_DEPTH_LIMIT: usize = 8;
 /// Bytes fetched per crossing while reading headers: several small entries at a time.
 const HEADER_FETCH: usize = 64 << 10;
-
-/// Random access to a file the host opened.
-pub trait RandomAccess {
-    /// The file's size in bytes.
-    fn size(&self) -> Result<u64>;
-    /// Up to `max` bytes from `offset` (the host may return fewer); none only at or past the
-    /// end of the file.
-    fn read_at(&self, offset: u64, max: usize) -> Result<Vec<u8>>;
-}
 
 /// One `docker save` tarball, opened for one image in it.
 pub struct Archive<F> {
@@ -47,13 +39,7 @@ pub struct Archive<F> {
     /// The image the user asked for (`name:tag`, or `@N` for the N-th of manifest.json).
     reference: Option<String>,
     /// What `inspect` found, for `export`.
-    chosen: Option<Chosen>,
-}
-
-/// The image `inspect` picked: its summary and the pieces of its own export.
-struct Chosen {
-    summary: ImageSummary,
-    parts: Vec<Part>,
+    chosen: Option<CutExport>,
 }
 
 /// An entry of the tarball, by its normalized path.
@@ -61,27 +47,6 @@ struct Chosen {
 enum Entry {
     File { offset: u64, size: u64 },
     Link(String),
-}
-
-/// One entry of `manifest.json`.
-#[derive(Deserialize)]
-struct SaveManifest {
-    #[serde(rename = "Config")]
-    config: String,
-    #[serde(rename = "RepoTags", default)]
-    repo_tags: Option<Vec<String>>,
-    #[serde(rename = "Layers")]
-    layers: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct ConfigRootfs {
-    rootfs: RootFs,
-}
-
-#[derive(Deserialize)]
-struct RootFs {
-    diff_ids: Vec<String>,
 }
 
 impl<F: RandomAccess> Archive<F> {
@@ -106,19 +71,10 @@ impl<F: RandomAccess> Archive<F> {
             if index.len() >= ENTRY_LIMIT {
                 bail!("archive {} has more than {ENTRY_LIMIT} entries", self.path);
             }
-            let name = normalize(&String::from_utf8_lossy(&entry.path_bytes()));
-            let kind = entry.header().entry_type();
-            let target = || {
-                entry
-                    .link_name_bytes()
-                    .map(|t| String::from_utf8_lossy(&t).into_owned())
-                    .unwrap_or_default()
-            };
-            if kind.is_symlink() {
-                index.insert(name.clone(), Entry::Link(join_link(&name, &target())));
-            } else if kind.is_hard_link() {
-                index.insert(name, Entry::Link(normalize(&target())));
-            } else if kind.is_file() {
+            let (name, link) = entry_path(&entry);
+            if let Some(target) = link {
+                index.insert(name, Entry::Link(target));
+            } else if entry.header().entry_type().is_file() {
                 let (offset, size) = (entry.raw_file_position(), entry.size());
                 if offset + size > file_size {
                     bail!(
@@ -134,18 +90,16 @@ impl<F: RandomAccess> Archive<F> {
 
     /// The stored file a path names, following links.
     fn resolve(&self, index: &HashMap<String, Entry>, path: &str) -> Result<(String, u64, u64)> {
-        let mut path = normalize(path);
-        for _ in 0..LINK_DEPTH_LIMIT {
-            match index.get(&path) {
-                Some(Entry::File { offset, size }) => return Ok((path, *offset, *size)),
-                Some(Entry::Link(target)) => path = target.clone(),
-                None => bail!("archive {} has no {path}", self.path),
-            }
+        let link = |p: &str| match index.get(p) {
+            Some(Entry::Link(target)) => Some(target.as_str()),
+            _ => None,
+        };
+        let path =
+            follow_links(path, link).map_err(|e| anyhow!("archive {}: the {e}", self.path))?;
+        match index.get(&path) {
+            Some(Entry::File { offset, size }) => Ok((path, *offset, *size)),
+            _ => bail!("archive {} has no {path}", self.path),
         }
-        bail!(
-            "archive {}: the link {path} is nested more than {LINK_DEPTH_LIMIT} deep",
-            self.path
-        )
     }
 
     /// A small file's bytes.
@@ -269,177 +223,63 @@ impl<F: RandomAccess + 'static> ImageSource for Archive<F> {
         })?;
         let manifest = self.choose(manifests)?;
         let config = self.read_small(&index, &manifest.config)?;
-        let parsed: ConfigRootfs = serde_json::from_slice(&config).with_context(|| {
+        let diff_ids = config::diff_ids(&config, || {
             format!(
                 "archive {}: config {} has no valid rootfs.diff_ids",
                 self.path, manifest.config
             )
         })?;
-        let diff_ids = parsed
-            .rootfs
-            .diff_ids
-            .iter()
-            .map(|d| Digest::parse(d, "the config's diff ID"))
-            .collect::<Result<Vec<_>>>()?;
+        let cut = self.cut(&index, manifest, config, diff_ids)?;
+        let summary = cut.summary.clone();
+        self.chosen = Some(cut);
+        Ok(summary)
+    }
 
-        // The image's own export: each distinct layer once, in image order, then the config,
-        // then a manifest.json that names only this image, all under resolved paths.
-        let mut parts = Vec::new();
-        let mut layers = Vec::new();
-        let mut seen = HashSet::new();
-        let mut size = 0;
+    fn export(&mut self, image: &str) -> Result<Export> {
+        let label = format!("archive {}", self.path);
+        take_export(&mut self.chosen, image, "archive", &label)
+    }
+}
+
+impl<F: RandomAccess + 'static> Archive<F> {
+    /// The image's own export: each distinct layer once, in image order, then the config,
+    /// then a manifest.json that names only this image, all under resolved paths.
+    fn cut(
+        &self,
+        index: &HashMap<String, Entry>,
+        manifest: SaveManifest,
+        config: Vec<u8>,
+        diff_ids: Vec<Digest>,
+    ) -> Result<CutExport> {
+        let mut stream = SaveWriter::default();
+        let mut layers = Vec::with_capacity(manifest.layers.len());
         for layer in &manifest.layers {
-            let (path, offset, length) = self.resolve(&index, layer)?;
-            layers.push(path.clone());
-            if seen.insert(path.clone()) {
-                size += length;
-                let file: Rc<dyn RandomAccess> = self.file.clone();
-                parts.extend(file_parts(
-                    &path,
-                    length,
-                    Part::Range {
-                        file,
-                        offset,
-                        length,
-                    },
-                )?);
-            }
+            let (path, offset, length) = self.resolve(index, layer)?;
+            stream.layer(&path, self.file.clone(), offset, length)?;
+            layers.push(path);
         }
-        let (config_path, _, _) = self.resolve(&index, &manifest.config)?;
+        let (config_path, _, _) = self.resolve(index, &manifest.config)?;
         // Layers held compressed (Docker >= 25's containerd store) are named by their blob
         // digest, not a diff ID: the OCI manifest that gives their media types goes along.
         let compressed = layers.iter().zip(&diff_ids).any(|(path, diff_id)| {
             path != &format!("blobs/sha256/{}", diff_id.hex()) && path.starts_with("blobs/sha256/")
         });
         if compressed {
-            for path in self.manifests_of(&index, &Digest::of(&config))? {
-                let bytes = self.read_small(&index, &path)?;
-                parts.extend(bytes_parts(&path, bytes)?);
+            for path in self.manifests_of(index, &Digest::of(&config))? {
+                let bytes = self.read_small(index, &path)?;
+                stream.file(&path, bytes)?;
             }
         }
-        let save_manifest = serde_json::to_vec(&serde_json::json!([{
-            "Config": config_path,
-            "RepoTags": manifest.repo_tags.unwrap_or_default(),
-            "Layers": layers,
-        }]))?;
         let summary = ImageSummary {
             id: Digest::of(&config),
             diff_ids,
-            size,
+            size: stream.size(),
             // From the config itself: the tarball's word is the config.
-            platform: crate::config::platform(&config).ok(),
+            platform: config::platform(&config).ok(),
         };
-        parts.extend(bytes_parts(&config_path, config)?);
-        parts.extend(bytes_parts("manifest.json", save_manifest)?);
-        parts.push(Part::Bytes(vec![0; 1024])); // the end of the tar
-        self.chosen = Some(Chosen {
-            summary: summary.clone(),
-            parts,
-        });
-        Ok(summary)
-    }
-
-    fn export(&mut self, image: &str) -> Result<Export> {
-        let chosen = self
-            .chosen
-            .take()
-            .context("the archive was exported before it was inspected")?;
-        if chosen.summary.id.as_str() != image {
-            bail!(
-                "archive {}: asked to export {image}, but it was opened for {}",
-                self.path,
-                chosen.summary.id
-            );
-        }
-        Ok(Export::new(&format!("archive {}", self.path), chosen.parts))
-    }
-}
-
-/// A piece of an image's export: bytes held here, or a range of a file the host opened.
-pub(crate) enum Part {
-    Bytes(Vec<u8>),
-    Range {
-        file: Rc<dyn RandomAccess>,
-        offset: u64,
-        length: u64,
-    },
-}
-
-/// `file_parts` for a file held in memory.
-pub(crate) fn bytes_parts(path: &str, bytes: Vec<u8>) -> Result<[Part; 3]> {
-    file_parts(path, bytes.len() as u64, Part::Bytes(bytes))
-}
-
-/// A regular file in a tar stream: header, contents, padding to 512 bytes.
-pub(crate) fn file_parts(path: &str, size: u64, contents: Part) -> Result<[Part; 3]> {
-    let mut header = tar::Header::new_ustar();
-    header
-        .set_path(path)
-        .with_context(|| format!("the archive path {path} does not fit a tar header"))?;
-    header.set_size(size);
-    header.set_mode(0o644);
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_cksum();
-    let padding = ((512 - size % 512) % 512) as usize;
-    Ok([
-        Part::Bytes(header.as_bytes().to_vec()),
-        contents,
-        Part::Bytes(vec![0; padding]),
-    ])
-}
-
-/// An image's `docker save` stream, read from the host's files as the guest consumes it.
-pub struct Export {
-    /// Where it comes from, for messages.
-    path: String,
-    parts: VecDeque<Part>,
-}
-
-impl Export {
-    pub(crate) fn new(path: &str, parts: Vec<Part>) -> Self {
-        Self {
-            path: path.to_string(),
-            parts: parts.into(),
-        }
-    }
-}
-
-impl Read for Export {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let Some(part) = self.parts.front_mut() else {
-                return Ok(0);
-            };
-            match part {
-                Part::Bytes(bytes) if bytes.is_empty() => {}
-                Part::Bytes(bytes) => {
-                    let n = out.len().min(bytes.len());
-                    out[..n].copy_from_slice(&bytes[..n]);
-                    bytes.drain(..n);
-                    return Ok(n);
-                }
-                Part::Range { length: 0, .. } => {}
-                Part::Range {
-                    file,
-                    offset,
-                    length,
-                } => {
-                    let max = out.len().min(*length as usize);
-                    let chunk = file.read_at(*offset, max).map_err(io::Error::other)?;
-                    if chunk.is_empty() || chunk.len() > max {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            format!("{} ended early", self.path),
-                        ));
-                    }
-                    out[..chunk.len()].copy_from_slice(&chunk);
-                    *offset += chunk.len() as u64;
-                    *length -= chunk.len() as u64;
-                    return Ok(chunk.len());
-                }
-            }
-            self.parts.pop_front();
-        }
+        stream.file(&config_path, config)?;
+        let parts = stream.finish(&config_path, manifest.repo_tags.unwrap_or_default())?;
+        Ok(CutExport { summary, parts })
     }
 }
 
@@ -504,30 +344,15 @@ impl<F: RandomAccess> Seek for Reader<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::save::read_export;
-    use crate::testing::{classic_export, fixture, tar, Hashing, Item};
-
-    /// A file in memory that hands out at most 1000 bytes per read, as a host may.
-    struct Memory(Vec<u8>);
-
-    impl RandomAccess for Memory {
-        fn size(&self) -> Result<u64> {
-            Ok(self.0.len() as u64)
-        }
-        fn read_at(&self, offset: u64, max: usize) -> Result<Vec<u8>> {
-            let start = (offset as usize).min(self.0.len());
-            let end = (start + max.min(1000)).min(self.0.len());
-            Ok(self.0[start..end].to_vec())
-        }
-    }
+    use crate::ports::ReadExport;
+    use crate::testing::{classic_export, fixture, tar, Hashing, Item, MemoryFile};
 
     /// Inspects and exports one image of an archive, and reads the export back as the
     /// pipeline does; returns the summary and the verified layers' diff IDs.
     fn push(bytes: Vec<u8>, reference: Option<&str>) -> Result<(ImageSummary, Vec<Digest>)> {
-        let mut archive = Archive::new(Memory(bytes), "test.tar", reference);
+        let mut archive = Archive::new(MemoryFile(bytes), "test.tar", reference);
         let summary = archive.inspect("docker-archive:test.tar")?;
-        let export = archive.export(summary.id.as_str())?;
-        let saved = read_export(export, &summary, &mut Hashing::new(&summary))?;
+        let saved = archive.read_export(&summary, &mut Hashing::new(&summary))?;
         Ok((
             summary,
             saved.layers.into_iter().map(|l| l.diff_id).collect(),

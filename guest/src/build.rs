@@ -4,11 +4,10 @@
 
 use anyhow::Result;
 
-use crate::cache::Cache;
 use crate::digest::Digest;
-use crate::progress::{Event, ProgressSink};
-use crate::push::{push, ImageSource, PushRequest, Pushed, Registries, Settings};
-use crate::reference::Destination;
+use crate::ports::{Cache, Destinations, ProgressSink, ReadExport};
+use crate::progress::Event;
+use crate::push::{check_destination, push, PushRequest, Pushed, Settings};
 
 /// What to build.
 #[derive(Clone, Debug)]
@@ -43,20 +42,16 @@ pub struct Built {
 }
 
 /// Builds `request.build`, then pushes it to `request.destination` if there is one.
-pub fn build_and_push<S: ImageSource + ImageBuilder>(
+pub fn build_and_push<S: ReadExport + ImageBuilder>(
     request: &BuildPushRequest,
     daemon: &mut S,
-    registries: &mut impl Registries,
+    destinations: &mut impl Destinations,
     cache: &mut impl Cache,
     progress: &mut impl ProgressSink,
 ) -> Result<Built> {
     // What would stop the push stops the build from starting.
     if let Some(destination) = &request.destination {
-        Destination::parse(destination)?;
-        let settings = &request.settings;
-        settings
-            .format
-            .check(&settings.encoding, &settings.annotations)?;
+        check_destination(destination, &request.settings)?;
     }
     let id = daemon.build(&request.build, &mut |line| {
         progress.report(Event::BuildOutput(line))
@@ -75,10 +70,97 @@ pub fn build_and_push<S: ImageSource + ImageBuilder>(
                 settings: request.settings.clone(),
             },
             daemon,
-            registries,
+            destinations,
             cache,
             progress,
         )?),
     };
     Ok(Built { id, pushed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Format;
+    use crate::model::Compression;
+    use crate::testing::{Events, Harness, Memory, MemoryCache, MemoryRegistry};
+
+    impl ImageBuilder for Memory {
+        fn build(
+            &mut self,
+            request: &BuildRequest,
+            output: &mut dyn FnMut(String),
+        ) -> Result<Digest> {
+            output(format!("building {}", request.tag));
+            Ok(self.image.id.clone())
+        }
+    }
+
+    #[test]
+    fn a_build_reports_its_output_then_pushes_the_image_by_id() {
+        let Harness {
+            f,
+            source: mut daemon,
+            registry,
+            ..
+        } = Harness::default();
+        let mut events = Events::default();
+        let mut request = BuildPushRequest {
+            build: BuildRequest {
+                context: "ctx".into(),
+                dockerfile: None,
+                tag: "app:1".into(),
+                build_args: vec![],
+            },
+            destination: Some("127.0.0.1:5000/team/app:1".into()),
+            settings: Settings::new(Compression::Gzip, 6, Format::Oci, vec![], false).unwrap(),
+        };
+        let built = build_and_push(
+            &request,
+            &mut daemon,
+            &mut registry.clone(),
+            &mut MemoryCache::default(),
+            &mut events,
+        )
+        .unwrap();
+        assert_eq!(built.id, f.id);
+        let pushed = built.pushed.unwrap();
+        assert_eq!(
+            pushed.digest,
+            Digest::of(registry.0.borrow().manifest.as_ref().unwrap())
+        );
+        assert_eq!(events.0[0], Event::BuildOutput("building app:1".into()));
+        assert_eq!(
+            events.0[1],
+            Event::Built {
+                tag: "app:1".into(),
+                id: f.id.clone()
+            }
+        );
+        assert!(matches!(&events.0[2], Event::Started { image, .. } if image == f.id.as_str()));
+
+        // A destination the push would refuse stops the build from starting.
+        request.destination = Some("127.0.0.1:5000/Team/app:1".into());
+        let mut events = Events::default();
+        assert!(build_and_push(
+            &request,
+            &mut daemon,
+            &mut registry.clone(),
+            &mut MemoryCache::default(),
+            &mut events,
+        )
+        .is_err());
+        assert!(events.0.is_empty());
+        // Without a destination, only the build.
+        request.destination = None;
+        let built = build_and_push(
+            &request,
+            &mut daemon,
+            &mut MemoryRegistry::default(),
+            &mut MemoryCache::default(),
+            &mut Events::default(),
+        )
+        .unwrap();
+        assert_eq!(built.pushed, None);
+    }
 }

@@ -9,14 +9,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
-use crate::manifest::Encoding;
-use crate::save::{Blob, ImageSummary};
-
-/// A key-value store that survives the process.
-pub trait Cache {
-    fn get(&mut self, key: &str) -> Option<Vec<u8>>;
-    fn put(&mut self, key: &str, value: &[u8]);
-}
+use crate::model::{Blob, Encoding, ImageSummary};
+use crate::ports::Cache;
 
 /// One layer's published blob, as stored.
 #[derive(Serialize, Deserialize)]
@@ -32,7 +26,7 @@ fn key(diff_id: &Digest, encoding: &Encoding) -> String {
 }
 
 /// The blob a layer was last published as with this encoding, if the cache says so.
-pub fn layer_blob(cache: &mut impl Cache, diff_id: &Digest, encoding: &Encoding) -> Option<Blob> {
+pub fn layer_blob(cache: &mut dyn Cache, diff_id: &Digest, encoding: &Encoding) -> Option<Blob> {
     let bytes = cache.get(&key(diff_id, encoding))?;
     let entry: LayerEntry = serde_json::from_slice(&bytes).ok()?;
     // The entry must say it is for this very key: a damaged or misplaced file is ignored.
@@ -47,7 +41,7 @@ pub fn layer_blob(cache: &mut impl Cache, diff_id: &Digest, encoding: &Encoding)
 }
 
 /// Records that a verified layer was published as `blob`.
-pub fn remember_layer(cache: &mut impl Cache, diff_id: &Digest, encoding: &Encoding, blob: &Blob) {
+pub fn remember_layer(cache: &mut dyn Cache, diff_id: &Digest, encoding: &Encoding, blob: &Blob) {
     let entry = LayerEntry {
         diff_id: diff_id.to_string(),
         encoding: encoding.name(),
@@ -75,7 +69,7 @@ fn entry_key(name: &str, size: u64) -> String {
 
 /// The diff ID an export entry of this name and size hashed to before, if the cache says so.
 /// Only a guess: the entry is still hashed, and checked against it.
-pub fn entry_diff_id(cache: &mut impl Cache, name: &str, size: u64) -> Option<Digest> {
+pub fn entry_diff_id(cache: &mut dyn Cache, name: &str, size: u64) -> Option<Digest> {
     let entry: ExportEntry = serde_json::from_slice(&cache.get(&entry_key(name, size))?).ok()?;
     if entry.name != name || entry.size != size {
         return None;
@@ -84,7 +78,7 @@ pub fn entry_diff_id(cache: &mut impl Cache, name: &str, size: u64) -> Option<Di
 }
 
 /// Records that the export entry `name` of `size` bytes hashed to `diff_id`.
-pub fn remember_entry(cache: &mut impl Cache, name: &str, size: u64, diff_id: &Digest) {
+pub fn remember_entry(cache: &mut dyn Cache, name: &str, size: u64, diff_id: &Digest) {
     let entry = ExportEntry {
         name: name.to_string(),
         size,
@@ -110,7 +104,7 @@ fn config_key(image: &ImageSummary) -> String {
 }
 
 /// The config blob of `image`, if a push of it was recorded.
-pub fn image_config(cache: &mut impl Cache, image: &ImageSummary) -> Option<Blob> {
+pub fn image_config(cache: &mut dyn Cache, image: &ImageSummary) -> Option<Blob> {
     let entry: ConfigEntry = serde_json::from_slice(&cache.get(&config_key(image))?).ok()?;
     let diff_ids: Vec<&str> = image.diff_ids.iter().map(Digest::as_str).collect();
     if entry.image_id != image.id.as_str() || entry.diff_ids != diff_ids {
@@ -124,7 +118,7 @@ pub fn image_config(cache: &mut impl Cache, image: &ImageSummary) -> Option<Blob
 }
 
 /// Records the config blob a verified push of `image` published.
-pub fn remember_image_config(cache: &mut impl Cache, image: &ImageSummary, config: &Blob) {
+pub fn remember_image_config(cache: &mut dyn Cache, image: &ImageSummary, config: &Blob) {
     let entry = ConfigEntry {
         image_id: image.id.to_string(),
         diff_ids: image.diff_ids.iter().map(Digest::to_string).collect(),
@@ -141,14 +135,14 @@ fn config_bytes_key(config: &Blob) -> String {
 }
 
 /// The bytes of a config blob, if the cache holds bytes that hash to its digest.
-pub fn config_bytes(cache: &mut impl Cache, config: &Blob) -> Option<Vec<u8>> {
+pub fn config_bytes(cache: &mut dyn Cache, config: &Blob) -> Option<Vec<u8>> {
     let bytes = cache.get(&config_bytes_key(config))?;
     (bytes.len() as u64 == config.size && Digest::of(&bytes) == config.digest).then_some(bytes)
 }
 
 /// Keeps a verified config's bytes: a push that skips the export still needs what the
 /// manifest takes from them (annotations, the platform).
-pub fn remember_config_bytes(cache: &mut impl Cache, config: &Blob, bytes: &[u8]) {
+pub fn remember_config_bytes(cache: &mut dyn Cache, config: &Blob, bytes: &[u8]) {
     cache.put(&config_bytes_key(config), bytes);
 }
 
@@ -167,7 +161,7 @@ fn homes_key(digest: &Digest) -> String {
 }
 
 /// Where `digest` was published, most recent first: repositories it might be mounted from.
-pub fn homes(cache: &mut impl Cache, digest: &Digest) -> Vec<String> {
+pub fn homes(cache: &mut dyn Cache, digest: &Digest) -> Vec<String> {
     cache
         .get(&homes_key(digest))
         .and_then(|bytes| serde_json::from_slice::<HomesEntry>(&bytes).ok())
@@ -177,7 +171,7 @@ pub fn homes(cache: &mut impl Cache, digest: &Digest) -> Vec<String> {
 }
 
 /// Records that `digest` is in `repository` (`host[:port]/name`) as part of a published image.
-pub fn remember_home(cache: &mut impl Cache, digest: &Digest, repository: &str) {
+pub fn remember_home(cache: &mut dyn Cache, digest: &Digest, repository: &str) {
     let mut homes = homes(cache, digest);
     homes.retain(|h| h != repository);
     homes.insert(0, repository.to_string());
@@ -194,7 +188,7 @@ pub fn remember_home(cache: &mut impl Cache, digest: &Digest, repository: &str) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::Compression;
+    use crate::model::Compression;
     use crate::testing::{fixture, summary, MemoryCache};
 
     #[test]

@@ -7,16 +7,19 @@ use std::io::{self, Read};
 
 use anyhow::{anyhow, Result};
 
-use crate::archive::{Archive, RandomAccess};
+use crate::archive::Archive;
 use crate::build;
-use crate::cache::Cache;
 use crate::digest::Digest;
-use crate::layout::{Layout, LayoutFiles};
-use crate::manifest::{self, Encoding};
-use crate::progress::{self, ProgressSink};
-use crate::push::{self, BlobSink, ImageSource, LayerUpload, Registries, CHUNK_SIZE};
+use crate::layout::Layout;
+use crate::manifest;
+use crate::model::{self, Blob, Encoding, ImageSummary};
+use crate::ports::{
+    BlobSink, Cache, Destinations, ImageSource, LayerUpload, LayoutFiles, ProgressSink,
+    RandomAccess, CHUNK_SIZE,
+};
+use crate::progress;
+use crate::push;
 use crate::reference::{Destination, Source};
-use crate::save::{Blob, ImageSummary};
 
 wit_bindgen::generate!({ world: "pusher", path: "../wit" });
 
@@ -36,7 +39,7 @@ impl Guest for Component {
             push::push(
                 &request,
                 &mut source,
-                &mut HostRegistries,
+                &mut HostDestinations,
                 &mut HostCache,
                 &mut HostProgress,
             )
@@ -46,11 +49,6 @@ impl Guest for Component {
 
     fn push_index(request: IndexRequest) -> Result<PushResult, String> {
         let run = || {
-            for source in &request.sources {
-                if !matches!(Source::parse(source)?, Source::Daemon(_)) {
-                    anyhow::bail!("index source {source}: an index's sources are images in the daemon (docker load the tarball first)");
-                }
-            }
             let request = push::IndexRequest {
                 sources: request.sources,
                 destination: request.destination,
@@ -59,7 +57,7 @@ impl Guest for Component {
             push::push_index(
                 &request,
                 &mut Daemon,
-                &mut HostRegistries,
+                &mut HostDestinations,
                 &mut HostCache,
                 &mut HostProgress,
             )
@@ -87,7 +85,7 @@ impl Component {
         let built = build::build_and_push(
             &request,
             &mut Daemon,
-            &mut HostRegistries,
+            &mut HostDestinations,
             &mut HostCache,
             &mut HostProgress,
         )?;
@@ -103,25 +101,21 @@ impl Component {
 
 fn settings(settings: PublishSettings) -> Result<push::Settings> {
     let compression = match settings.compression {
-        registry::Compression::None => manifest::Compression::None,
-        registry::Compression::Gzip => manifest::Compression::Gzip,
-        registry::Compression::Zstd => manifest::Compression::Zstd,
+        registry::Compression::None => model::Compression::None,
+        registry::Compression::Gzip => model::Compression::Gzip,
+        registry::Compression::Zstd => model::Compression::Zstd,
     };
-    let mut annotations = manifest::Annotations::new();
-    for (key, value) in settings.annotations {
-        // Checked as the command line checks them, for hosts that do not.
-        let (key, value) = manifest::parse_annotation(&format!("{key}={value}"))?;
-        annotations.insert(key, value);
-    }
-    Ok(push::Settings {
-        encoding: Encoding::new(compression, settings.level)?,
-        format: match settings.format {
-            ManifestFormat::Oci => manifest::Format::Oci,
-            ManifestFormat::Docker => manifest::Format::Docker,
-        },
-        annotations,
-        verify: settings.verify,
-    })
+    let format = match settings.format {
+        ManifestFormat::Oci => manifest::Format::Oci,
+        ManifestFormat::Docker => manifest::Format::Docker,
+    };
+    push::Settings::new(
+        compression,
+        settings.level,
+        format,
+        settings.annotations,
+        settings.verify,
+    )
 }
 
 fn result(pushed: Result<push::Pushed>) -> Result<PushResult, String> {
@@ -229,29 +223,21 @@ impl build::ImageBuilder for Daemon {
 }
 
 impl ImageSource for Daemon {
-    type Export = ExportReader;
+    type Export = HostStream;
 
     fn inspect(&mut self, image: &str) -> Result<ImageSummary> {
         let summary = docker::inspect(image).map_err(|e| anyhow!(e))?;
-        Ok(ImageSummary {
-            id: Digest::parse(&summary.id, "the daemon's image ID")?,
-            diff_ids: summary
-                .diff_ids
-                .iter()
-                .map(|d| Digest::parse(d, "the daemon's diff ID"))
-                .collect::<Result<_>>()?,
-            size: summary.size,
-            platform: summary.platform.map(|p| manifest::Platform {
-                os: p.os,
-                architecture: p.architecture,
-                variant: p.variant,
-            }),
-        })
+        let platform = summary.platform.map(|p| model::Platform {
+            os: p.os,
+            architecture: p.architecture,
+            variant: p.variant,
+        });
+        ImageSummary::parse(&summary.id, &summary.diff_ids, summary.size, platform)
     }
 
-    fn export(&mut self, image: &str) -> Result<ExportReader> {
+    fn export(&mut self, image: &str) -> Result<HostStream> {
         let stream = docker::export_image(image).map_err(|e| anyhow!(e))?;
-        Ok(ExportReader {
+        Ok(HostStream {
             stream,
             chunk: Vec::new(),
             pos: 0,
@@ -260,13 +246,13 @@ impl ImageSource for Daemon {
 }
 
 /// `Read` over the host's export stream, one large chunk per crossing.
-struct ExportReader {
+struct HostStream {
     stream: docker::ExportStream,
     chunk: Vec<u8>,
     pos: usize,
 }
 
-impl Read for ExportReader {
+impl Read for HostStream {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.pos == self.chunk.len() {
             self.chunk = self
@@ -282,7 +268,7 @@ impl Read for ExportReader {
     }
 }
 
-struct HostRegistries;
+struct HostDestinations;
 
 /// A destination the host opened: a registry repository or a layout directory.
 enum Sink {
@@ -296,7 +282,7 @@ enum Upload {
     Layout(layout::LayerFile),
 }
 
-impl Registries for HostRegistries {
+impl Destinations for HostDestinations {
     type Repository = Sink;
 
     fn open(&mut self, destination: &Destination) -> Result<Sink> {
@@ -344,9 +330,9 @@ impl BlobSink for Sink {
 
     fn start_layer(&mut self, encoding: &Encoding) -> Result<Upload> {
         let compression = match encoding.compression {
-            manifest::Compression::None => registry::Compression::None,
-            manifest::Compression::Gzip => registry::Compression::Gzip,
-            manifest::Compression::Zstd => registry::Compression::Zstd,
+            model::Compression::None => registry::Compression::None,
+            model::Compression::Gzip => registry::Compression::Gzip,
+            model::Compression::Zstd => registry::Compression::Zstd,
         };
         match self {
             Sink::Registry(r) => r

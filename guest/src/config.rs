@@ -1,11 +1,12 @@
-//! What the manifest and the index take from an image config: the platform it runs on, and the
-//! OCI annotations the config already states (its creation time, and `org.opencontainers.image.*`
-//! labels such as the source repository).
+//! What is read from an image config: its layers' diff IDs (`rootfs`, which every source checks
+//! its layers against), the platform it runs on, and the OCI annotations it already states (its
+//! creation time, and `org.opencontainers.image.*` labels such as the source repository).
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::manifest::{Annotations, Platform};
+use crate::digest::Digest;
+use crate::model::{Annotations, Platform};
 
 /// The label and annotation namespace of the OCI image spec's pre-defined keys.
 const OCI_KEY_PREFIX: &str = "org.opencontainers.image.";
@@ -30,6 +31,28 @@ struct ImageConfig {
 struct RunConfig {
     #[serde(rename = "Labels", default)]
     labels: Option<Annotations>,
+}
+
+#[derive(Deserialize)]
+struct ConfigRootfs {
+    rootfs: RootFs,
+}
+
+#[derive(Deserialize)]
+struct RootFs {
+    diff_ids: Vec<String>,
+}
+
+/// The config's `rootfs.diff_ids`, base first. `invalid` says which config, for the error when
+/// there is no such list.
+pub fn diff_ids(config: &[u8], invalid: impl FnOnce() -> String) -> Result<Vec<Digest>> {
+    let parsed: ConfigRootfs = serde_json::from_slice(config).with_context(invalid)?;
+    parsed
+        .rootfs
+        .diff_ids
+        .iter()
+        .map(|d| Digest::parse(d, "the config's diff ID"))
+        .collect()
 }
 
 fn parse(config: &[u8]) -> Result<ImageConfig> {
@@ -105,5 +128,19 @@ mod tests {
         );
         assert!(platform(br#"{"os":"linux"}"#).is_err());
         assert!(annotations(b"[").is_err());
+    }
+
+    #[test]
+    fn diff_ids_come_from_rootfs_and_are_checked() {
+        let layer = Digest::of(b"layer");
+        let config = format!(r#"{{"rootfs":{{"type":"layers","diff_ids":["{layer}"]}}}}"#);
+        let what = || "config c".to_string();
+        assert_eq!(diff_ids(config.as_bytes(), what).unwrap(), vec![layer]);
+        let err = diff_ids(b"{}", what).unwrap_err().to_string();
+        assert_eq!(err, "config c");
+        let err = diff_ids(br#"{"rootfs":{"diff_ids":["x"]}}"#, what)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("the config's diff ID \"x\""), "{err}");
     }
 }

@@ -8,16 +8,16 @@
 //! blobs: the reader (`save.rs`) stores compressed layers as they are, each checked against its
 //! digest, and encodes uncompressed ones (named by their diff IDs) as a daemon's layers are.
 
-use std::collections::HashSet;
 use std::rc::Rc;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::archive::{bytes_parts, file_parts, Export, Part, RandomAccess};
+use crate::config;
 use crate::digest::Digest;
-use crate::push::ImageSource;
-use crate::save::ImageSummary;
+use crate::model::ImageSummary;
+use crate::ports::{ImageSource, LayoutFiles, RandomAccess};
+use crate::savefile::{take_export, CutExport, Export, SaveWriter};
 
 /// The most bytes `index.json`, a manifest or a config may have.
 const METADATA_LIMIT: u64 = 16 << 20;
@@ -27,22 +27,13 @@ const MANIFEST_TYPES: [&str; 2] = [
     "application/vnd.docker.distribution.manifest.v2+json",
 ];
 
-/// Reads of one layout directory the host opened.
-pub trait LayoutFiles {
-    /// The bytes of `index.json`.
-    fn index(&self) -> Result<Vec<u8>>;
-    /// Up to `max` bytes of blob `digest` from `offset` (the host may return fewer); none only
-    /// at or past its end.
-    fn read_blob(&self, digest: &Digest, offset: u64, max: usize) -> Result<Vec<u8>>;
-}
-
 /// One layout directory, opened for one image in it.
 pub struct Layout<F> {
     files: Rc<F>,
     /// The directory, for messages.
     path: String,
     tag: Option<String>,
-    chosen: Option<(ImageSummary, Vec<Part>)>,
+    chosen: Option<CutExport>,
 }
 
 #[derive(Deserialize)]
@@ -64,16 +55,6 @@ struct Descriptor {
 struct Manifest {
     config: Descriptor,
     layers: Vec<Descriptor>,
-}
-
-#[derive(Deserialize)]
-struct ConfigRootfs {
-    rootfs: RootFs,
-}
-
-#[derive(Deserialize)]
-struct RootFs {
-    diff_ids: Vec<String>,
 }
 
 /// One blob of the layout, as a file the export reads ranges of.
@@ -199,78 +180,44 @@ impl<F: LayoutFiles + 'static> ImageSource for Layout<F> {
             )
         })?;
         let (config_digest, config) = self.read_verified(&manifest.config, "config")?;
-        let parsed: ConfigRootfs = serde_json::from_slice(&config).with_context(|| {
+        let diff_ids = config::diff_ids(&config, || {
             format!(
                 "OCI layout {}: config {config_digest} has no valid rootfs.diff_ids",
                 self.path
             )
         })?;
-        let diff_ids = parsed
-            .rootfs
-            .diff_ids
-            .iter()
-            .map(|d| Digest::parse(d, "the config's diff ID"))
-            .collect::<Result<Vec<_>>>()?;
 
         // Docker >= 25's dialect: each distinct layer blob once, the config, the manifest
         // (which gives compressed layers their media types), then manifest.json.
         let blob_path = |d: &Digest| format!("blobs/sha256/{}", d.hex());
-        let mut parts = Vec::new();
-        let mut layers = Vec::new();
-        let mut seen = HashSet::new();
-        let mut size = 0;
+        let mut stream = SaveWriter::default();
         for layer in &manifest.layers {
             let digest = Digest::parse(&layer.digest, "a layer digest")?;
-            layers.push(blob_path(&digest));
-            if seen.insert(digest.clone()) {
-                size += layer.size;
-                let file: Rc<dyn RandomAccess> = Rc::new(BlobFile {
-                    files: self.files.clone(),
-                    digest: digest.clone(),
-                    size: layer.size,
-                });
-                parts.extend(file_parts(
-                    &blob_path(&digest),
-                    layer.size,
-                    Part::Range {
-                        file,
-                        offset: 0,
-                        length: layer.size,
-                    },
-                )?);
-            }
+            let file = Rc::new(BlobFile {
+                files: self.files.clone(),
+                digest: digest.clone(),
+                size: layer.size,
+            });
+            stream.layer(&blob_path(&digest), file, 0, layer.size)?;
         }
-        let save_manifest = serde_json::to_vec(&serde_json::json!([{
-            "Config": blob_path(&config_digest),
-            "RepoTags": [],
-            "Layers": layers,
-        }]))?;
         let summary = ImageSummary {
             id: config_digest.clone(),
             diff_ids,
-            size,
-            platform: crate::config::platform(&config).ok(),
+            size: stream.size(),
+            platform: config::platform(&config).ok(),
         };
-        parts.extend(bytes_parts(&blob_path(&config_digest), config)?);
-        parts.extend(bytes_parts(&blob_path(&manifest_digest), manifest_bytes)?);
-        parts.extend(bytes_parts("manifest.json", save_manifest)?);
-        parts.push(Part::Bytes(vec![0; 1024])); // the end of the tar
-        self.chosen = Some((summary.clone(), parts));
+        stream.file(&blob_path(&config_digest), config)?;
+        stream.file(&blob_path(&manifest_digest), manifest_bytes)?;
+        let parts = stream.finish(&blob_path(&config_digest), Vec::new())?;
+        self.chosen = Some(CutExport {
+            summary: summary.clone(),
+            parts,
+        });
         Ok(summary)
     }
 
     fn export(&mut self, image: &str) -> Result<Export> {
-        let (summary, parts) = self
-            .chosen
-            .take()
-            .context("the layout was exported before it was inspected")?;
-        if summary.id.as_str() != image {
-            bail!(
-                "OCI layout {}: asked to export {image}, but it was opened for {}",
-                self.path,
-                summary.id
-            );
-        }
-        Ok(Export::new(&format!("OCI layout {}", self.path), parts))
+        let label = format!("OCI layout {}", self.path);
+        take_export(&mut self.chosen, image, "layout", &label)
     }
 }

@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Result};
 
-use crate::save::ImageSummary;
+use crate::model::ImageSummary;
 
 /// The largest manifest written: distribution and most registries refuse manifests over 4 MiB
 /// (others allow up to 10 MiB), so a larger one could never be pulled everywhere.

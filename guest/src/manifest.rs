@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::digest::Digest;
-use crate::save::{Blob, Layer};
+use crate::model::{Annotations, Blob, Compression, Encoding, Layer, Platform};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -18,65 +18,6 @@ pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-
-/// Manifest annotations, sorted by key so that they serialize the same way every time.
-pub type Annotations = BTreeMap<String, String>;
-
-/// How layers are compressed for the registry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    Gzip,
-    Zstd,
-}
-
-/// A compression and its level: together they decide a layer's blob digest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Encoding {
-    pub compression: Compression,
-    pub level: u32,
-}
-
-impl Encoding {
-    /// Checks the level against the compression's range (gzip 1-9, zstd 1-19).
-    pub fn new(compression: Compression, level: u32) -> Result<Self> {
-        let range = match compression {
-            Compression::None => {
-                return Ok(Self {
-                    compression,
-                    level: 0,
-                })
-            }
-            Compression::Gzip => 1..=9,
-            Compression::Zstd => 1..=19,
-        };
-        if !range.contains(&level) {
-            bail!(
-                "compression level {level} is out of range for {} ({}-{})",
-                name(compression),
-                range.start(),
-                range.end()
-            );
-        }
-        Ok(Self { compression, level })
-    }
-
-    /// A stable name, e.g. `gzip-6`, for cache keys.
-    pub fn name(&self) -> String {
-        match self.compression {
-            Compression::None => "none".to_string(),
-            other => format!("{}-{}", name(other), self.level),
-        }
-    }
-}
-
-fn name(compression: Compression) -> &'static str {
-    match compression {
-        Compression::None => "none",
-        Compression::Gzip => "gzip",
-        Compression::Zstd => "zstd",
-    }
-}
 
 /// Which manifest format the registry gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,25 +134,6 @@ struct Index<'a> {
     manifests: Vec<Descriptor<'a>>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     annotations: &'a Annotations,
-}
-
-/// The platform an image runs on, as an index names it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct Platform {
-    pub os: String,
-    pub architecture: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
-}
-
-impl std::fmt::Display for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(variant) = &self.variant {
-            write!(f, "/{variant}")?;
-        }
-        Ok(())
-    }
 }
 
 /// The manifest for an image whose `config` and `layers` (encoded as `encoding` says) are in
@@ -517,16 +439,5 @@ mod tests {
         .unwrap();
         assert_eq!(list["mediaType"], DOCKER_MANIFEST_LIST);
         assert_eq!(list["manifests"][1]["mediaType"], DOCKER_MANIFEST);
-    }
-
-    #[test]
-    fn levels_are_checked() {
-        assert!(Encoding::new(Compression::Gzip, 0).is_err());
-        assert!(Encoding::new(Compression::Gzip, 10).is_err());
-        assert_eq!(
-            Encoding::new(Compression::Zstd, 19).unwrap().name(),
-            "zstd-19"
-        );
-        assert_eq!(Encoding::new(Compression::None, 7).unwrap().name(), "none");
     }
 }

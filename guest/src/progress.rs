@@ -1,5 +1,6 @@
 //! Progress events, as the guest reports them to the host's progress sink (mirrors the WIT
-//! `progress` interface, so the pipeline stays testable without bindings).
+//! `progress` interface, so the pipeline stays testable without bindings). They go to a
+//! `ports::ProgressSink`.
 
 use crate::digest::Digest;
 
@@ -65,9 +66,4 @@ pub enum Event {
         tag: String,
         id: Digest,
     },
-}
-
-/// Where events go.
-pub trait ProgressSink {
-    fn report(&mut self, event: Event);
 }

@@ -1,6 +1,7 @@
-//! The `docker save` stream: a tar that holds an image's layers, config and a `manifest.json`.
+//! The export reader: a `docker save` stream, a tar that holds an image's layers, config and a
+//! `manifest.json`, read and checked against what the source said about the image.
 //!
-//! Three dialects are read alike (see BRIEF.md):
+//! Three dialects are read alike:
 //! - Docker <= 24: `<v1id>/layer.tar` per layer, `<image id>.json` config, and `manifest.json`
 //!   at the end of the stream;
 //! - podman's API service: `<diff id>.tar` layers at the top, `<v1id>/layer.tar` symlinks to them;
@@ -18,77 +19,28 @@ use std::collections::HashMap;
 use std::io::Read;
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
 
+use crate::config;
 use crate::digest::Digest;
-use crate::manifest::Platform;
+use crate::model::{Blob, ImageSummary, Layer, SavedImage};
+use crate::ports::{ImageSource, LayerEntry, Publish, ReadExport};
+use crate::savefile::{entry_path, follow_links, normalize, SaveManifest};
 
 /// The most bytes one metadata file (config, `manifest.json`, index) may have.
 const METADATA_FILE_LIMIT: u64 = 16 << 20;
 /// The most bytes all metadata files together may have.
 const METADATA_TOTAL_LIMIT: u64 = 64 << 20;
-/// How many symlinks deep a layer path may be.
-const LINK_DEPTH_LIMIT: usize = 8;
 
-/// What the daemon says about the image before the export starts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ImageSummary {
-    /// The image ID; on Docker's classic store and podman, the config digest.
-    pub id: Digest,
-    /// The uncompressed layer digests, base first.
-    pub diff_ids: Vec<Digest>,
-    /// The layers' total content size in bytes.
-    pub size: u64,
-    /// The platform the daemon says the image is for (from its config), when it says.
-    pub platform: Option<Platform>,
-}
-
-/// A blob as stored in a registry.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Blob {
-    pub digest: Digest,
-    pub size: u64,
-}
-
-/// A layer of the image: its uncompressed digest and the (compressed) blob stored for it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Layer {
-    pub diff_id: Digest,
-    pub blob: Blob,
-    /// The blob's media type when it was stored as the export held it (already compressed);
-    /// `None` when the host encoded it, as the push's encoding says.
-    pub media_type: Option<String>,
-}
-
-/// What the caller does with layers as they pass in the export stream. Each entry must be read
-/// whole.
-pub trait Publish {
-    /// An uncompressed layer tar: stored (encoded) only if it hashes to a diff ID of the image.
-    fn layer(&mut self, entry: LayerEntry<'_>) -> Result<Layer>;
-    /// A blob the export holds already encoded (a compressed layer): stored as it is, only if
-    /// it hashes to `digest`, the digest that names it.
-    fn blob(&mut self, entry: LayerEntry<'_>, digest: &Digest) -> Result<Blob>;
-}
-
-/// A layer tar as it passes in the export stream, for the caller to consume whole.
-pub struct LayerEntry<'a> {
-    /// 1-based position among the layer entries of the stream.
-    pub index: u32,
-    /// The tar entry's path.
-    pub name: String,
-    /// Its exact size in bytes.
-    pub size: u64,
-    /// Its bytes.
-    pub data: &'a mut dyn Read,
-}
-
-/// What the export held, checked against the daemon's summary of the image.
-#[derive(Debug)]
-pub struct SavedImage {
-    /// The config, byte for byte as the daemon wrote it.
-    pub config: Vec<u8>,
-    /// The layers in image order (base first), each verified against the config's diff IDs.
-    pub layers: Vec<Layer>,
+impl<S: ImageSource> ReadExport for S {
+    fn read_export(
+        &mut self,
+        image: &ImageSummary,
+        publish: &mut impl Publish,
+    ) -> Result<SavedImage> {
+        // By ID, so inspect and export see one image.
+        let export = self.export(image.id.as_str())?;
+        read_export(export, image, publish)
+    }
 }
 
 /// Reads a `docker save` stream of the image `image` describes. Every layer entry is passed to
@@ -99,73 +51,80 @@ pub fn read_export(
     image: &ImageSummary,
     publish: &mut impl Publish,
 ) -> Result<SavedImage> {
-    let mut archive = tar::Archive::new(stream);
-    let mut layers_by_path: HashMap<String, Layer> = HashMap::new();
-    let mut blobs_by_path: HashMap<String, Blob> = HashMap::new();
-    let mut links: HashMap<String, String> = HashMap::new();
-    let mut metadata: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut metadata_bytes = 0u64;
-    let mut layer_count = 0u32;
+    let mut entries = Entries::default();
+    entries.read(stream, image, publish)?;
+    let manifest = find_manifest(&entries.metadata, image)?;
+    let config = entries.config(&manifest, image)?;
+    let layers = entries.layers(&manifest, image, &config, publish)?;
+    Ok(SavedImage { config, layers })
+}
 
-    for entry in archive.entries().context("reading the export stream")? {
-        let mut entry = entry.context("reading the export stream")?;
-        let name = normalize(&String::from_utf8_lossy(&entry.path_bytes()));
-        let kind = entry.header().entry_type();
-        if kind.is_symlink() || kind.is_hard_link() {
-            let target = entry
-                .link_name_bytes()
-                .map(|t| String::from_utf8_lossy(&t).into_owned())
-                .unwrap_or_default();
-            let resolved = if kind.is_symlink() {
-                join_link(&name, &target)
-            } else {
-                normalize(&target)
-            };
-            links.insert(name, resolved);
-            continue;
+/// What one pass over the stream kept, by normalized path.
+#[derive(Default)]
+struct Entries {
+    /// Uncompressed layers, as the caller published them.
+    layers: HashMap<String, Layer>,
+    /// Compressed layers too large for metadata, stored as they passed.
+    blobs: HashMap<String, Blob>,
+    /// Links, to the path they point to.
+    links: HashMap<String, String>,
+    /// Small files: `manifest.json`, configs, OCI manifests and index, small blobs.
+    metadata: HashMap<String, Vec<u8>>,
+    metadata_bytes: u64,
+    /// Layer entries handed to the caller so far.
+    layer_count: u32,
+}
+
+impl Entries {
+    /// The pass over the stream: layers go to `publish` as they pass, the rest is kept.
+    fn read(
+        &mut self,
+        stream: impl Read,
+        image: &ImageSummary,
+        publish: &mut impl Publish,
+    ) -> Result<()> {
+        let mut archive = tar::Archive::new(stream);
+        for entry in archive.entries().context("reading the export stream")? {
+            let mut entry = entry.context("reading the export stream")?;
+            let (name, link) = entry_path(&entry);
+            if let Some(target) = link {
+                self.links.insert(name, target);
+                continue;
+            }
+            if entry.header().entry_type().is_file() {
+                let size = entry.size();
+                self.take(&mut entry, name, size, image, publish)?;
+            }
         }
-        if !kind.is_file() {
-            continue;
-        }
-        let size = entry.size();
+        Ok(())
+    }
+
+    /// One regular file of the stream.
+    fn take(
+        &mut self,
+        entry: &mut dyn Read,
+        name: String,
+        size: u64,
+        image: &ImageSummary,
+        publish: &mut impl Publish,
+    ) -> Result<()> {
         match classify(&name, &image.diff_ids) {
             EntryKind::Layer => {
-                layer_count += 1;
-                let mut data = Exact {
-                    inner: &mut entry,
-                    name: &name,
-                    left: size,
-                };
-                let layer = publish.layer(LayerEntry {
-                    index: layer_count,
-                    name: name.clone(),
-                    size,
-                    data: &mut data,
+                let layer = hand_over(&mut self.layer_count, entry, &name, size, |layer| {
+                    publish.layer(layer)
                 })?;
-                layers_by_path.insert(name, layer);
+                self.layers.insert(name, layer);
             }
             // Too large for metadata: an already compressed layer, stored as it passes.
             EntryKind::Blob(digest) if size > METADATA_FILE_LIMIT => {
-                layer_count += 1;
-                let mut data = Exact {
-                    inner: &mut entry,
-                    name: &name,
-                    left: size,
-                };
-                let blob = publish.blob(
-                    LayerEntry {
-                        index: layer_count,
-                        name: name.clone(),
-                        size,
-                        data: &mut data,
-                    },
-                    &digest,
-                )?;
-                blobs_by_path.insert(name, blob);
+                let blob = hand_over(&mut self.layer_count, entry, &name, size, |layer| {
+                    publish.blob(layer, &digest)
+                })?;
+                self.blobs.insert(name, blob);
             }
             EntryKind::Metadata | EntryKind::Blob(_) => {
-                metadata_bytes += size;
-                if size > METADATA_FILE_LIMIT || metadata_bytes > METADATA_TOTAL_LIMIT {
+                self.metadata_bytes += size;
+                if size > METADATA_FILE_LIMIT || self.metadata_bytes > METADATA_TOTAL_LIMIT {
                     bail!(
                         "export entry {name} ({size} bytes) is neither a layer the image lists nor small metadata"
                     );
@@ -174,80 +133,135 @@ pub fn read_export(
                 entry
                     .read_to_end(&mut bytes)
                     .with_context(|| format!("reading {name} from the export"))?;
-                metadata.insert(name, bytes);
+                self.metadata.insert(name, bytes);
             }
             EntryKind::Other => {}
         }
+        Ok(())
     }
 
-    let manifest = find_manifest(&metadata, image)?;
-    let config_path = resolve(&manifest.config, &links)?;
-    let config = metadata
-        .remove(&config_path)
-        .with_context(|| format!("the export's manifest.json names config {config_path}, which the export does not contain"))?;
-    check_config(
-        &config,
-        &config_path,
-        image,
-        metadata.contains_key("index.json"),
-    )?;
-
-    if manifest.layers.len() != image.diff_ids.len() {
-        bail!(
-            "the export's manifest.json lists {} layers but the image has {}",
-            manifest.layers.len(),
-            image.diff_ids.len()
-        );
+    /// The config `manifest` names, checked against the image.
+    fn config(&mut self, manifest: &SaveManifest, image: &ImageSummary) -> Result<Vec<u8>> {
+        let config_path = self.resolve(&manifest.config)?;
+        let config = self
+            .metadata
+            .remove(&config_path)
+            .with_context(|| format!("the export's manifest.json names config {config_path}, which the export does not contain"))?;
+        check_config(
+            &config,
+            &config_path,
+            image,
+            self.metadata.contains_key("index.json"),
+        )?;
+        Ok(config)
     }
-    let config_digest = Digest::of(&config);
-    let mut layers = Vec::with_capacity(manifest.layers.len());
-    for (position, (path, expected)) in manifest.layers.iter().zip(&image.diff_ids).enumerate() {
-        let path = resolve(path, &links)?;
-        let Some(layer) = layers_by_path.get(&path) else {
-            // Not an uncompressed layer: a blob the export holds already compressed.
-            let Some(digest) = path
-                .strip_prefix("blobs/sha256/")
-                .and_then(Digest::from_hex)
-            else {
-                bail!("the export's manifest.json names layer {path}, which the export does not contain");
-            };
-            let media_type = compressed_layer_type(&metadata, &config_digest, &digest)
-                .with_context(|| format!("the export's manifest.json names layer {path}, which is neither an uncompressed layer of the image nor a compressed layer its OCI manifest describes"))?;
-            let blob = match blobs_by_path.get(&path) {
-                Some(blob) => blob.clone(),
-                None => {
-                    let bytes = metadata.get(&path).with_context(|| {
-                        format!("the export's manifest.json names layer {path}, which the export does not contain")
-                    })?;
-                    layer_count += 1;
-                    publish.blob(
-                        LayerEntry {
-                            index: layer_count,
-                            name: path.clone(),
-                            size: bytes.len() as u64,
-                            data: &mut &bytes[..],
-                        },
-                        &digest,
-                    )?
-                }
-            };
-            layers.push(Layer {
-                diff_id: expected.clone(),
-                blob,
-                media_type: Some(media_type),
-            });
-            continue;
-        };
-        if &layer.diff_id != expected {
+
+    /// The layers `manifest` names, in its order, each the one the config lists at its place.
+    fn layers(
+        &mut self,
+        manifest: &SaveManifest,
+        image: &ImageSummary,
+        config: &[u8],
+        publish: &mut impl Publish,
+    ) -> Result<Vec<Layer>> {
+        if manifest.layers.len() != image.diff_ids.len() {
             bail!(
-                "digest mismatch: layer {} of the image ({path}) has diff ID {} but the image config lists {expected}",
-                position + 1,
-                layer.diff_id
+                "the export's manifest.json lists {} layers but the image has {}",
+                manifest.layers.len(),
+                image.diff_ids.len()
             );
         }
-        layers.push(layer.clone());
+        let config_digest = Digest::of(config);
+        let mut layers = Vec::with_capacity(manifest.layers.len());
+        for (position, (path, expected)) in manifest.layers.iter().zip(&image.diff_ids).enumerate()
+        {
+            let path = self.resolve(path)?;
+            let Some(layer) = self.layers.get(&path) else {
+                // Not an uncompressed layer: a blob the export holds already compressed.
+                layers.push(self.compressed(path, expected, &config_digest, publish)?);
+                continue;
+            };
+            if &layer.diff_id != expected {
+                bail!(
+                    "digest mismatch: layer {} of the image ({path}) has diff ID {} but the image config lists {expected}",
+                    position + 1,
+                    layer.diff_id
+                );
+            }
+            layers.push(layer.clone());
+        }
+        Ok(layers)
     }
-    Ok(SavedImage { config, layers })
+
+    /// The layer at `path` held compressed, as the export's OCI manifest for the config
+    /// describes it: stored as it passed if it was large, now if it was kept as metadata.
+    fn compressed(
+        &mut self,
+        path: String,
+        diff_id: &Digest,
+        config: &Digest,
+        publish: &mut impl Publish,
+    ) -> Result<Layer> {
+        let Some(digest) = path
+            .strip_prefix("blobs/sha256/")
+            .and_then(Digest::from_hex)
+        else {
+            bail!(
+                "the export's manifest.json names layer {path}, which the export does not contain"
+            );
+        };
+        let media_type = compressed_layer_type(&self.metadata, config, &digest)
+            .with_context(|| format!("the export's manifest.json names layer {path}, which is neither an uncompressed layer of the image nor a compressed layer its OCI manifest describes"))?;
+        let blob = match self.blobs.get(&path) {
+            Some(blob) => blob.clone(),
+            None => {
+                let bytes = self.metadata.get(&path).with_context(|| {
+                    format!("the export's manifest.json names layer {path}, which the export does not contain")
+                })?;
+                let size = bytes.len() as u64;
+                hand_over(
+                    &mut self.layer_count,
+                    &mut &bytes[..],
+                    &path,
+                    size,
+                    |layer| publish.blob(layer, &digest),
+                )?
+            }
+        };
+        Ok(Layer {
+            diff_id: diff_id.clone(),
+            blob,
+            media_type: Some(media_type),
+        })
+    }
+
+    /// Follows links (podman's `<v1id>/layer.tar` -> `../<diffid>.tar`) to the stored entry.
+    fn resolve(&self, path: &str) -> Result<String> {
+        follow_links(path, |p| self.links.get(p).map(String::as_str))
+            .map_err(|e| anyhow::anyhow!("the export's {e}"))
+    }
+}
+
+/// Hands the next layer entry of the stream, `size` bytes of `data`, to the caller.
+fn hand_over<T>(
+    count: &mut u32,
+    data: &mut dyn Read,
+    name: &str,
+    size: u64,
+    caller: impl FnOnce(LayerEntry<'_>) -> Result<T>,
+) -> Result<T> {
+    *count += 1;
+    let mut data = Exact {
+        inner: data,
+        name,
+        left: size,
+    };
+    caller(LayerEntry {
+        index: *count,
+        name: name.to_string(),
+        size,
+        data: &mut data,
+    })
 }
 
 /// An entry's bytes, failing if the stream ends before the size its header promised (the tar
@@ -308,15 +322,6 @@ fn classify(name: &str, diff_ids: &[Digest]) -> EntryKind {
     }
 }
 
-/// One entry of `manifest.json`.
-#[derive(Deserialize)]
-struct SaveManifest {
-    #[serde(rename = "Config")]
-    config: String,
-    #[serde(rename = "Layers")]
-    layers: Vec<String>,
-}
-
 /// Picks the `manifest.json` entry for the image: the only one, or the one whose config is the
 /// image ID.
 fn find_manifest(
@@ -371,16 +376,6 @@ fn compressed_layer_type(
         .filter(|media_type| COMPRESSED_LAYER_TYPES.contains(&media_type.as_str()))
 }
 
-#[derive(Deserialize)]
-struct ConfigRootfs {
-    rootfs: RootFs,
-}
-
-#[derive(Deserialize)]
-struct RootFs {
-    diff_ids: Vec<String>,
-}
-
 /// The config must list exactly the daemon's diff IDs and hash to the image ID, except where
 /// the image ID names a manifest (the containerd store's OCI export): there it must hash to the
 /// digest it is stored under (`blobs/sha256/<hex>`), as every blob of an OCI layout does.
@@ -403,56 +398,13 @@ fn check_config(config: &[u8], path: &str, image: &ImageSummary, oci_export: boo
             );
         }
     }
-    let parsed: ConfigRootfs = serde_json::from_slice(config)
-        .context("the exported image config has no valid rootfs.diff_ids")?;
-    let diff_ids = parsed
-        .rootfs
-        .diff_ids
-        .iter()
-        .map(|d| Digest::parse(d, "the config's diff ID"))
-        .collect::<Result<Vec<_>>>()?;
+    let diff_ids = config::diff_ids(config, || {
+        "the exported image config has no valid rootfs.diff_ids".to_string()
+    })?;
     if diff_ids != image.diff_ids {
         bail!("the exported config's rootfs.diff_ids differ from the layers the daemon reports for {}", image.id);
     }
     Ok(())
-}
-
-/// Follows symlinks (podman's `<v1id>/layer.tar` -> `../<diffid>.tar`) to the stored entry.
-fn resolve(path: &str, links: &HashMap<String, String>) -> Result<String> {
-    let mut path = normalize(path);
-    for _ in 0..LINK_DEPTH_LIMIT {
-        match links.get(&path) {
-            Some(target) => path = target.clone(),
-            None => return Ok(path),
-        }
-    }
-    bail!("the export's link {path} is nested more than {LINK_DEPTH_LIMIT} deep")
-}
-
-/// The archive path a symlink at `link` pointing to `target` refers to.
-pub(crate) fn join_link(link: &str, target: &str) -> String {
-    if target.starts_with('/') {
-        return normalize(target);
-    }
-    match link.rsplit_once('/') {
-        Some((dir, _)) => normalize(&format!("{dir}/{target}")),
-        None => normalize(target),
-    }
-}
-
-/// Removes `.`, empty components and resolves `..` (never above the archive root).
-pub(crate) fn normalize(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            _ => parts.push(part),
-        }
-    }
-    parts.join("/")
 }
 
 #[cfg(test)]
@@ -763,12 +715,5 @@ mod tests {
             err.contains("ended") && err.contains("aaa/layer.tar"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn paths_and_links_normalize() {
-        assert_eq!(normalize("./a//b/../c"), "a/c");
-        assert_eq!(join_link("v1/layer.tar", "../abc.tar"), "abc.tar");
-        assert_eq!(join_link("layer.tar", "/x/y.tar"), "x/y.tar");
     }
 }

@@ -1,13 +1,21 @@
-//! Test material shared by the guest's unit tests: tar archives in the `docker save` dialects.
+//! Test material shared by the guest's unit tests: tar archives in the `docker save` dialects,
+//! and in-memory capabilities (a source, a registry, a file, a cache, a progress sink).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::io::Cursor;
+use std::rc::Rc;
 
 use anyhow::{bail, Result};
 
-use crate::cache::Cache;
 use crate::digest::Digest;
-use crate::manifest::Platform;
-use crate::save::{Blob, ImageSummary, Layer, LayerEntry, Publish};
+use crate::model::{Blob, Encoding, ImageSummary, Layer, Platform};
+use crate::ports::{
+    BlobSink, Cache, Destinations, ImageSource, LayerEntry, LayerUpload, ProgressSink, Publish,
+    RandomAccess,
+};
+use crate::progress::Event;
+use crate::reference::Destination;
 
 /// A tar entry for test archives.
 pub enum Item<'a> {
@@ -156,5 +164,249 @@ impl Publish for Hashing {
             bail!("digest mismatch: blob {name} hashes to {}", blob.digest);
         }
         Ok(blob)
+    }
+}
+
+/// An image source holding one image and its export.
+pub struct Memory {
+    pub export: Vec<u8>,
+    pub image: ImageSummary,
+    /// How many times it was exported.
+    pub exports: usize,
+}
+
+impl Memory {
+    pub fn new(export: Vec<u8>, image: ImageSummary) -> Self {
+        Self {
+            export,
+            image,
+            exports: 0,
+        }
+    }
+}
+
+impl ImageSource for Memory {
+    type Export = Cursor<Vec<u8>>;
+    fn inspect(&mut self, _image: &str) -> Result<ImageSummary> {
+        Ok(self.image.clone())
+    }
+    fn export(&mut self, image: &str) -> Result<Self::Export> {
+        assert_eq!(image, self.image.id.as_str(), "export by the inspected ID");
+        self.exports += 1;
+        Ok(Cursor::new(self.export.clone()))
+    }
+}
+
+/// Two images in one daemon, one per platform: `amd` is the first, any other name the second.
+pub struct TwoImages(pub Memory, pub Memory);
+
+impl ImageSource for TwoImages {
+    type Export = Cursor<Vec<u8>>;
+    fn inspect(&mut self, image: &str) -> Result<ImageSummary> {
+        match image {
+            "amd" => self.0.inspect(image),
+            _ => self.1.inspect(image),
+        }
+    }
+    fn export(&mut self, image: &str) -> Result<Self::Export> {
+        if image == self.0.image.id.as_str() {
+            self.0.export(image)
+        } else {
+            self.1.export(image)
+        }
+    }
+}
+
+/// The fixture, for linux/arm64/v8.
+pub fn arm_fixture() -> Fixture {
+    let mut f = fixture();
+    let mut config: serde_json::Value = serde_json::from_slice(&f.config).unwrap();
+    config["architecture"] = "arm64".into();
+    config["variant"] = "v8".into();
+    f.config = serde_json::to_vec(&config).unwrap();
+    f.id = Digest::of(&f.config);
+    f
+}
+
+/// What an in-memory registry saw, in order.
+#[derive(Default)]
+pub struct Log {
+    pub calls: Vec<String>,
+    pub blobs: HashMap<Digest, Vec<u8>>,
+    pub manifest: Option<Vec<u8>>,
+    pub manifests: HashMap<String, Vec<u8>>,
+    pub misreport_manifest_digest: bool,
+    /// Reports every blob one byte larger than it is.
+    pub misreport_blob_sizes: bool,
+    /// A blob it takes and then loses.
+    pub loses: Option<Digest>,
+}
+
+/// A registry in memory, shared by its clones: each destination it opens is itself.
+#[derive(Clone, Default)]
+pub struct MemoryRegistry(pub Rc<RefCell<Log>>);
+
+impl MemoryRegistry {
+    /// The last manifest written, as JSON.
+    pub fn manifest_json(&self) -> serde_json::Value {
+        serde_json::from_slice(self.0.borrow().manifest.as_ref().unwrap()).unwrap()
+    }
+}
+
+impl Destinations for MemoryRegistry {
+    type Repository = MemoryRegistry;
+    fn open(&mut self, destination: &Destination) -> Result<Self> {
+        self.0
+            .borrow_mut()
+            .calls
+            .push(format!("open {}", destination.location()));
+        Ok(self.clone())
+    }
+}
+
+impl BlobSink for MemoryRegistry {
+    type Upload = MemoryUpload;
+    fn blob_size(&mut self, digest: &Digest) -> Result<Option<u64>> {
+        let log = self.0.borrow();
+        let extra = u64::from(log.misreport_blob_sizes);
+        Ok(log.blobs.get(digest).map(|b| b.len() as u64 + extra))
+    }
+    fn mount_blob(&mut self, digest: &Digest, source: &str) -> Result<bool> {
+        let mut log = self.0.borrow_mut();
+        log.calls.push(format!("mount {digest} from {source}"));
+        Ok(false)
+    }
+    fn put_blob(&mut self, digest: &Digest, data: &[u8]) -> Result<()> {
+        let mut log = self.0.borrow_mut();
+        log.calls.push(format!("blob {digest}"));
+        log.blobs.insert(digest.clone(), data.to_vec());
+        Ok(())
+    }
+    fn start_layer(&mut self, _encoding: &Encoding) -> Result<MemoryUpload> {
+        Ok(MemoryUpload {
+            log: self.0.clone(),
+            data: Vec::new(),
+            done: false,
+        })
+    }
+    fn put_manifest(&mut self, reference: &str, media_type: &str, body: &[u8]) -> Result<Digest> {
+        let mut log = self.0.borrow_mut();
+        log.calls.push(format!("manifest {reference} {media_type}"));
+        log.manifest = Some(body.to_vec());
+        log.manifests
+            .insert(Digest::of(body).to_string(), body.to_vec());
+        log.manifests.insert(reference.to_string(), body.to_vec());
+        Ok(if log.misreport_manifest_digest {
+            Digest::of(b"other")
+        } else {
+            Digest::of(body)
+        })
+    }
+    fn get_manifest(&mut self, reference: &str) -> Result<Option<Vec<u8>>> {
+        let mut log = self.0.borrow_mut();
+        log.calls.push(format!("get {reference}"));
+        Ok(log.manifests.get(reference).cloned())
+    }
+}
+
+/// Stores layers as written (no compression), so the blob digest is the diff ID.
+pub struct MemoryUpload {
+    log: Rc<RefCell<Log>>,
+    data: Vec<u8>,
+    done: bool,
+}
+
+impl LayerUpload for MemoryUpload {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.data.extend_from_slice(data);
+        Ok(())
+    }
+    fn sent(&self) -> u64 {
+        self.data.len() as u64
+    }
+    fn finish(mut self) -> Result<Blob> {
+        self.done = true;
+        let digest = Digest::of(&self.data);
+        let size = self.data.len() as u64;
+        let mut log = self.log.borrow_mut();
+        log.calls.push(format!("layer {digest}"));
+        if log.loses.as_ref() != Some(&digest) {
+            log.blobs
+                .insert(digest.clone(), std::mem::take(&mut self.data));
+        }
+        Ok(Blob { digest, size })
+    }
+}
+
+impl Drop for MemoryUpload {
+    fn drop(&mut self) {
+        if !self.done {
+            self.log.borrow_mut().calls.push("cancelled".into());
+        }
+    }
+}
+
+/// Progress events, kept in order.
+#[derive(Default)]
+pub struct Events(pub Vec<Event>);
+
+impl ProgressSink for Events {
+    fn report(&mut self, event: Event) {
+        self.0.push(event);
+    }
+}
+
+impl Events {
+    /// The positions of the layers reported skipped, in order.
+    pub fn skipped(&self) -> Vec<u32> {
+        self.0
+            .iter()
+            .filter_map(|e| match e {
+                Event::LayerSkipped { position, .. } => Some(*position),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// The fixture image in a source that exports it, and the in-memory registry, cache and
+/// progress its pushes go through.
+pub struct Harness {
+    pub f: Fixture,
+    pub source: Memory,
+    pub registry: MemoryRegistry,
+    pub cache: MemoryCache,
+    pub events: Events,
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self::of(fixture())
+    }
+}
+
+impl Harness {
+    pub fn of(f: Fixture) -> Self {
+        Self {
+            source: Memory::new(classic_export(&f), summary(&f)),
+            f,
+            registry: MemoryRegistry::default(),
+            cache: MemoryCache::default(),
+            events: Events::default(),
+        }
+    }
+}
+
+/// A file in memory that hands out at most 1000 bytes per read, as a host may.
+pub struct MemoryFile(pub Vec<u8>);
+
+impl RandomAccess for MemoryFile {
+    fn size(&self) -> Result<u64> {
+        Ok(self.0.len() as u64)
+    }
+    fn read_at(&self, offset: u64, max: usize) -> Result<Vec<u8>> {
+        let start = (offset as usize).min(self.0.len());
+        let end = (start + max.min(1000)).min(self.0.len());
+        Ok(self.0[start..end].to_vec())
     }
 }

@@ -1,0 +1,189 @@
+//! The image model every part of the guest speaks: what a source says about an image, the blobs
+//! and layers it is stored as, the platform it runs on, and how layers are encoded. Plain data,
+//! with no knowledge of where images come from or go.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use crate::digest::Digest;
+
+/// What a source says about an image before exporting it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageSummary {
+    /// The image ID; on Docker's classic store and podman, the config digest.
+    pub id: Digest,
+    /// The uncompressed layer digests, base first.
+    pub diff_ids: Vec<Digest>,
+    /// The layers' total content size in bytes.
+    pub size: u64,
+    /// The platform the source says the image is for (from its config), when it says.
+    pub platform: Option<Platform>,
+}
+
+impl ImageSummary {
+    /// A summary from a daemon's answer, its digests checked.
+    pub fn parse(
+        id: &str,
+        diff_ids: &[String],
+        size: u64,
+        platform: Option<Platform>,
+    ) -> Result<Self> {
+        Ok(Self {
+            id: Digest::parse(id, "the daemon's image ID")?,
+            diff_ids: diff_ids
+                .iter()
+                .map(|d| Digest::parse(d, "the daemon's diff ID"))
+                .collect::<Result<_>>()?,
+            size,
+            platform,
+        })
+    }
+}
+
+/// A blob as stored in a registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blob {
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// A layer of the image: its uncompressed digest and the (compressed) blob stored for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layer {
+    pub diff_id: Digest,
+    pub blob: Blob,
+    /// The blob's media type when it was stored as the export held it (already compressed);
+    /// `None` when the host encoded it, as the push's encoding says.
+    pub media_type: Option<String>,
+}
+
+/// What an export held, checked against the source's summary of the image.
+#[derive(Debug)]
+pub struct SavedImage {
+    /// The config, byte for byte as the source wrote it.
+    pub config: Vec<u8>,
+    /// The layers in image order (base first), each verified against the config's diff IDs.
+    pub layers: Vec<Layer>,
+}
+
+/// The platform an image runs on, as an index names it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(variant) = &self.variant {
+            write!(f, "/{variant}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Manifest annotations, sorted by key so that they serialize the same way every time.
+pub type Annotations = BTreeMap<String, String>;
+
+/// How layers are compressed for the registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// A compression and its level: together they decide a layer's blob digest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Encoding {
+    pub compression: Compression,
+    pub level: u32,
+}
+
+impl Encoding {
+    /// Checks the level against the compression's range (gzip 1-9, zstd 1-19).
+    pub fn new(compression: Compression, level: u32) -> Result<Self> {
+        let range = match compression {
+            Compression::None => {
+                return Ok(Self {
+                    compression,
+                    level: 0,
+                })
+            }
+            Compression::Gzip => 1..=9,
+            Compression::Zstd => 1..=19,
+        };
+        if !range.contains(&level) {
+            bail!(
+                "compression level {level} is out of range for {} ({}-{})",
+                compression.name(),
+                range.start(),
+                range.end()
+            );
+        }
+        Ok(Self { compression, level })
+    }
+
+    /// Bytes as they are: how a layer the export holds already compressed is stored.
+    pub fn as_is() -> Self {
+        Self {
+            compression: Compression::None,
+            level: 0,
+        }
+    }
+
+    /// A stable name, e.g. `gzip-6`, for cache keys.
+    pub fn name(&self) -> String {
+        match self.compression {
+            Compression::None => "none".to_string(),
+            other => format!("{}-{}", other.name(), self.level),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_are_checked() {
+        assert!(Encoding::new(Compression::Gzip, 0).is_err());
+        assert!(Encoding::new(Compression::Gzip, 10).is_err());
+        assert_eq!(
+            Encoding::new(Compression::Zstd, 19).unwrap().name(),
+            "zstd-19"
+        );
+        assert_eq!(Encoding::new(Compression::None, 7).unwrap().name(), "none");
+    }
+
+    #[test]
+    fn a_daemon_summary_has_its_digests_checked() {
+        let id = Digest::of(b"config");
+        let layer = Digest::of(b"layer");
+        let summary = ImageSummary::parse(id.as_str(), &[layer.to_string()], 5, None).unwrap();
+        assert_eq!(summary.diff_ids, vec![layer]);
+        let err = ImageSummary::parse("abc", &[], 0, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("the daemon's image ID \"abc\""), "{err}");
+        let err = ImageSummary::parse(id.as_str(), &["x".into()], 0, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("the daemon's diff ID \"x\""), "{err}");
+    }
+}

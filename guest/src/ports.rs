@@ -1,0 +1,119 @@
+//! The capabilities the guest works through, as traits: where images come from, where they go,
+//! what is remembered between runs, and where progress is reported. The host lends each one
+//! (`component.rs` implements them over the WIT imports); the tests lend in-memory ones.
+
+use std::io::Read;
+
+use anyhow::Result;
+
+use crate::digest::Digest;
+use crate::model::{Blob, Encoding, ImageSummary, Layer, SavedImage};
+use crate::progress::Event;
+use crate::reference::Destination;
+
+/// Bytes per crossing of the component boundary: large, because each crossing copies.
+pub const CHUNK_SIZE: usize = 1 << 20;
+
+/// Where images come from: the Docker daemon, a `docker save` tarball, a layout directory.
+pub trait ImageSource {
+    type Export: Read;
+    /// What the source knows about an image before exporting it.
+    fn inspect(&mut self, image: &str) -> Result<ImageSummary>;
+    /// The image's `docker save` stream.
+    fn export(&mut self, image: &str) -> Result<Self::Export>;
+}
+
+/// A source whose exports are read as they pass: each layer handed to `publish`, the whole
+/// checked against the summary. The export reader (`save.rs`) gives every `ImageSource` this.
+pub trait ReadExport: ImageSource {
+    /// Exports `image` by its ID and reads the export.
+    fn read_export(
+        &mut self,
+        image: &ImageSummary,
+        publish: &mut impl Publish,
+    ) -> Result<SavedImage>;
+}
+
+/// What the caller does with layers as they pass in the export stream. Each entry must be read
+/// whole.
+pub trait Publish {
+    /// An uncompressed layer tar: stored (encoded) only if it hashes to a diff ID of the image.
+    fn layer(&mut self, entry: LayerEntry<'_>) -> Result<Layer>;
+    /// A blob the export holds already encoded (a compressed layer): stored as it is, only if
+    /// it hashes to `digest`, the digest that names it.
+    fn blob(&mut self, entry: LayerEntry<'_>, digest: &Digest) -> Result<Blob>;
+}
+
+/// A layer tar as it passes in the export stream, for the caller to consume whole.
+pub struct LayerEntry<'a> {
+    /// 1-based position among the layer entries of the stream.
+    pub index: u32,
+    /// The tar entry's path.
+    pub name: String,
+    /// Its exact size in bytes.
+    pub size: u64,
+    /// Its bytes.
+    pub data: &'a mut dyn Read,
+}
+
+/// Where images go: registries the host can reach, and OCI image layout directories.
+pub trait Destinations {
+    type Repository: BlobSink;
+    fn open(&mut self, destination: &Destination) -> Result<Self::Repository>;
+}
+
+/// A repository in a registry, or a layout directory: it takes blobs, then a manifest that
+/// names them.
+pub trait BlobSink {
+    type Upload: LayerUpload;
+    /// The size of a blob if the registry has it.
+    fn blob_size(&mut self, digest: &Digest) -> Result<Option<u64>>;
+    /// Links a blob from repository `source` of the same registry; false if declined.
+    fn mount_blob(&mut self, digest: &Digest, source: &str) -> Result<bool>;
+    /// Uploads a blob held whole.
+    fn put_blob(&mut self, digest: &Digest, data: &[u8]) -> Result<()>;
+    /// Starts streaming a layer, which the host encodes.
+    fn start_layer(&mut self, encoding: &Encoding) -> Result<Self::Upload>;
+    /// Writes a manifest under `reference`; returns the digest the registry stored.
+    fn put_manifest(&mut self, reference: &str, media_type: &str, body: &[u8]) -> Result<Digest>;
+    /// The bytes of the manifest under `reference`, if the registry has it.
+    fn get_manifest(&mut self, reference: &str) -> Result<Option<Vec<u8>>>;
+}
+
+/// A layer being streamed to a registry. Dropping it unfinished cancels it.
+pub trait LayerUpload {
+    fn write(&mut self, data: &[u8]) -> Result<()>;
+    /// Encoded bytes sent to the registry so far.
+    fn sent(&self) -> u64;
+    /// Completes and commits the upload.
+    fn finish(self) -> Result<Blob>;
+}
+
+/// A key-value store that survives the process.
+pub trait Cache {
+    fn get(&mut self, key: &str) -> Option<Vec<u8>>;
+    fn put(&mut self, key: &str, value: &[u8]);
+}
+
+/// Where progress events go.
+pub trait ProgressSink {
+    fn report(&mut self, event: Event);
+}
+
+/// Random access to a file the host opened (a `docker save` tarball).
+pub trait RandomAccess {
+    /// The file's size in bytes.
+    fn size(&self) -> Result<u64>;
+    /// Up to `max` bytes from `offset` (the host may return fewer); none only at or past the
+    /// end of the file.
+    fn read_at(&self, offset: u64, max: usize) -> Result<Vec<u8>>;
+}
+
+/// Reads of one layout directory the host opened.
+pub trait LayoutFiles {
+    /// The bytes of `index.json`.
+    fn index(&self) -> Result<Vec<u8>>;
+    /// Up to `max` bytes of blob `digest` from `offset` (the host may return fewer); none only
+    /// at or past its end.
+    fn read_blob(&self, digest: &Digest, offset: u64, max: usize) -> Result<Vec<u8>>;
+}

@@ -1,0 +1,783 @@
+//! The push pipeline: one image, or several under one index, from a source to a registry or
+//! layout. `prepare` makes every check that can refuse a push before any traffic and opens the
+//! destination; then, per image, `reuse` asks what the destination already holds, `stream`
+//! exports and uploads the rest, and `publish` writes the manifests and the tag.
+
+mod publication;
+mod publish;
+mod reuse;
+mod stream;
+
+use anyhow::{bail, Result};
+
+pub use publication::{Pushed, Settings};
+
+use publication::{Image, Publication, Stored};
+use reuse::Held;
+
+use crate::limits;
+use crate::model::ImageSummary;
+use crate::ports::{BlobSink, Cache, Destinations, ProgressSink, ReadExport};
+use crate::progress::Event;
+use crate::reference::{Destination, Source};
+
+/// What to push, where, and how to encode and describe it.
+pub struct PushRequest {
+    pub source: String,
+    pub destination: String,
+    pub settings: Settings,
+}
+
+/// Several images, one per platform, to publish under one tag as an image index.
+pub struct IndexRequest {
+    pub sources: Vec<String>,
+    pub destination: String,
+    pub settings: Settings,
+}
+
+/// Pushes one image from `source` to the registry or layout `request.destination` names.
+pub fn push(
+    request: &PushRequest,
+    source: &mut impl ReadExport,
+    destinations: &mut impl Destinations,
+    cache: &mut impl Cache,
+    progress: &mut impl ProgressSink,
+) -> Result<Pushed> {
+    let plan = Plan {
+        sources: std::slice::from_ref(&request.source),
+        destination: &request.destination,
+        settings: &request.settings,
+        index: false,
+    };
+    let (mut publication, images) = prepare(&plan, source, destinations, cache, progress)?;
+    // One source, one image.
+    let image = &images[0];
+    let stored = publication.store(image)?;
+    let manifest = publication.manifest(image, stored)?;
+    publication.tag(manifest.document)
+}
+
+/// Pushes several images from the daemon and then an image index naming each image's manifest
+/// with the platform from its config. Each image's manifest is written by its digest; only the
+/// index gets the tag.
+pub fn push_index(
+    request: &IndexRequest,
+    daemon: &mut impl ReadExport,
+    destinations: &mut impl Destinations,
+    cache: &mut impl Cache,
+    progress: &mut impl ProgressSink,
+) -> Result<Pushed> {
+    let plan = Plan {
+        sources: &request.sources,
+        destination: &request.destination,
+        settings: &request.settings,
+        index: true,
+    };
+    let (mut publication, images) = prepare(&plan, daemon, destinations, cache, progress)?;
+    let mut entries = Vec::with_capacity(images.len());
+    for image in &images {
+        let stored = publication.store(image)?;
+        let manifest = publication.manifest(image, stored)?;
+        entries.push(publication.index_entry(image, manifest)?);
+    }
+    let index = publication.index(entries)?;
+    publication.tag(index)
+}
+
+/// Parses a destination and refuses settings its manifest format cannot say: what would stop
+/// a push, checked before anything else starts (a build, an export).
+pub fn check_destination(destination: &str, settings: &Settings) -> Result<Destination> {
+    let parsed = Destination::parse(destination)?;
+    settings
+        .format
+        .check(&settings.encoding, &settings.annotations)?;
+    Ok(parsed)
+}
+
+/// What a push or an index push asks for, as `prepare` checks it.
+struct Plan<'a> {
+    sources: &'a [String],
+    destination: &'a str,
+    settings: &'a Settings,
+    /// An index: one image per platform, under one tag.
+    index: bool,
+}
+
+/// A push ready to go: its publication, and the images to publish, as their source described
+/// them.
+type Prepared<'a, S, R> = (Publication<'a, S, R>, Vec<Image>);
+
+/// Every check that can refuse a push before any traffic, then the destination opened: the
+/// destination and the settings its format can say, an index's sources (images in the
+/// daemon, at least one, one per platform, to a registry), and what the source says of each
+/// image (how many layers, which platform). The daemon gives the diff IDs up front: enough to
+/// find what the registry already has, and to verify each layer as it streams.
+fn prepare<'a, S: ReadExport, D: Destinations>(
+    plan: &Plan<'a>,
+    source: &'a mut S,
+    destinations: &mut D,
+    cache: &'a mut dyn Cache,
+    progress: &'a mut dyn ProgressSink,
+) -> Result<Prepared<'a, S, D::Repository>> {
+    if plan.index {
+        for name in plan.sources {
+            if !matches!(Source::parse(name)?, Source::Daemon(_)) {
+                bail!("index source {name}: an index's sources are images in the daemon (docker load the tarball first)");
+            }
+        }
+    }
+    let settings = plan.settings;
+    let destination = check_destination(plan.destination, settings)?;
+    if plan.index && matches!(destination, Destination::Layout(_)) {
+        bail!("destination {}: an index goes to a registry (OCI layout directories take single images)", plan.destination);
+    }
+    if plan.index && plan.sources.is_empty() {
+        bail!("an index needs at least one source image");
+    }
+    let mut images: Vec<Image> = Vec::with_capacity(plan.sources.len());
+    for name in plan.sources {
+        let summary = source.inspect(name)?;
+        limits::check_layer_count(name, &summary)?;
+        if plan.index {
+            one_per_platform(&images, name, &summary)?;
+        }
+        images.push(Image {
+            name: name.clone(),
+            summary,
+        });
+    }
+    let repository = destinations.open(&destination)?;
+    let publication = Publication {
+        settings,
+        destination,
+        repository,
+        source,
+        cache,
+        progress,
+    };
+    Ok((publication, images))
+}
+
+/// An index names one image per platform: the daemon says each image's platform before any
+/// export, so a second image for one is refused here.
+fn one_per_platform(earlier: &[Image], name: &str, summary: &ImageSummary) -> Result<()> {
+    let Some(platform) = &summary.platform else {
+        bail!(
+            "the daemon does not say which platform image {name} is for: it cannot go in an index"
+        );
+    };
+    if let Some(other) = earlier
+        .iter()
+        .find(|i| i.summary.platform.as_ref() == Some(platform))
+    {
+        bail!(
+            "images {} and {name} are both for {platform}: an index names one image per platform",
+            other.name
+        );
+    }
+    Ok(())
+}
+
+impl<S: ReadExport, R: BlobSink> Publication<'_, S, R> {
+    /// Puts an image's config and layers in the destination: none to send if it holds them
+    /// all or can mount them from repositories they were pushed to (the export is the slow
+    /// part); otherwise one pass over the export.
+    fn store(&mut self, image: &Image) -> Result<Stored> {
+        self.progress.report(Event::Started {
+            image: image.name.clone(),
+            layers: image.summary.diff_ids.len() as u32,
+            total_bytes: image.summary.size,
+        });
+        match self.held(&image.summary)? {
+            Held::All(stored) => Ok(stored),
+            Held::Some(present) => self.export_and_upload(&image.summary, &present),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+    use crate::manifest::Format;
+    use crate::model::{Annotations, Compression, Encoding, Platform};
+    use crate::testing::{
+        arm_fixture, classic_export, fixture, summary, Events, Fixture, Harness, Memory,
+        MemoryCache, MemoryRegistry, TwoImages,
+    };
+
+    fn settings() -> Settings {
+        Settings {
+            encoding: Encoding::new(Compression::Gzip, 6).unwrap(),
+            format: Format::Oci,
+            annotations: Annotations::new(),
+            verify: false,
+        }
+    }
+
+    fn request() -> PushRequest {
+        PushRequest {
+            source: "app:1".into(),
+            destination: "127.0.0.1:5000/team/app:1.0".into(),
+            settings: settings(),
+        }
+    }
+
+    /// Runs the pipeline against the harness's in-memory capabilities; its events are this
+    /// push's only.
+    fn run(h: &mut Harness, request: &PushRequest) -> Result<Pushed> {
+        h.events = Events::default();
+        push(
+            request,
+            &mut h.source,
+            &mut h.registry.clone(),
+            &mut h.cache,
+            &mut h.events,
+        )
+    }
+
+    /// Runs a push that must fail before any traffic, and returns its error: the registry saw
+    /// no call and the source exported nothing.
+    fn refused_before_traffic(request: &PushRequest, source: Memory) -> String {
+        let mut h = Harness {
+            source,
+            ..Harness::default()
+        };
+        let err = run(&mut h, request).unwrap_err();
+        assert!(h.registry.0.borrow().calls.is_empty(), "{err}");
+        assert_eq!(h.source.exports, 0, "{err}");
+        err.to_string()
+    }
+
+    #[test]
+    fn pushes_layers_then_config_then_manifest() {
+        let mut h = Harness::default();
+        let pushed = run(&mut h, &request()).unwrap();
+        let (f, events) = (&h.f, &h.events);
+
+        let log = h.registry.0.borrow();
+        let manifest = log.manifest.clone().unwrap();
+        assert_eq!(pushed.digest, Digest::of(&manifest));
+        assert_eq!(pushed.repository, "127.0.0.1:5000/team/app");
+        let config = Digest::of(&f.config);
+        assert_eq!(
+            log.calls,
+            vec![
+                "open 127.0.0.1:5000/team/app".to_string(),
+                format!("layer {}", f.diff_ids[0]),
+                format!("layer {}", f.diff_ids[1]),
+                format!("blob {config}"),
+                format!("manifest 1.0 {}", crate::manifest::OCI_MANIFEST),
+            ]
+        );
+        let json: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+        assert_eq!(json["config"]["digest"], config.as_str());
+        assert_eq!(json["layers"][0]["digest"], f.diff_ids[0].as_str());
+        assert_eq!(json["layers"][1]["digest"], f.diff_ids[1].as_str());
+
+        assert!(matches!(
+            events.0.first(),
+            Some(Event::Started { layers: 2, .. })
+        ));
+        assert!(matches!(events.0.last(), Some(Event::ManifestDone { .. })));
+        let done: Vec<_> = events
+            .0
+            .iter()
+            .filter_map(|e| match e {
+                Event::LayerDone {
+                    diff_id, position, ..
+                } => Some((*position, diff_id.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            done,
+            vec![(1, f.diff_ids[0].clone()), (2, f.diff_ids[1].clone())]
+        );
+        let last_progress = events
+            .0
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                Event::LayerProgress(b) => Some(b.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!((last_progress.done, last_progress.total), (70_000, 70_000));
+    }
+
+    #[test]
+    fn a_corrupt_layer_is_never_committed_and_no_manifest_is_written() {
+        let mut h = Harness::default();
+        let mut export = classic_export(&h.f);
+        // Flip a byte inside the second layer's data (after its 512-byte header).
+        let at = export
+            .windows(64)
+            .position(|w| w.iter().all(|&b| b == 2))
+            .unwrap()
+            + 100;
+        export[at] ^= 0xff;
+        h.source = Memory::new(export, summary(&h.f));
+        let err = run(&mut h, &request()).unwrap_err();
+        assert!(format!("{err:#}").contains("digest mismatch"), "{err:#}");
+        let log = h.registry.0.borrow();
+        assert!(log.manifest.is_none());
+        assert_eq!(log.calls.last().map(String::as_str), Some("cancelled"));
+    }
+
+    #[test]
+    fn a_registry_that_misreports_the_manifest_digest_fails_the_push() {
+        let mut h = Harness::default();
+        h.registry.0.borrow_mut().misreport_manifest_digest = true;
+        let err = run(&mut h, &request()).unwrap_err();
+        let sent = h.registry.0.borrow().manifest.clone().unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "127.0.0.1:5000/team/app stored the manifest as {}, which is not the digest of what was sent ({})",
+                Digest::of(b"other"),
+                Digest::of(&sent)
+            )
+        );
+    }
+
+    #[test]
+    fn a_registry_that_misreports_a_blob_size_fails_the_push() {
+        let mut h = Harness::default();
+        let config = h.f.config.clone();
+        // The config is already there (another image shares it), at the wrong size.
+        h.registry
+            .0
+            .borrow_mut()
+            .blobs
+            .insert(Digest::of(&config), config.clone());
+        h.registry.0.borrow_mut().misreport_blob_sizes = true;
+        let err = run(&mut h, &request()).unwrap_err().to_string();
+        let expected = format!(
+            "127.0.0.1:5000/team/app reports blob {} as {} bytes, but it is {} bytes",
+            Digest::of(&config),
+            config.len() + 1,
+            config.len()
+        );
+        assert_eq!(err, expected);
+        assert!(h.registry.0.borrow().manifest.is_none());
+
+        // A repeat push whose cache names blobs the registry misreports fails the same way.
+        h.registry.0.borrow_mut().misreport_blob_sizes = false;
+        run(&mut h, &request()).unwrap();
+        h.registry.0.borrow_mut().manifest = None;
+        h.registry.0.borrow_mut().misreport_blob_sizes = true;
+        assert_eq!(run(&mut h, &request()).unwrap_err().to_string(), expected);
+        assert!(h.registry.0.borrow().manifest.is_none());
+    }
+
+    #[test]
+    fn an_image_with_too_many_layers_is_refused_before_any_traffic() {
+        let f = fixture();
+        let mut image = summary(&f);
+        image.diff_ids = vec![f.diff_ids[0].clone(); crate::limits::LAYER_LIMIT + 1];
+        let err = refused_before_traffic(&request(), Memory::new(classic_export(&f), image));
+        assert!(err.contains("1001 layers"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_destination_is_refused_before_any_traffic() {
+        let f = fixture();
+        let request = PushRequest {
+            destination: "127.0.0.1:5000/App".into(),
+            ..request()
+        };
+        refused_before_traffic(&request, Memory::new(classic_export(&f), summary(&f)));
+    }
+
+    #[test]
+    fn a_repeat_push_of_a_published_image_skips_the_export() {
+        let mut h = Harness::default();
+        let first = run(&mut h, &request()).unwrap();
+        h.registry.0.borrow_mut().calls.clear();
+
+        let again = run(&mut h, &request()).unwrap();
+        assert_eq!(again, first, "the same manifest");
+        assert_eq!(h.source.exports, 1, "no second export");
+        assert_eq!(
+            h.registry.0.borrow().calls,
+            vec![
+                "open 127.0.0.1:5000/team/app".to_string(),
+                format!("manifest 1.0 {}", crate::manifest::OCI_MANIFEST)
+            ]
+        );
+        assert_eq!(h.events.skipped(), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_cache_entry_for_a_blob_the_registry_lost_costs_only_an_export() {
+        let mut h = Harness::default();
+        let first = run(&mut h, &request()).unwrap();
+        // A new, empty registry: the cache is stale for it.
+        h.registry = MemoryRegistry::default();
+        let again = run(&mut h, &request()).unwrap();
+        assert_eq!(again, first);
+        assert_eq!(h.source.exports, 2);
+        assert!(h
+            .registry
+            .0
+            .borrow()
+            .calls
+            .iter()
+            .any(|c| c.starts_with("layer ")));
+    }
+
+    /// The fixture image pushed once to an in-memory registry, and what the push gave.
+    fn pushed_once() -> (Harness, Pushed) {
+        let mut h = Harness::default();
+        let first = run(&mut h, &request()).unwrap();
+        (h, first)
+    }
+
+    /// A registry that holds some of an image's layers: only the others are uploaded. The
+    /// export still passes every layer, and the ones the registry holds are only hashed, since
+    /// their entries' names say which layers they are.
+    #[test]
+    fn layers_the_registry_holds_are_hashed_not_uploaded() {
+        let (mut h, first) = pushed_once();
+        let lost = h.f.diff_ids[1].clone();
+        h.registry.0.borrow_mut().blobs.remove(&lost);
+        h.registry.0.borrow_mut().calls.clear();
+
+        let again = run(&mut h, &request()).unwrap();
+        assert_eq!(again, first);
+        assert_eq!(h.source.exports, 2);
+        let uploads: Vec<String> = h
+            .registry
+            .0
+            .borrow()
+            .calls
+            .iter()
+            .filter(|c| c.starts_with("layer "))
+            .cloned()
+            .collect();
+        assert_eq!(uploads, vec![format!("layer {lost}")]);
+        assert_eq!(h.events.skipped(), vec![1]);
+    }
+
+    /// An entry whose name promised a layer the registry holds, but whose bytes are another
+    /// layer: the export is read again and every layer uploaded, so nothing is lost.
+    #[test]
+    fn an_entry_that_breaks_its_names_promise_costs_a_second_export() {
+        let (mut h, first) = pushed_once();
+        // The second layer's entry now says it was the first layer, which the registry holds.
+        let (second, first_layer) = (h.f.diff_ids[1].to_string(), h.f.diff_ids[0].to_string());
+        for (key, value) in h.cache.0.iter_mut() {
+            let text = String::from_utf8(value.clone()).unwrap();
+            if key.starts_with("entry/") && text.contains(&second) {
+                *value = text.replace(&second, &first_layer).into_bytes();
+            }
+        }
+        h.registry.0.borrow_mut().blobs.remove(&h.f.diff_ids[1]);
+
+        let again = run(&mut h, &request()).unwrap();
+        assert_eq!(again, first);
+        assert_eq!(
+            h.source.exports, 3,
+            "one export, and one more after the broken promise"
+        );
+        assert!(h.registry.0.borrow().blobs.contains_key(&h.f.diff_ids[1]));
+    }
+
+    #[test]
+    fn docker_format_names_docker_media_types_and_no_annotations() {
+        let mut h = Harness::default();
+        let request = PushRequest {
+            settings: Settings {
+                format: Format::Docker,
+                ..settings()
+            },
+            ..request()
+        };
+        run(&mut h, &request).unwrap();
+        let json = h.registry.manifest_json();
+        assert_eq!(json["mediaType"], crate::manifest::DOCKER_MANIFEST);
+        assert_eq!(json["config"]["mediaType"], crate::manifest::DOCKER_CONFIG);
+        assert!(json.get("annotations").is_none(), "{json}");
+        assert!(h.registry.0.borrow().calls.contains(&format!(
+            "manifest 1.0 {}",
+            crate::manifest::DOCKER_MANIFEST
+        )));
+    }
+
+    #[test]
+    fn zstd_with_docker_format_is_refused_before_any_traffic() {
+        let f = fixture();
+        let request = PushRequest {
+            settings: Settings {
+                format: Format::Docker,
+                encoding: Encoding::new(Compression::Zstd, 3).unwrap(),
+                ..settings()
+            },
+            ..request()
+        };
+        let err = refused_before_traffic(&request, Memory::new(classic_export(&f), summary(&f)));
+        assert!(err.contains("zstd"), "{err}");
+    }
+
+    #[test]
+    fn annotations_come_from_the_config_and_the_user_and_survive_a_repeat_push() {
+        let mut h = Harness::of(fixture_with_labels());
+        let mut annotations = Annotations::new();
+        annotations.insert("org.example.team".into(), "infra".into());
+        annotations.insert(
+            "org.opencontainers.image.source".into(),
+            "https://override".into(),
+        );
+        let request = PushRequest {
+            settings: Settings {
+                annotations,
+                ..settings()
+            },
+            ..request()
+        };
+        let first = run(&mut h, &request).unwrap();
+        let json = h.registry.manifest_json();
+        assert_eq!(
+            json["annotations"],
+            serde_json::json!({
+                "org.example.team": "infra",
+                "org.opencontainers.image.created": "2024-01-02T03:04:05Z",
+                "org.opencontainers.image.revision": "abc123",
+                "org.opencontainers.image.source": "https://override",
+            })
+        );
+        // From the cache, without an export, the very same manifest.
+        let again = run(&mut h, &request).unwrap();
+        assert_eq!(h.source.exports, 1);
+        assert_eq!(again, first);
+    }
+
+    fn fixture_with_labels() -> Fixture {
+        let mut f = fixture();
+        let mut config: serde_json::Value = serde_json::from_slice(&f.config).unwrap();
+        config["created"] = "2024-01-02T03:04:05Z".into();
+        config["config"] = serde_json::json!({"Labels": {
+            "org.opencontainers.image.source": "https://example.com/app",
+            "org.opencontainers.image.revision": "abc123",
+            "maintainer": "not an OCI key",
+        }});
+        f.config = serde_json::to_vec(&config).unwrap();
+        f.id = Digest::of(&f.config);
+        f
+    }
+
+    fn verifying() -> PushRequest {
+        PushRequest {
+            settings: Settings {
+                verify: true,
+                ..settings()
+            },
+            ..request()
+        }
+    }
+
+    #[test]
+    fn verify_reads_back_the_manifest_and_checks_every_blob() {
+        let mut h = Harness::default();
+        let pushed = run(&mut h, &verifying()).unwrap();
+        assert!(h
+            .registry
+            .0
+            .borrow()
+            .calls
+            .contains(&format!("get {}", pushed.digest)));
+        assert_eq!(
+            h.events.0.last(),
+            Some(&Event::Verified {
+                digest: pushed.digest.clone(),
+                manifests: 1,
+                blobs: 3
+            })
+        );
+
+        // The manifest went up by digest, was read back, and only then got its tag.
+        let calls = h.registry.0.borrow().calls.clone();
+        let at = |call: &str| calls.iter().position(|c| c.starts_with(call));
+        let by_digest = at(&format!("manifest {}", pushed.digest)).unwrap();
+        let read = at(&format!("get {}", pushed.digest)).unwrap();
+        let tagged = at("manifest 1.0").unwrap();
+        assert!(by_digest < read && read < tagged, "{calls:#?}");
+    }
+
+    /// A registry that takes a layer and loses it: verify reads back the manifest, finds the
+    /// layer missing, and the tag is never written.
+    #[test]
+    fn a_push_that_fails_verify_writes_no_tag() {
+        let mut h = Harness::default();
+        let lost = h.f.diff_ids[1].clone();
+        h.registry.0.borrow_mut().loses = Some(lost.clone());
+        let err = run(&mut h, &verifying()).unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.starts_with("verify before writing 127.0.0.1:5000/team/app:1.0: ")
+                && err.contains(&format!("does not have layer {lost}")),
+            "{err}"
+        );
+        let calls = h.registry.0.borrow().calls.clone();
+        assert!(
+            !calls.iter().any(|c| c.starts_with("manifest 1.0")),
+            "{calls:#?}"
+        );
+    }
+
+    fn index_request(sources: &[&str]) -> IndexRequest {
+        IndexRequest {
+            sources: sources.iter().map(|s| s.to_string()).collect(),
+            destination: "127.0.0.1:5000/team/multi:1".into(),
+            settings: Settings {
+                verify: true,
+                ..settings()
+            },
+        }
+    }
+
+    /// Pushes an index of `source`'s images to `registry`.
+    fn run_index(
+        request: &IndexRequest,
+        source: &mut TwoImages,
+        registry: &MemoryRegistry,
+        events: &mut Events,
+    ) -> Result<Pushed> {
+        push_index(
+            request,
+            source,
+            &mut registry.clone(),
+            &mut MemoryCache::default(),
+            events,
+        )
+    }
+
+    #[test]
+    fn an_index_names_each_platform_manifest_and_is_tagged_last() {
+        let (amd, arm) = (fixture(), arm_fixture());
+        let mut arm_summary = summary(&arm);
+        arm_summary.platform = Some(Platform {
+            os: "linux".into(),
+            architecture: "arm64".into(),
+            variant: Some("v8".into()),
+        });
+        let mut source = TwoImages(
+            Memory::new(classic_export(&amd), summary(&amd)),
+            Memory::new(classic_export(&arm), arm_summary),
+        );
+        let registry = MemoryRegistry::default();
+        let mut events = Events::default();
+        let pushed = run_index(
+            &index_request(&["amd", "arm"]),
+            &mut source,
+            &registry,
+            &mut events,
+        )
+        .unwrap();
+        let log = registry.0.borrow();
+        let index: serde_json::Value =
+            serde_json::from_slice(log.manifest.as_ref().unwrap()).unwrap();
+        assert_eq!(pushed.digest, Digest::of(log.manifest.as_ref().unwrap()));
+        assert_eq!(index["mediaType"], crate::manifest::OCI_INDEX);
+        let entries = index["manifests"].as_array().unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0]["platform"]["architecture"], "amd64");
+        assert_eq!(entries[1]["platform"]["architecture"], "arm64");
+        assert_eq!(entries[1]["platform"]["variant"], "v8");
+        // Children by digest, the index by digest (to verify it before it is tagged), the
+        // tag last.
+        let writes: Vec<&String> = log
+            .calls
+            .iter()
+            .filter(|c| c.starts_with("manifest "))
+            .collect();
+        assert_eq!(writes.len(), 4);
+        for (write, entry) in writes.iter().zip(entries) {
+            assert!(
+                write.starts_with(&format!("manifest {} ", entry["digest"].as_str().unwrap())),
+                "{write}"
+            );
+        }
+        let index_type = crate::manifest::OCI_INDEX;
+        assert_eq!(
+            writes[2],
+            &format!("manifest {} {index_type}", pushed.digest)
+        );
+        assert_eq!(writes[3], &format!("manifest 1 {index_type}"));
+        assert!(matches!(
+            events.0.last(),
+            Some(Event::Verified {
+                manifests: 3,
+                blobs: 6,
+                ..
+            })
+        ));
+    }
+
+    /// Runs an index push that must fail before any traffic, and returns its error.
+    fn index_refused_before_traffic(request: &IndexRequest, mut source: TwoImages) -> String {
+        let registry = MemoryRegistry::default();
+        let err = run_index(request, &mut source, &registry, &mut Events::default())
+            .unwrap_err()
+            .to_string();
+        assert!(registry.0.borrow().calls.is_empty(), "{err}");
+        assert_eq!(source.0.exports + source.1.exports, 0, "{err}");
+        err
+    }
+
+    #[test]
+    fn two_images_for_one_platform_are_refused_before_any_upload() {
+        let (amd, other) = (fixture(), arm_fixture());
+        // The daemon says both are linux/amd64.
+        let source = TwoImages(
+            Memory::new(classic_export(&amd), summary(&amd)),
+            Memory::new(classic_export(&other), summary(&amd)),
+        );
+        let err = index_refused_before_traffic(&index_request(&["amd", "amd2"]), source);
+        assert!(err.contains("both for linux/amd64"), "{err}");
+    }
+
+    /// `push_index` checks the layer count `push` checks, before any traffic.
+    #[test]
+    fn an_index_of_an_image_with_too_many_layers_is_refused_before_any_traffic() {
+        let (amd, arm) = (fixture(), arm_fixture());
+        let mut arm_summary = summary(&arm);
+        arm_summary.diff_ids = vec![arm.diff_ids[0].clone(); crate::limits::LAYER_LIMIT + 1];
+        let source = TwoImages(
+            Memory::new(classic_export(&amd), summary(&amd)),
+            Memory::new(classic_export(&arm), arm_summary),
+        );
+        let err = index_refused_before_traffic(&index_request(&["amd", "arm"]), source);
+        assert_eq!(err, "image arm has 1001 layers, over the limit of 1000");
+    }
+
+    /// An index's sources are images in the daemon: a tarball or layout source is refused
+    /// before the daemon is asked anything.
+    #[test]
+    fn an_index_of_sources_outside_the_daemon_is_refused_before_any_traffic() {
+        let f = fixture();
+        let two = || {
+            TwoImages(
+                Memory::new(classic_export(&f), summary(&f)),
+                Memory::new(classic_export(&f), summary(&f)),
+            )
+        };
+        let err =
+            index_refused_before_traffic(&index_request(&["amd", "docker-archive:app.tar"]), two());
+        assert_eq!(err, "index source docker-archive:app.tar: an index's sources are images in the daemon (docker load the tarball first)");
+        let err = index_refused_before_traffic(&index_request(&["oci:dir:1", "amd"]), two());
+        assert!(err.starts_with("index source oci:dir:1: "), "{err}");
+        let err = index_refused_before_traffic(&index_request(&["docker-archive:"]), two());
+        assert!(err.contains("names no file"), "{err}");
+
+        let err = index_refused_before_traffic(&index_request(&[]), two());
+        assert_eq!(err, "an index needs at least one source image");
+        let request = IndexRequest {
+            destination: "oci:out".into(),
+            ..index_request(&["amd"])
+        };
+        let err = index_refused_before_traffic(&request, two());
+        assert!(err.contains("an index goes to a registry"), "{err}");
+    }
+}

@@ -1,0 +1,135 @@
+//! The context every stage of a push works in, and what the stages hand each other: one
+//! `Publication` (the request's settings, the destination and the repository opened there, the
+//! source, the cache, progress) in place of argument lists.
+
+use anyhow::{bail, Result};
+
+use crate::digest::Digest;
+use crate::manifest::{parse_annotation, Format};
+use crate::model::{Annotations, Blob, Compression, Encoding, ImageSummary, Layer};
+use crate::ports::{BlobSink, Cache, ProgressSink};
+use crate::reference::Destination;
+
+/// How images are published: layer encoding, manifest format, annotations, and whether to read
+/// the result back.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub encoding: Encoding,
+    pub format: Format,
+    /// The user's annotations, on every manifest and index written (OCI format only).
+    pub annotations: Annotations,
+    /// After writing, fetch what was written by digest and check every blob it names.
+    pub verify: bool,
+}
+
+impl Settings {
+    /// Settings as a host sends them, checked as the command line checks them (for hosts that
+    /// do not): the level against the compression's range, each annotation's key.
+    pub fn new(
+        compression: Compression,
+        level: u32,
+        format: Format,
+        annotations: Vec<(String, String)>,
+        verify: bool,
+    ) -> Result<Self> {
+        let mut checked = Annotations::new();
+        for (key, value) in annotations {
+            let (key, value) = parse_annotation(&format!("{key}={value}"))?;
+            checked.insert(key, value);
+        }
+        Ok(Self {
+            encoding: Encoding::new(compression, level)?,
+            format,
+            annotations: checked,
+            verify,
+        })
+    }
+}
+
+/// What was published.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Pushed {
+    pub digest: Digest,
+    pub repository: String,
+}
+
+/// An image to publish: its name as the user gave it, and what its source said of it before
+/// any traffic.
+pub struct Image {
+    pub name: String,
+    pub summary: ImageSummary,
+}
+
+/// One push: what it was asked, where it goes, and the capabilities it goes through.
+pub struct Publication<'a, S, R> {
+    pub settings: &'a Settings,
+    pub destination: Destination,
+    /// The repository (or layout directory) opened at the destination.
+    pub repository: R,
+    pub source: &'a mut S,
+    pub cache: &'a mut dyn Cache,
+    pub progress: &'a mut dyn ProgressSink,
+}
+
+/// A config as published: its blob, and its bytes (the manifest's annotations and the index's
+/// platform come from them).
+pub struct Config {
+    pub blob: Blob,
+    pub bytes: Vec<u8>,
+}
+
+/// An image's config and layers, all in the destination now: what a manifest may name.
+pub struct Stored {
+    pub config: Config,
+    pub layers: Vec<Layer>,
+}
+
+/// A layer the destination holds already, found before the export.
+pub struct Present {
+    pub blob: Blob,
+    /// The repository it was mounted from; `None` when the destination held it.
+    pub mounted_from: Option<String>,
+}
+
+impl<S, R: BlobSink> Publication<'_, S, R> {
+    /// Whether the destination holds `blob`. A digest fixes the size: a registry that reports
+    /// another size for it is broken or lying, which fails the push rather than being papered
+    /// over.
+    pub fn holds(&mut self, blob: &Blob) -> Result<bool> {
+        match self.repository.blob_size(&blob.digest)? {
+            None => Ok(false),
+            Some(size) if size == blob.size => Ok(true),
+            Some(size) => bail!(
+                "{} reports blob {} as {size} bytes, but it is {} bytes",
+                self.destination.location(),
+                blob.digest,
+                blob.size
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_from_a_host_are_checked_as_the_command_line_checks_them() {
+        let annotations = vec![("org.example.k".to_string(), "v=w".to_string())];
+        let settings =
+            Settings::new(Compression::Zstd, 19, Format::Oci, annotations, true).unwrap();
+        assert_eq!(settings.encoding.name(), "zstd-19");
+        assert_eq!(settings.annotations["org.example.k"], "v=w");
+        assert!(settings.verify);
+
+        let err = Settings::new(Compression::Gzip, 10, Format::Oci, vec![], false)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "compression level 10 is out of range for gzip (1-9)");
+        let bad_key = vec![("a b".to_string(), "c".to_string())];
+        let err = Settings::new(Compression::Gzip, 6, Format::Oci, bad_key, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid key \"a b\""), "{err}");
+    }
+}

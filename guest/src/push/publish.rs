@@ -1,0 +1,284 @@
+//! Publishing what was stored: the manifest that names an image's blobs, an index that names
+//! manifests, and the tag, read back by digest when asked.
+//!
+//! Blobs, then manifest, then tag. A registry must never hold a manifest that names a blob it
+//! lacks, and the tag is the write that publishes, so it comes last, after every manifest it
+//! names. The steps here enforce that order by what they take: `manifest` takes the `Stored`
+//! blobs (what `reuse` found or `stream` uploaded), `index_entry` an image's manifest, which it
+//! writes by digest, `index` only manifests so written, and `tag` only a manifest or index built
+//! here.
+
+use anyhow::{bail, Context, Result};
+
+use super::publication::{Image, Publication, Pushed, Stored};
+use crate::cache;
+use crate::config;
+use crate::digest::Digest;
+use crate::limits;
+use crate::manifest::{image_index, image_manifest, Format, PlatformManifest};
+use crate::model::Annotations;
+use crate::ports::BlobSink;
+use crate::progress::Event;
+use crate::reference::Destination;
+
+/// A manifest or index built here, ready to write.
+pub struct Document {
+    media_type: &'static str,
+    body: Vec<u8>,
+}
+
+/// An image's manifest, and the config it names (the index's platform comes from it).
+pub struct ImageManifest {
+    pub document: Document,
+    config: Vec<u8>,
+}
+
+/// An image's manifest, written by its digest, for an index to name.
+pub struct Entry(PlatformManifest);
+
+impl<S, R: BlobSink> Publication<'_, S, R> {
+    /// The manifest that names an image's stored config and layers, with the annotations its
+    /// config implies and the user's.
+    pub fn manifest(&mut self, image: &Image, stored: Stored) -> Result<ImageManifest> {
+        let Stored { config, layers } = stored;
+        // Where these blobs now are: a later push to another repository can mount them from
+        // here.
+        if let Destination::Registry(target) = &self.destination {
+            for blob in std::iter::once(&config.blob).chain(layers.iter().map(|l| &l.blob)) {
+                cache::remember_home(self.cache, &blob.digest, &target.repository_url());
+            }
+        }
+        let settings = self.settings;
+        let annotations = match settings.format {
+            // Docker's schema has no annotations: the config's are not carried over.
+            Format::Docker => Annotations::new(),
+            Format::Oci => {
+                let mut annotations = config::annotations(&config.bytes)
+                    .with_context(|| format!("image {}", image.name))?;
+                annotations.extend(settings.annotations.clone());
+                annotations
+            }
+        };
+        let body = image_manifest(
+            settings.format,
+            &config.blob,
+            &layers,
+            &settings.encoding,
+            &annotations,
+        )?;
+        Ok(ImageManifest {
+            document: Document {
+                media_type: settings.format.manifest_media_type(),
+                body,
+            },
+            config: config.bytes,
+        })
+    }
+
+    /// Writes an image's manifest by its digest, for an index, with the platform from its
+    /// config: the source's answer only ordered the refusal of duplicates, and must agree.
+    pub fn index_entry(&mut self, image: &Image, manifest: ImageManifest) -> Result<Entry> {
+        let name = &image.name;
+        let from_config =
+            config::platform(&manifest.config).with_context(|| format!("image {name}"))?;
+        if let Some(platform) = &image.summary.platform {
+            if &from_config != platform {
+                bail!("image {name}: the daemon said it is for {platform} but its config says {from_config}");
+            }
+        }
+        let Document { media_type, body } = manifest.document;
+        let digest = Digest::of(&body);
+        let written = self.write_manifest(digest.as_str(), media_type, &body)?;
+        self.progress.report(Event::ManifestDone {
+            reference: digest.to_string(),
+            digest: written,
+        });
+        Ok(Entry(PlatformManifest {
+            digest,
+            size: body.len() as u64,
+            platform: from_config,
+        }))
+    }
+
+    /// The image index naming `entries`, in their order.
+    pub fn index(&self, entries: Vec<Entry>) -> Result<Document> {
+        let manifests: Vec<PlatformManifest> = entries.into_iter().map(|e| e.0).collect();
+        let format = self.settings.format;
+        Ok(Document {
+            media_type: format.index_media_type(),
+            body: image_index(format, &manifests, &self.settings.annotations)?,
+        })
+    }
+
+    /// Writes a manifest or index under the destination's tag: the write that publishes a
+    /// push, so it comes last. Asked to verify, a registry first gets the manifest by digest
+    /// and it is read back before the tag names it, so a push that fails verification leaves
+    /// no tag. (An OCI layout gets the tag first and is read back after: a manifest written
+    /// there by digest would become an index entry of its own.)
+    pub fn tag(&mut self, document: Document) -> Result<Pushed> {
+        let Document { media_type, body } = document;
+        let asked = self.settings.verify;
+        let before_tagging = asked && matches!(self.destination, Destination::Registry(_));
+        let checked = if before_tagging {
+            let digest = self.write_manifest(Digest::of(&body).as_str(), media_type, &body)?;
+            Some(verify(
+                &mut self.repository,
+                &self.destination,
+                &digest,
+                "before writing",
+            )?)
+        } else {
+            None
+        };
+        let tag = self.destination.tag().to_string();
+        let digest = self.write_manifest(&tag, media_type, &body)?;
+        self.progress.report(Event::ManifestDone {
+            reference: tag,
+            digest: digest.clone(),
+        });
+        if asked {
+            let (manifests, blobs) = match checked {
+                Some(checked) => checked,
+                None => verify(
+                    &mut self.repository,
+                    &self.destination,
+                    &digest,
+                    "after writing",
+                )?,
+            };
+            self.progress.report(Event::Verified {
+                digest: digest.clone(),
+                manifests,
+                blobs,
+            });
+        }
+        Ok(Pushed {
+            digest,
+            repository: self.destination.location(),
+        })
+    }
+
+    /// Writes a manifest or index under `reference` and checks the digest the registry
+    /// reports.
+    fn write_manifest(&mut self, reference: &str, media_type: &str, body: &[u8]) -> Result<Digest> {
+        limits::check_manifest_size(body)?;
+        let digest = self.repository.put_manifest(reference, media_type, body)?;
+        if digest != Digest::of(body) {
+            bail!(
+                "{} stored the manifest as {digest}, which is not the digest of what was sent ({})",
+                self.destination.location(),
+                Digest::of(body)
+            );
+        }
+        Ok(digest)
+    }
+}
+
+/// Reads back what was published, by digest: the manifest (or index, and each manifest it
+/// names) must hash to its digest, and every blob it names must be in the registry with the
+/// size it states. Any difference fails the push. `when` says where the tag stands (`before
+/// writing` or `after writing`), for the error. Returns how many manifests and blobs it checked.
+fn verify(
+    repository: &mut impl BlobSink,
+    destination: &Destination,
+    digest: &Digest,
+    when: &str,
+) -> Result<(u32, u32)> {
+    read_back(repository, destination, digest).with_context(|| {
+        format!(
+            "verify {when} {}:{}",
+            destination.location(),
+            destination.tag()
+        )
+    })
+}
+
+/// Fetches `digest` and what it names; returns how many manifests and blobs were checked.
+fn read_back(
+    repository: &mut impl BlobSink,
+    destination: &Destination,
+    digest: &Digest,
+) -> Result<(u32, u32)> {
+    let location = destination.location();
+    let mut manifests = 0u32;
+    let mut blobs = 0u32;
+    let mut pending = vec![digest.clone()];
+    while let Some(digest) = pending.pop() {
+        let Some(body) = repository.get_manifest(digest.as_str())? else {
+            bail!("{location} has no manifest {digest}");
+        };
+        if Digest::of(&body) != digest {
+            bail!(
+                "{location} serves manifest {digest} with bytes that hash to {}",
+                Digest::of(&body)
+            );
+        }
+        manifests += 1;
+        let named: Named = serde_json::from_slice(&body)
+            .with_context(|| format!("manifest {digest} is not valid JSON"))?;
+        for child in named.manifests {
+            pending.push(Digest::parse(&child.digest, "an index entry's digest")?);
+        }
+        for (what, blob) in named
+            .config
+            .iter()
+            .map(|c| ("config", c))
+            .chain(named.layers.iter().map(|l| ("layer", l)))
+        {
+            let blob_digest = Digest::parse(&blob.digest, "a manifest's blob digest")?;
+            match repository.blob_size(&blob_digest)? {
+                Some(size) if size == blob.size => blobs += 1,
+                Some(size) => bail!(
+                    "{location} holds {what} {blob_digest} of manifest {digest} with {size} bytes, not the {} the manifest states",
+                    blob.size
+                ),
+                None => bail!(
+                    "{location} does not have {what} {blob_digest} that manifest {digest} names"
+                ),
+            }
+        }
+    }
+    Ok((manifests, blobs))
+}
+
+/// What a manifest or index names, as far as verifying needs.
+#[derive(serde::Deserialize)]
+struct Named {
+    #[serde(default)]
+    config: Option<NamedBlob>,
+    #[serde(default)]
+    layers: Vec<NamedBlob>,
+    #[serde(default)]
+    manifests: Vec<NamedBlob>,
+}
+
+#[derive(serde::Deserialize)]
+struct NamedBlob {
+    digest: String,
+    size: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::MemoryRegistry;
+
+    #[test]
+    fn verify_fails_on_a_manifest_served_with_other_bytes() {
+        let registry = MemoryRegistry::default();
+        let digest = Digest::of(b"{}");
+        registry
+            .0
+            .borrow_mut()
+            .manifests
+            .insert(digest.to_string(), b"{ }".to_vec());
+        let target = Destination::parse("127.0.0.1:5000/team/app:1").unwrap();
+        let err = verify(&mut registry.clone(), &target, &digest, "after writing").unwrap_err();
+        let err = format!("{err:#}");
+        assert!(err.contains("hash to"), "{err}");
+        let missing = Digest::of(b"missing");
+        let err = verify(&mut registry.clone(), &target, &missing, "after writing").unwrap_err();
+        let err = format!("{err:#}");
+        assert!(err.contains("has no manifest"), "{err}");
+    }
+}

@@ -1,0 +1,299 @@
+//! Export and upload: one pass over the image's export, each layer hashed while it streams to
+//! the destination and committed only once it proves to be a layer of the image; then the
+//! config. What was verified is remembered in the cache.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use anyhow::{bail, Context, Result};
+
+use super::publication::{Config, Present, Publication, Stored};
+use crate::cache;
+use crate::digest::{Digest, Hasher};
+use crate::model::{Blob, Encoding, ImageSummary, Layer, SavedImage};
+use crate::ports::{
+    BlobSink, Cache, LayerEntry, LayerUpload, ProgressSink, Publish, ReadExport, CHUNK_SIZE,
+};
+use crate::progress::{Event, LayerBytes, LayerRef};
+
+impl<S: ReadExport, R: BlobSink> Publication<'_, S, R> {
+    /// Streams the export (again only if an entry was not the layer its name promised): each
+    /// layer is hashed while it uploads and committed only if its diff ID is one the image
+    /// lists (a layer the export holds already compressed is stored as it is, if it hashes to
+    /// its name); a layer the destination already holds (`present`) is only hashed, when its
+    /// entry's name says it is that layer. Then the config goes up byte for byte as the source
+    /// wrote it, so its digest stays the image ID.
+    pub fn export_and_upload(
+        &mut self,
+        image: &ImageSummary,
+        present: &HashMap<Digest, Present>,
+    ) -> Result<Stored> {
+        // A stored blob's place in the image is known only once the export is read.
+        let (saved, stored) = match self.export_once(image, present) {
+            // An entry was not the layer its name promised, and its bytes are gone: export
+            // again, uploading every layer.
+            Err(e) if e.downcast_ref::<Misnamed>().is_some() => {
+                self.export_once(image, &HashMap::new())?
+            }
+            result => result?,
+        };
+        for (position, layer) in saved.layers.iter().enumerate() {
+            if let Some(entry) = stored.get(&layer.blob.digest) {
+                self.progress.report(Event::LayerDone {
+                    layer: entry.clone(),
+                    diff_id: layer.diff_id.clone(),
+                    position: position as u32 + 1,
+                    digest: layer.blob.digest.clone(),
+                    size: layer.blob.size,
+                });
+            }
+        }
+        let config = self.upload_config(&saved.config)?;
+        self.remember(image, &saved, &config);
+        Ok(Stored {
+            config: Config {
+                blob: config,
+                bytes: saved.config,
+            },
+            layers: saved.layers,
+        })
+    }
+
+    /// Puts the config in the destination, unless it holds it.
+    fn upload_config(&mut self, bytes: &[u8]) -> Result<Blob> {
+        let config = Blob {
+            digest: Digest::of(bytes),
+            size: bytes.len() as u64,
+        };
+        if !self.holds(&config)? {
+            self.repository.put_blob(&config.digest, bytes)?;
+        }
+        self.progress
+            .report(Event::ConfigDone(config.digest.clone()));
+        Ok(config)
+    }
+
+    /// Records what the export proved: each layer this encoding produced, the config's bytes,
+    /// and the image's config when every layer is one a later push can find by its diff ID.
+    fn remember(&mut self, image: &ImageSummary, saved: &SavedImage, config: &Blob) {
+        // Only layers this encoding produced: a stored blob is not what it gives for the diff ID.
+        let encoded: Vec<&Layer> = saved
+            .layers
+            .iter()
+            .filter(|l| l.media_type.is_none())
+            .collect();
+        let encoding = &self.settings.encoding;
+        for layer in &encoded {
+            cache::remember_layer(self.cache, &layer.diff_id, encoding, &layer.blob);
+        }
+        cache::remember_config_bytes(self.cache, config, &saved.config);
+        if encoded.len() == saved.layers.len() {
+            cache::remember_image_config(self.cache, image, config);
+        }
+    }
+
+    /// Exports the image and reads the export, publishing its layers as they pass; returns
+    /// what it held and the blobs stored as the export held them, by digest, with their
+    /// entries.
+    fn export_once(
+        &mut self,
+        image: &ImageSummary,
+        present: &HashMap<Digest, Present>,
+    ) -> Result<(SavedImage, HashMap<Digest, LayerRef>)> {
+        let mut publisher = Publisher {
+            repository: &mut self.repository,
+            image,
+            encoding: &self.settings.encoding,
+            progress: &mut *self.progress,
+            cache: &mut *self.cache,
+            present,
+            stored: HashMap::new(),
+        };
+        let saved = self.source.read_export(image, &mut publisher)?;
+        Ok((saved, publisher.stored))
+    }
+}
+
+/// An export entry that did not hash to the layer its name did before.
+#[derive(Debug)]
+struct Misnamed {
+    entry: String,
+    expected: Digest,
+    hashed: Digest,
+}
+
+impl std::fmt::Display for Misnamed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "export entry {} hashed to {}, not to {} as before",
+            self.entry, self.hashed, self.expected
+        )
+    }
+}
+
+impl std::error::Error for Misnamed {}
+
+/// Publishes the layers of an export as they pass.
+struct Publisher<'a, R: BlobSink> {
+    repository: &'a mut R,
+    image: &'a ImageSummary,
+    encoding: &'a Encoding,
+    progress: &'a mut dyn ProgressSink,
+    cache: &'a mut dyn Cache,
+    /// Layers the destination holds: not uploaded again.
+    present: &'a HashMap<Digest, Present>,
+    /// Blobs stored as the export held them, by digest: where they were in the export.
+    stored: HashMap<Digest, LayerRef>,
+}
+
+impl<R: BlobSink> Publish for Publisher<'_, R> {
+    /// Streams one layer to the registry, hashing it on the way, and commits it only once its
+    /// diff ID proves to be one the image lists; otherwise the upload is dropped, which
+    /// cancels it. A layer the destination holds, by what its entry hashed to before, is only
+    /// hashed (`check_present`).
+    fn layer(&mut self, entry: LayerEntry<'_>) -> Result<Layer> {
+        let (name, size) = (entry.name.clone(), entry.size);
+        let promised = cache::entry_diff_id(self.cache, &name, size)
+            .filter(|diff_id| self.present.contains_key(diff_id));
+        if let Some(promised) = promised {
+            return self.check_present(entry, promised);
+        }
+        let (layer, upload, diff_id) = self.stream(entry, self.encoding)?;
+        let Some(position) = self.image.diff_ids.iter().position(|d| d == &diff_id) else {
+            bail!(
+                "digest mismatch: layer {} of the export hashes to {diff_id}, which is not a diff ID of image {}",
+                layer.entry,
+                self.image.id
+            );
+        };
+        let blob = upload.finish()?;
+        cache::remember_entry(self.cache, &name, size, &diff_id);
+        self.progress.report(Event::LayerDone {
+            layer,
+            diff_id: diff_id.clone(),
+            position: position as u32 + 1,
+            digest: blob.digest.clone(),
+            size: blob.size,
+        });
+        Ok(Layer {
+            diff_id,
+            blob,
+            media_type: None,
+        })
+    }
+
+    /// Streams an already compressed layer to the registry as it is, and commits it only if
+    /// it hashes to the digest that names it.
+    fn blob(&mut self, entry: LayerEntry<'_>, digest: &Digest) -> Result<Blob> {
+        let (layer, upload, hashed) = self.stream(entry, &Encoding::as_is())?;
+        if &hashed != digest {
+            bail!(
+                "digest mismatch: blob {} of the export hashes to {hashed}",
+                layer.entry
+            );
+        }
+        let blob = upload.finish()?;
+        if &blob.digest != digest {
+            bail!("the destination stored blob {digest} as {}", blob.digest);
+        }
+        self.stored.insert(blob.digest.clone(), layer);
+        Ok(blob)
+    }
+}
+
+impl<R: BlobSink> Publisher<'_, R> {
+    /// A layer the destination holds, if the entry is what its name promised: hashed whole,
+    /// never uploaded. Anything else fails the export with `Misnamed`: its bytes are gone.
+    fn check_present(&mut self, entry: LayerEntry<'_>, promised: Digest) -> Result<Layer> {
+        let hashed = pass(entry.data, &entry.name, entry.size, |_| Ok(()))?;
+        if hashed != promised {
+            return Err(Misnamed {
+                entry: entry.name,
+                expected: promised,
+                hashed,
+            }
+            .into());
+        }
+        let present = &self.present[&hashed];
+        let position = self.image.diff_ids.iter().position(|d| d == &hashed);
+        self.progress.report(Event::LayerSkipped {
+            position: position.map_or(0, |p| p as u32 + 1),
+            diff_id: hashed.clone(),
+            digest: present.blob.digest.clone(),
+            size: present.blob.size,
+            mounted_from: present.mounted_from.clone(),
+        });
+        Ok(Layer {
+            diff_id: hashed,
+            blob: present.blob.clone(),
+            media_type: None,
+        })
+    }
+
+    /// Streams an entry whole into a new upload encoded as `encoding`, reporting progress;
+    /// returns the upload, still to finish, and the digest of the bytes streamed.
+    fn stream(
+        &mut self,
+        entry: LayerEntry<'_>,
+        encoding: &Encoding,
+    ) -> Result<(LayerRef, R::Upload, Digest)> {
+        let layer = LayerRef {
+            index: entry.index,
+            entry: entry.name.clone(),
+        };
+        let bytes = |done, sent| LayerBytes {
+            layer: layer.clone(),
+            done,
+            sent,
+            total: entry.size,
+        };
+        self.progress.report(Event::LayerStarted(bytes(0, 0)));
+        let mut upload = self.repository.start_layer(encoding)?;
+        let mut done = 0u64;
+        let progress = &mut *self.progress;
+        let hashed = pass(entry.data, &entry.name, entry.size, |chunk| {
+            upload.write(chunk)?;
+            done += chunk.len() as u64;
+            progress.report(Event::LayerProgress(bytes(done, upload.sent())));
+            Ok(())
+        })?;
+        Ok((layer, upload, hashed))
+    }
+}
+
+/// Reads an entry of `size` bytes whole, in large chunks (so crossings stay large), handing
+/// each chunk to `each`; returns the digest of all it read.
+fn pass(
+    data: &mut dyn Read,
+    name: &str,
+    size: u64,
+    mut each: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<Digest> {
+    let mut hasher = Hasher::default();
+    let mut chunk = vec![0u8; CHUNK_SIZE.min(size as usize).max(1)];
+    loop {
+        let n = fill(data, &mut chunk)
+            .with_context(|| format!("reading layer {name} from the export"))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&chunk[..n]);
+        each(&chunk[..n])?;
+    }
+    Ok(hasher.finish())
+}
+
+/// Reads until `buf` is full or the input ends, so crossings stay large.
+fn fill(input: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
