@@ -207,12 +207,7 @@ mod tests {
     };
 
     fn settings() -> Settings {
-        Settings {
-            encoding: Encoding::new(Compression::Gzip, 6).unwrap(),
-            format: Format::Oci,
-            annotations: Annotations::new(),
-            verify: false,
-        }
+        Settings::for_tests()
     }
 
     fn request() -> PushRequest {

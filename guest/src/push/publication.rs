@@ -110,6 +110,34 @@ impl<S, R: BlobSink> Publication<'_, S, R> {
 }
 
 #[cfg(test)]
+impl Settings {
+    /// gzip level 6, OCI, no annotations, no read-back: the tests' defaults.
+    pub fn for_tests() -> Self {
+        Self::new(Compression::Gzip, 6, Format::Oci, Vec::new(), false).unwrap()
+    }
+}
+
+#[cfg(test)]
+impl<'a> Publication<'a, crate::testing::Memory, crate::testing::MemoryRegistry> {
+    /// A publication to `destination` over a harness's in-memory capabilities, for the tests
+    /// of a single stage.
+    pub fn over(
+        h: &'a mut crate::testing::Harness,
+        settings: &'a Settings,
+        destination: &str,
+    ) -> Self {
+        Self {
+            settings,
+            destination: Destination::parse(destination).unwrap(),
+            repository: h.registry.clone(),
+            source: &mut h.source,
+            cache: &mut h.cache,
+            progress: &mut h.events,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -260,8 +260,54 @@ struct NamedBlob {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
-    use crate::testing::MemoryRegistry;
+    use crate::push::publication::Settings;
+    use crate::testing::{Harness, MemoryRegistry};
+
+    /// An OCI layout is tagged first and read back after: a manifest written there by digest
+    /// would become an index entry of its own.
+    #[test]
+    fn a_layout_is_tagged_then_read_back() {
+        let mut h = Harness::default();
+        let settings = Settings {
+            verify: true,
+            ..Settings::for_tests()
+        };
+        let image = Image {
+            name: "app:1".into(),
+            summary: h.source.image.clone(),
+        };
+        let registry = h.registry.clone();
+        let mut publication = Publication::over(&mut h, &settings, "oci:out:1");
+        let stored = publication
+            .export_and_upload(&image.summary, &HashMap::new())
+            .unwrap();
+        let manifest = publication.manifest(&image, stored).unwrap();
+        let pushed = publication.tag(manifest.document).unwrap();
+        assert_eq!(pushed.repository, "oci:out");
+        let calls = registry.0.borrow().calls.clone();
+        let manifests: Vec<&String> = calls
+            .iter()
+            .filter(|c| c.starts_with("manifest ") || c.starts_with("get "))
+            .collect();
+        assert_eq!(
+            manifests,
+            vec![
+                &format!("manifest 1 {}", crate::manifest::OCI_MANIFEST),
+                &format!("get {}", pushed.digest)
+            ]
+        );
+        assert!(matches!(
+            h.events.0.last(),
+            Some(Event::Verified {
+                manifests: 1,
+                blobs: 3,
+                ..
+            })
+        ));
+    }
 
     #[test]
     fn verify_fails_on_a_manifest_served_with_other_bytes() {

@@ -118,3 +118,59 @@ impl<S, R: BlobSink> Publication<'_, S, R> {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::push::publication::Settings;
+    use crate::testing::Harness;
+
+    const DESTINATION: &str = "127.0.0.1:5000/team/app:1";
+
+    /// What a destination holds after the harness's image was exported and uploaded to it.
+    fn held_after_upload(h: &mut Harness, settings: &Settings) -> Held {
+        let image = h.source.image.clone();
+        let mut publication = Publication::over(h, settings, DESTINATION);
+        publication
+            .export_and_upload(&image, &HashMap::new())
+            .unwrap();
+        publication.held(&image).unwrap()
+    }
+
+    #[test]
+    fn a_destination_that_holds_every_blob_holds_the_image() {
+        let mut h = Harness::default();
+        let settings = Settings::for_tests();
+        let Held::All(stored) = held_after_upload(&mut h, &settings) else {
+            panic!("the uploaded image is not held whole");
+        };
+        assert_eq!(stored.config.bytes, h.f.config);
+        let diff_ids: Vec<_> = stored.layers.iter().map(|l| l.diff_id.clone()).collect();
+        assert_eq!(diff_ids, h.f.diff_ids);
+        assert_eq!(h.events.skipped(), vec![1, 2]);
+        assert_eq!(h.source.exports, 1, "held() exports nothing");
+    }
+
+    #[test]
+    fn a_lost_blob_leaves_only_the_layers_still_there() {
+        let mut h = Harness::default();
+        let settings = Settings::for_tests();
+        // The registry loses the second layer as it takes it.
+        h.registry.0.borrow_mut().loses = Some(h.f.diff_ids[1].clone());
+        let Held::Some(present) = held_after_upload(&mut h, &settings) else {
+            panic!("an image with a lost layer is held whole");
+        };
+        assert_eq!(present.len(), 1);
+        let first = &present[&h.f.diff_ids[0]];
+        assert_eq!(first.blob.digest, h.f.diff_ids[0]);
+        assert_eq!(first.mounted_from, None);
+        // Another encoding's blobs are other blobs: none of these is known for it.
+        let zstd = Settings {
+            encoding: crate::model::Encoding::new(crate::model::Compression::Zstd, 3).unwrap(),
+            ..Settings::for_tests()
+        };
+        let image = h.source.image.clone();
+        let mut publication = Publication::over(&mut h, &zstd, DESTINATION);
+        assert!(matches!(publication.held(&image).unwrap(), Held::Some(p) if p.is_empty()));
+    }
+}

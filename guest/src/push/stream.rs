@@ -297,3 +297,84 @@ fn fill(input: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     }
     Ok(filled)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::push::publication::Settings;
+    use crate::testing::Harness;
+
+    /// A layer the destination holds, and whose entry the cache names, is hashed as the export
+    /// passes and never uploaded; the others are, and everything verified is remembered.
+    #[test]
+    fn present_layers_are_hashed_the_others_uploaded_and_all_remembered() {
+        let mut h = Harness::default();
+        let settings = Settings::for_tests();
+        let image = h.source.image.clone();
+        let (first, second) = (h.f.diff_ids[0].clone(), h.f.diff_ids[1].clone());
+        // An earlier export named the entry of the first layer; the registry holds its blob.
+        cache::remember_entry(&mut h.cache, "aaa/layer.tar", 3000, &first);
+        let blob = Blob {
+            digest: first.clone(),
+            size: 3000,
+        };
+        let present = HashMap::from([(
+            first.clone(),
+            Present {
+                blob: blob.clone(),
+                mounted_from: None,
+            },
+        )]);
+        let registry = h.registry.clone();
+        let stored = Publication::over(&mut h, &settings, "127.0.0.1:5000/team/app:1")
+            .export_and_upload(&image, &present)
+            .unwrap();
+
+        assert_eq!(stored.layers[0].blob, blob);
+        assert_eq!(stored.layers[1].blob.digest, second);
+        let uploads: Vec<String> = registry
+            .0
+            .borrow()
+            .calls
+            .iter()
+            .filter(|c| c.starts_with("layer ") || c.starts_with("blob "))
+            .cloned()
+            .collect();
+        let config = Digest::of(&h.f.config);
+        assert_eq!(
+            uploads,
+            vec![format!("layer {second}"), format!("blob {config}")]
+        );
+        assert_eq!(h.events.skipped(), vec![1]);
+        assert_eq!(h.events.0.last(), Some(&Event::ConfigDone(config.clone())));
+        let encoding = &settings.encoding;
+        assert_eq!(
+            cache::layer_blob(&mut h.cache, &second, encoding),
+            Some(stored.layers[1].blob.clone())
+        );
+        assert_eq!(
+            cache::image_config(&mut h.cache, &image).map(|c| c.digest),
+            Some(config)
+        );
+    }
+
+    #[test]
+    fn fill_reads_until_the_buffer_is_full_or_the_input_ends() {
+        /// Hands out at most 3 bytes per read.
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+                let n = out.len().min(3).min(self.0.len());
+                out[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut input = Trickle(b"0123456789");
+        let mut buf = [0u8; 8];
+        assert_eq!(fill(&mut input, &mut buf).unwrap(), 8);
+        assert_eq!(&buf, b"01234567");
+        assert_eq!(fill(&mut input, &mut buf).unwrap(), 2);
+        assert_eq!(fill(&mut input, &mut buf).unwrap(), 0);
+    }
+}
