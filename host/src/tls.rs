@@ -209,29 +209,55 @@ fn read_identity(cert: &Path, key: &Path) -> Result<Identity, String> {
     })
 }
 
+/// The TLS error behind a failed request, if TLS is what failed. The HTTP client wraps it in an
+/// `io::Error`, whose `source()` skips what it wraps, so that is looked into too.
+fn tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        cause = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(wrapped) => Some(wrapped as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
+}
+
 /// Whether the server ended the TLS handshake with an alert: it refused us (typically our
 /// missing or unknown client certificate), rather than we it.
 pub fn is_handshake_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(e);
-    while let Some(e) = cause {
-        if e.to_string().contains("received fatal alert") {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
+    matches!(tls_error(e), Some(rustls::Error::AlertReceived(_)))
 }
 
-/// Whether a failed request failed on a TLS certificate (the server's, or ours refused).
+/// Whether a failed request failed on a TLS certificate: the server's, which we could not
+/// verify, or ours, which the server refused or asked for.
 pub fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(e);
-    while let Some(e) = cause {
-        if e.to_string().to_ascii_lowercase().contains("certificate") {
-            return true;
-        }
-        cause = e.source();
+    use rustls::AlertDescription as Alert;
+    match tls_error(e) {
+        Some(
+            rustls::Error::InvalidCertificate(_)
+            | rustls::Error::NoCertificatesPresented
+            | rustls::Error::InvalidCertRevocationList(_),
+        ) => true,
+        Some(rustls::Error::AlertReceived(alert)) => matches!(
+            alert,
+            Alert::BadCertificate
+                | Alert::UnsupportedCertificate
+                | Alert::CertificateRevoked
+                | Alert::CertificateExpired
+                | Alert::CertificateUnknown
+                | Alert::CertificateRequired
+                | Alert::CertificateUnobtainable
+                | Alert::BadCertificateStatusResponse
+                | Alert::BadCertificateHashValue
+        ),
+        _ => false,
     }
-    false
 }
 
 #[cfg(test)]
@@ -252,6 +278,26 @@ mod tests {
         }
         assert!(certs_dirs("../etc").is_empty());
         assert!(certs_dirs("..").is_empty());
+    }
+
+    #[test]
+    fn tls_failures_are_told_by_their_type_through_the_io_error_that_wraps_them() {
+        let wrapped =
+            |tls: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+        let required = wrapped(rustls::Error::AlertReceived(
+            rustls::AlertDescription::CertificateRequired,
+        ));
+        assert!(is_handshake_refusal(&required) && is_certificate_error(&required));
+        let unknown_ca = wrapped(rustls::Error::AlertReceived(
+            rustls::AlertDescription::UnknownCA,
+        ));
+        assert!(is_handshake_refusal(&unknown_ca) && !is_certificate_error(&unknown_ca));
+        let untrusted = wrapped(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ));
+        assert!(!is_handshake_refusal(&untrusted) && is_certificate_error(&untrusted));
+        let closed = std::io::Error::other("a certificate was mentioned, but this is no TLS error");
+        assert!(!is_handshake_refusal(&closed) && !is_certificate_error(&closed));
     }
 
     #[test]

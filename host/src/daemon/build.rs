@@ -49,7 +49,7 @@ pub enum Error {
         dockerfile: String,
     },
     /// The context could not be read, or its `.dockerignore` is invalid.
-    Context(String),
+    Context(super::context::Error),
     /// The daemon's own message about the build.
     Failed {
         daemon: String,
@@ -89,7 +89,7 @@ impl fmt::Display for Error {
                 "the build context {} has no Dockerfile {dockerfile}",
                 context.display()
             ),
-            Self::Context(message) => f.write_str(message),
+            Self::Context(e) => e.fmt(f),
             Self::Failed {
                 daemon,
                 tag,

@@ -14,7 +14,76 @@
 //! them. No crate we found implements these semantics and is kept up (the `ignore` crate is
 //! gitignore's, which differ: there `*.log` matches at any depth), so this is a small matcher.
 
-use std::path::{Component, Path};
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+use crate::files::IoError;
+
+/// Why a build context could not be sent.
+#[derive(Debug)]
+pub enum Error {
+    /// A `.dockerignore` line Docker refuses; `number` is 1-based.
+    Line {
+        number: usize,
+        line: String,
+        problem: Pattern,
+    },
+    Io(IoError),
+    /// A file name that is not UTF-8 (a tar path must be).
+    NotUtf8(PathBuf),
+}
+
+/// What is wrong with a `.dockerignore` pattern.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pattern {
+    /// A bare `!`.
+    ExceptsNothing,
+    LoneBackslash,
+    Unclosed,
+    Backwards(char, char),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Line {
+                number,
+                line,
+                problem: Pattern::ExceptsNothing,
+            } => write!(f, ".dockerignore line {number}: {line:?} excepts nothing"),
+            Self::Line {
+                number,
+                line,
+                problem,
+            } => write!(f, ".dockerignore line {number}: {line:?}: {problem}"),
+            Self::Io(e) => e.fmt(f),
+            Self::NotUtf8(name) => write!(
+                f,
+                "the build context holds a file name that is not UTF-8: {}",
+                name.display()
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ExceptsNothing => f.write_str("excepts nothing"),
+            Self::LoneBackslash => f.write_str("it ends with a lone \\"),
+            Self::Unclosed => f.write_str("a [ is never closed"),
+            Self::Backwards(start, end) => write!(f, "the range {start}-{end} runs backwards"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<IoError> for Error {
+    fn from(e: IoError) -> Self {
+        Self::Io(e)
+    }
+}
 
 /// The parsed `.dockerignore`.
 #[derive(Debug, Default)]
@@ -50,7 +119,7 @@ enum Token {
 impl IgnoreRules {
     /// Parses a `.dockerignore`; a line Docker refuses (a bare `!`, an unterminated `[`) is an
     /// error naming the line.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, Error> {
         let mut rules = Vec::new();
         for (number, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -61,18 +130,19 @@ impl IgnoreRules {
                 Some(rest) => (true, rest.trim()),
                 None => (false, line),
             };
+            let refused = |problem| Error::Line {
+                number: number + 1,
+                line: line.to_string(),
+                problem,
+            };
             if pattern.is_empty() {
-                return Err(format!(
-                    ".dockerignore line {}: {line:?} excepts nothing",
-                    number + 1
-                ));
+                return Err(refused(Pattern::ExceptsNothing));
             }
             let cleaned = clean(pattern);
             if cleaned.is_empty() {
                 continue; // `/` or `.`: the context itself, which is never excluded
             }
-            let tokens = tokens(&cleaned)
-                .map_err(|e| format!(".dockerignore line {}: {line:?}: {e}", number + 1))?;
+            let tokens = tokens(&cleaned).map_err(refused)?;
             rules.push(Rule { exception, tokens });
         }
         Ok(Self { rules })
@@ -110,7 +180,7 @@ fn clean(pattern: &str) -> String {
     parts.join("/")
 }
 
-fn tokens(pattern: &str) -> Result<Vec<Token>, String> {
+fn tokens(pattern: &str) -> Result<Vec<Token>, Pattern> {
     let mut out = Vec::new();
     let mut chars = pattern.chars().peekable();
     while let Some(c) = chars.next() {
@@ -125,28 +195,28 @@ fn tokens(pattern: &str) -> Result<Vec<Token>, String> {
             }
             '*' => Token::Star,
             '?' => Token::One,
-            '\\' => Token::Literal(chars.next().ok_or("it ends with a lone \\")?),
+            '\\' => Token::Literal(chars.next().ok_or(Pattern::LoneBackslash)?),
             '[' => {
                 let negated = chars.next_if_eq(&'^').is_some();
                 let mut ranges = Vec::new();
                 loop {
                     let start = match chars.next() {
-                        None => return Err("a [ is never closed".into()),
+                        None => return Err(Pattern::Unclosed),
                         Some(']') if !ranges.is_empty() => break,
-                        Some('\\') => chars.next().ok_or("a [ is never closed")?,
+                        Some('\\') => chars.next().ok_or(Pattern::Unclosed)?,
                         Some(c) => c,
                     };
                     let end = if chars.next_if_eq(&'-').is_some() {
                         match chars.next() {
-                            None => return Err("a [ is never closed".into()),
-                            Some('\\') => chars.next().ok_or("a [ is never closed")?,
+                            None => return Err(Pattern::Unclosed),
+                            Some('\\') => chars.next().ok_or(Pattern::Unclosed)?,
                             Some(c) => c,
                         }
                     } else {
                         start
                     };
                     if end < start {
-                        return Err(format!("the range {start}-{end} runs backwards"));
+                        return Err(Pattern::Backwards(start, end));
                     }
                     ranges.push((start, end));
                 }
@@ -194,21 +264,22 @@ fn char_boundaries(text: &str) -> impl Iterator<Item = usize> + '_ {
 /// The context directory as a tar: every file, directory and symlink under it (symlinks kept
 /// as links, in a stable order) that `.dockerignore` does not exclude, and always the
 /// Dockerfile and `.dockerignore`. `dockerfile` is the Dockerfile's path in the context.
-pub fn context_tar(dir: &Path, dockerfile: &str) -> Result<Vec<u8>, String> {
+pub fn context_tar(dir: &Path, dockerfile: &str) -> Result<Vec<u8>, Error> {
     let ignore_path = dir.join(".dockerignore");
     let rules = match std::fs::read_to_string(&ignore_path) {
         Ok(text) => IgnoreRules::parse(&text)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => IgnoreRules::default(),
-        Err(e) => return Err(format!("reading {}: {e}", ignore_path.display())),
+        Err(e) => return Err(IoError::at(format!("reading {}", ignore_path.display()))(e).into()),
     };
     let dockerfile = clean(dockerfile);
     let mut builder = tar::Builder::new(Vec::new());
     builder.follow_symlinks(false);
     let keep = |path: &str| path == dockerfile || path == ".dockerignore" || !rules.excludes(path);
     add_directory(&mut builder, dir, Path::new(""), &keep)?;
-    builder
+    let tar = builder
         .into_inner()
-        .map_err(|e| format!("finishing the build context: {e}"))
+        .map_err(IoError::at("finishing the build context"))?;
+    Ok(tar)
 }
 
 /// Adds what `keep` keeps of `dir/relative`, depth first in name order.
@@ -217,37 +288,29 @@ fn add_directory(
     dir: &Path,
     relative: &Path,
     keep: &impl Fn(&str) -> bool,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let full = dir.join(relative);
-    let read_error =
-        |e: std::io::Error| format!("reading the build context {}: {e}", full.display());
+    let reading = || IoError::at(format!("reading the build context {}", full.display()));
     let mut entries: Vec<_> = std::fs::read_dir(&full)
-        .map_err(read_error)?
+        .map_err(reading())?
         .collect::<Result<_, _>>()
-        .map_err(read_error)?;
+        .map_err(reading())?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let name = relative.join(entry.file_name());
         let Some(path) = slash_path(&name) else {
-            return Err(format!(
-                "the build context holds a file name that is not UTF-8: {}",
-                name.display()
-            ));
+            return Err(Error::NotUtf8(name));
         };
         if keep(&path) {
+            let adding = format!("adding {} to the build context", entry.path().display());
             builder
                 .append_path_with_name(entry.path(), &path)
-                .map_err(|e| {
-                    format!(
-                        "adding {} to the build context: {e}",
-                        entry.path().display()
-                    )
-                })?;
+                .map_err(IoError::at(adding))?;
         }
         // Directories are walked even when excluded: an exception may bring back a file.
         let kind = entry
             .file_type()
-            .map_err(|e| format!("{}: {e}", entry.path().display()))?;
+            .map_err(IoError::at(entry.path().display()))?;
         if kind.is_dir() {
             add_directory(builder, dir, &name, keep)?;
         }
@@ -321,14 +384,20 @@ mod tests {
 
     #[test]
     fn bad_lines_are_refused_with_their_number() {
-        let err = IgnoreRules::parse("ok\n!\n").unwrap_err();
+        let err = IgnoreRules::parse("ok\n!\n").unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
         assert!(IgnoreRules::parse("[abc")
             .unwrap_err()
+            .to_string()
             .contains("never closed"));
         assert!(IgnoreRules::parse("[z-a]")
             .unwrap_err()
+            .to_string()
             .contains("backwards"));
+        assert_eq!(
+            IgnoreRules::parse("a\\").unwrap_err().to_string(),
+            ".dockerignore line 1: \"a\\\\\": it ends with a lone \\"
+        );
         // `/` and `.` name the context itself: nothing is excluded.
         assert!(!rules("/\n.\n").excludes("a"));
     }
