@@ -37,7 +37,12 @@ fn main() {
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
-                // simd128 lets sha256 in the guest run about 1.5x faster; the remaps keep build paths
+        // A coverage run (scripts/coverage.sh, cargo-llvm-cov) instruments workspace crates
+        // through these wrappers, and an instrumented wasm32 guest fails to link: there is no
+        // profiler runtime (profiler_builtins) for wasm32-wasip2. The guest is measured natively.
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTC_WRAPPER")
+        // simd128 lets sha256 in the guest run about 1.5x faster; the remaps keep build paths
         // out of the component, so the same source builds the same bytes anywhere.
         // scripts/guest-digest.sh rebuilds it the same way, for auditors and for the tests.
         .env(

@@ -5,9 +5,9 @@
 #
 # Usage: scripts/bench.sh            prints a markdown table (wall time, ratios, ocipush peak RSS)
 #
-# The image mirrors BRIEF.md's: a JDK, gcc's libraries, docs (compressible), 200 MB of random bytes
-# (incompressible) and a small layer. Where a source folder is missing, generated text of the same
-# size stands in. Not a test: it asserts nothing, it measures.
+# The image is shaped like a service's: a JDK, gcc's libraries, docs (compressible), 200 MB of
+# random bytes (incompressible) and a small layer. Where a source folder is missing, generated
+# text of the same size stands in. Not a test: it asserts nothing, it measures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

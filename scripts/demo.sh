@@ -3,14 +3,10 @@
 # daemon, push it with ocipush, and show what the registry now holds.
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
-exec </dev/null
-
 # shellcheck source=scripts/lib.sh
-. scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
-phase "installing what is missing"
-./scripts/services.sh deps
+install_deps
 
 start_services demo
 

@@ -7,14 +7,10 @@
 # (e.g. `./scripts/test.sh pushes_loaded` or `./scripts/test.sh --nocapture`).
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
-exec </dev/null
-
 # shellcheck source=scripts/lib.sh
-. scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
-phase "installing what is missing"
-./scripts/services.sh deps
+install_deps
 
 phase "installing the jco test's JS dependencies (npm ci --prefix tests/jco)"
 node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)' 2>/dev/null &&
@@ -36,9 +32,7 @@ echo "OCIPUSH_TEST_READONLY_REGISTRY=$OCIPUSH_TEST_READONLY_REGISTRY"
 phase "guest and parser unit tests (cargo test --release -p ocipush-guest -p ocipush-parse)"
 cargo test --release -p ocipush-guest -p ocipush-parse
 
-phase "building the misbehaving test guests (tests/guests)"
-cargo build --release --locked --target wasm32-wasip2 --target-dir target/guest -p misbehaving-guest -p alien-guest
-export OCIPUSH_TEST_GUESTS=$PWD/target/guest/wasm32-wasip2/release
+build_test_guests
 
 phase "host unit tests and integration tests (cargo test --release -p ocipush)"
 cargo test --release -p ocipush -- "$@"
