@@ -11,28 +11,14 @@ use std::process::Command;
 use serde_json::Value;
 use support::*;
 
-/// `ocipush build CONTEXT --progress PROGRESS ARGS…` with the test daemon.
+/// `ocipush build CONTEXT ARGS… --progress PROGRESS` with the test daemon.
 fn build(context: &Path, progress: &str, args: &[&str]) -> Pushed {
-    let dir = tempfile::tempdir().unwrap();
-    let digest_path = dir.path().join("digest");
     let mut c = Command::new(ocipush_bin());
     c.arg("build")
         .arg(context)
         .args(args)
-        .arg("--digest-file")
-        .arg(&digest_path)
-        .args(["--progress", progress])
-        .env("DOCKER_HOST", services().docker_host)
-        .env_remove("OCIPUSH_LOG");
-    let output = run(&mut c);
-    Pushed {
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        output,
-        digest_file: std::fs::read_to_string(&digest_path)
-            .ok()
-            .map(|s| s.trim().to_string()),
-    }
+        .args(["--progress", progress]);
+    run_ocipush(c, NO_ENV, None)
 }
 
 fn write(dir: &Path, rel: &str, data: &str) {

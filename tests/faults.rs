@@ -51,9 +51,12 @@ fn push_through(
 /// through skopeo with every digest verified, and its layers hash to the diff IDs.
 fn expect_published(pushed: &Pushed, dest: &str, repo: &str, id: &str, diff_ids: &[String]) {
     let digest = pushed.expect_success(dest);
-    let s = services();
-    check_pushed_manifest(&s.registry, repo, "v1", &digest, id, diff_ids);
-    copy_to_oci_layout_and_verify(&format!("{}/{repo}:v1", s.registry), &digest, diff_ids);
+    verify_pushed(
+        &format!("{}/{repo}:v1", services().registry),
+        &digest,
+        id,
+        diff_ids,
+    );
 }
 
 fn events<'a>(all: &'a [Value], name: &str) -> Vec<&'a Value> {

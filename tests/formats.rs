@@ -335,29 +335,14 @@ fn load_platform_image(name: &str, architecture: &str, variant: Option<&str>) ->
     (tag, id)
 }
 
-/// `ocipush index DEST SOURCES… --digest-file … --progress none ARGS…`.
+/// `ocipush index DEST SOURCES… --progress none ARGS…`, with a digest file.
 fn index(dest: &str, sources: &[&str], args: &[&str]) -> Pushed {
-    let dir = tempfile::tempdir().unwrap();
-    let digest_path = dir.path().join("digest");
     let mut c = Command::new(ocipush_bin());
-    c.arg("index")
-        .arg(dest)
+    c.args(["index", dest])
         .args(sources)
-        .arg("--digest-file")
-        .arg(&digest_path)
         .args(["--progress", "none"])
-        .args(args)
-        .env("DOCKER_HOST", services().docker_host)
-        .env_remove("OCIPUSH_LOG");
-    let output = run(&mut c);
-    Pushed {
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        output,
-        digest_file: std::fs::read_to_string(&digest_path)
-            .ok()
-            .map(|s| s.trim().to_string()),
-    }
+        .args(args);
+    run_ocipush(c, NO_ENV, None)
 }
 
 #[test]

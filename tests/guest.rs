@@ -5,11 +5,10 @@
 
 mod support;
 
-use std::io::ErrorKind;
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::Command;
 
+use support::tripwires::Tripwires;
 use support::*;
 
 fn ocipush(args: &[&str]) -> Command {
@@ -32,77 +31,6 @@ fn test_guest(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// A daemon socket and a registry port that only listen: after a refused run, nothing may have
-/// connected to either.
-struct Tripwires {
-    _dir: tempfile::TempDir,
-    daemon: UnixListener,
-    daemon_host: String,
-    registry: std::net::TcpListener,
-}
-
-impl Tripwires {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("docker.sock");
-        let daemon = UnixListener::bind(&socket).unwrap();
-        daemon.set_nonblocking(true).unwrap();
-        let registry = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        registry.set_nonblocking(true).unwrap();
-        Self {
-            daemon_host: format!("unix://{}", socket.display()),
-            _dir: dir,
-            daemon,
-            registry,
-        }
-    }
-
-    fn destination(&self) -> String {
-        format!(
-            "127.0.0.1:{}/tripwire/app:1",
-            self.registry.local_addr().unwrap().port()
-        )
-    }
-
-    fn assert_untouched(&self) {
-        assert_eq!(
-            self.daemon.accept().err().map(|e| e.kind()),
-            Some(ErrorKind::WouldBlock),
-            "the daemon was contacted"
-        );
-        assert_eq!(
-            self.registry.accept().err().map(|e| e.kind()),
-            Some(ErrorKind::WouldBlock),
-            "the registry was contacted"
-        );
-    }
-
-    /// `ocipush push` against the tripwires, expected to fail with one line containing `needle`.
-    fn refused(&self, args: &[&str], envs: &[(&str, &str)], needle: &str) {
-        let destination = self.destination();
-        let mut command = ocipush(args);
-        command
-            .args(["push", "--progress", "none", "img:1", &destination])
-            .env("DOCKER_HOST", &self.daemon_host);
-        for (k, v) in envs {
-            command.env(k, v);
-        }
-        let out = run(&mut command);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success(),
-            "expected a refusal: {}",
-            describe(&out)
-        );
-        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
-        assert!(
-            stderr.starts_with("ocipush: error: ") && stderr.contains(needle),
-            "{needle:?} in {stderr}"
-        );
-        self.assert_untouched();
-    }
 }
 
 fn embedded_digest() -> String {

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::Value;
+use support::daemon_proxy::FaultProxy;
 use support::*;
 
 /// Writes a build context with a Dockerfile (FROM scratch) and returns nothing; the caller

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
+use support::daemon_proxy::FaultProxy;
 use support::*;
 
 /// A one-layer image built in the test daemon; returns (tag, image ID, diff IDs).
@@ -107,15 +108,7 @@ fn oci_layout_destination_is_read_by_skopeo_and_keeps_other_images() {
         &dest("v1"),
         &format!("docker://{reference}"),
     ]));
-    check_pushed_manifest(
-        &s.registry,
-        &repo,
-        "v1",
-        &digest,
-        &first_id,
-        &first_diff_ids,
-    );
-    copy_to_oci_layout_and_verify(&reference, &digest, &first_diff_ids);
+    verify_pushed(&reference, &digest, &first_id, &first_diff_ids);
 
     // A layout gets the same manifest a registry gets for the same image and settings.
     let direct = format!("{}/{repo}-direct:v1", s.registry);
@@ -197,7 +190,7 @@ fn oci_layout_failures_write_no_manifest() {
         &dest,
         "none",
         &["--username", "u", "--password-stdin"],
-        &[] as &[(&str, &str)],
+        NO_ENV,
         Some("p\n"),
     );
     let line = pushed.expect_failure();
@@ -226,15 +219,7 @@ fn docker_archive_of_a_real_docker_save_pushes_the_image_it_names() {
     let dest = format!("{}/{repo}:v1", s.registry);
     let source = format!("docker-archive:{}", single.display());
     let digest = push(&source, &dest).expect_success(&dest);
-    check_pushed_manifest(
-        &s.registry,
-        &repo,
-        "v1",
-        &digest,
-        &first_id,
-        &first_diff_ids,
-    );
-    copy_to_oci_layout_and_verify(&dest, &digest, &first_diff_ids);
+    verify_pushed(&dest, &digest, &first_id, &first_diff_ids);
     let from_daemon = format!("{}/{repo}-daemon:v1", s.registry);
     assert_eq!(
         push(&first, &from_daemon).expect_success(&from_daemon),
@@ -255,15 +240,7 @@ fn docker_archive_of_a_real_docker_save_pushes_the_image_it_names() {
         &many,
     )
     .expect_success(&many);
-    check_pushed_manifest(
-        &s.registry,
-        &format!("{repo}-many"),
-        "v1",
-        &named,
-        &second_id,
-        &second_diff_ids,
-    );
-    copy_to_oci_layout_and_verify(&many, &named, &second_diff_ids);
+    verify_pushed(&many, &named, &second_id, &second_diff_ids);
     let line = push(
         &format!("docker-archive:{}:nothere:1", multi.display()),
         &many,
@@ -400,8 +377,7 @@ fn docker_archive_reads_the_podman_and_docker_25_dialects() {
         let dest = format!("{}/{repo}:v1", s.registry);
         let digest =
             push(&format!("docker-archive:{}", path.display()), &dest).expect_success(&dest);
-        check_pushed_manifest(&s.registry, &repo, "v1", &digest, &image_id, &diff_ids);
-        copy_to_oci_layout_and_verify(&dest, &digest, &diff_ids);
+        verify_pushed(&dest, &digest, &image_id, &diff_ids);
         digests.push(digest);
     }
     assert_eq!(
@@ -478,8 +454,7 @@ fn the_daemon_source_works_against_podmans_api_service() {
             "podman's layer entries: {entries:?}"
         );
     }
-    check_pushed_manifest(&s.registry, &repo, "v1", &digest, &id, &diff_ids);
-    copy_to_oci_layout_and_verify(&dest, &digest, &diff_ids);
+    verify_pushed(&dest, &digest, &id, &diff_ids);
     let from_docker = format!("{}/{repo}-docker:v1", s.registry);
     assert_eq!(
         push(&tag, &from_docker).expect_success(&from_docker),
@@ -549,7 +524,7 @@ fn docker_25_compressed_layers_are_pushed_as_they_are() {
         &[],
     );
     let digest = pushed.expect_success(&dest);
-    let manifest = check_pushed_manifest(&s.registry, &repo, "v1", &digest, &image_id, &diff_ids);
+    let manifest = verify_pushed(&dest, &digest, &image_id, &diff_ids);
     let pushed_blobs: Vec<&str> = manifest["layers"]
         .as_array()
         .unwrap()
@@ -560,7 +535,6 @@ fn docker_25_compressed_layers_are_pushed_as_they_are() {
         pushed_blobs, blob_digests,
         "the export's own blobs, not recompressed"
     );
-    copy_to_oci_layout_and_verify(&dest, &digest, &diff_ids);
     let done: Vec<Value> = pushed
         .stderr
         .lines()
@@ -603,8 +577,7 @@ fn oci_layout_source_pushes_its_blobs_as_they_are() {
     let dest = format!("{}/{repo}:v1", s.registry);
     let pushed = push_args(&at("v1"), &dest, "none", &["--compression", "zstd"], &[]);
     assert_eq!(pushed.expect_success(&dest), digest);
-    check_pushed_manifest(&s.registry, &repo, "v1", &digest, &id, &diff_ids);
-    copy_to_oci_layout_and_verify(&dest, &digest, &diff_ids);
+    verify_pushed(&dest, &digest, &id, &diff_ids);
 
     // A layout written by skopeo reads the same.
     let copied = dir.path().join("skopeo");
