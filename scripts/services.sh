@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Throw-away services for ocipush's integration tests and demo, all on loopback:
 #   - a private dockerd (vfs storage, no networking) listening on a unix socket in DIR,
+#   - two private Docker 26 dockerds (Debian 13's binaries, fetched by `deps`), one with the classic
+#     image store (vfs), one with the containerd image store (native snapshotter),
 #   - a docker-registry (CNCF distribution) on 127.0.0.1:<free port>,
 #   - a second docker-registry configured read-only, to exercise registry refusals,
 #   - podman's Docker-compatible API service (vfs storage in DIR) on a unix socket in DIR.
 #
 # Usage:
-#   scripts/services.sh deps        install what is missing (apt packages, rust target/components)
+#   scripts/services.sh deps        install what is missing (apt packages, Docker 26, rust target/components)
+#   scripts/services.sh docker26    only fetch Debian 13's dockerd 26 + containerd 1.7 (deps does it)
 #   scripts/services.sh start DIR   start everything, write DIR/env (source it), pids in DIR/*.pid
 #   scripts/services.sh registry DIR NAME   start one more empty registry there, print host:port
 #   scripts/services.sh stop DIR    stop exactly the processes started by `start DIR`, remove DIR
@@ -54,6 +57,8 @@ cmd_deps() {
 		log "apt packages: all present"
 	fi
 
+	cmd_docker26
+
 	command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust (rustup) first"
 	if command -v rustup >/dev/null 2>&1; then
 		if ! rustup target list --installed | grep -qx wasm32-wasip2; then
@@ -70,6 +75,101 @@ cmd_deps() {
 	else
 		log "rustup not found: assuming wasm32-wasip2, rustfmt and clippy are available"
 	fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Docker 26, beside Debian 12's Docker 20.10
+# ---------------------------------------------------------------------------------------------
+
+# Debian 13's docker.io (dockerd 26) and containerd (1.7) packages hold binaries that run on
+# Debian 12 (they need glibc 2.34); runc and docker-init come from Debian 12's docker.io on PATH.
+# They are fetched once into this cache and kept, like apt's own installs, so a warm run costs
+# nothing and needs no network. The machine's apt setup is never touched: apt-get runs with a
+# private sources list, lists, and cache.
+DOCKER26_CACHE=${OCIPUSH_DOCKER26_CACHE:-/var/cache/ocipush/docker26}
+DOCKER26_BIN=$DOCKER26_CACHE/bin
+
+# The Debian mirror the machine's own sources name (first http(s) URI ending in /debian), so
+# a machine behind its own mirror fetches from it; deb.debian.org otherwise.
+debian_mirror() {
+	local uri
+	uri=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources \
+		2>/dev/null | awk '!/^[[:space:]]*#/ {
+			for (i = 1; i <= NF; i++) if ($i ~ /^https?:\/\/.*\/debian\/?$/) { sub(/\/$/, "", $i); print $i; exit }
+		}')
+	echo "${uri:-http://deb.debian.org/debian}"
+}
+
+docker26_ready() {
+	[ -x "$DOCKER26_BIN/dockerd" ] && [ -x "$DOCKER26_BIN/containerd" ] && [ -s "$DOCKER26_BIN/VERSIONS" ]
+}
+
+cmd_docker26() {
+	if docker26_ready; then
+		log "Docker 26: cached in $DOCKER26_BIN ($(tr '\n' ' ' <"$DOCKER26_BIN/VERSIONS"))"
+		return 0
+	fi
+	if [ "$(id -u)" -ne 0 ]; then
+		as_root env OCIPUSH_DOCKER26_CACHE="$DOCKER26_CACHE" "$0" docker26
+		return
+	fi
+	command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1 ||
+		die "apt-get and dpkg-deb are needed to fetch Docker 26 (Debian 13's docker.io)"
+	mkdir -p "$DOCKER26_CACHE"
+	# One fetch at a time (two test runs may start together); the second finds it ready.
+	exec 9>"$DOCKER26_CACHE/lock"
+	flock 9
+	if docker26_ready; then
+		exec 9>&-
+		return 0
+	fi
+	local work mirror
+	work=$(mktemp -d "$DOCKER26_CACHE/fetch.XXXXXX")
+	mirror=$(debian_mirror)
+	mkdir -p "$work/lists/partial" "$work/archives/partial" "$work/apt-cache" "$work/root" "$work/bin"
+	echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror trixie main" \
+		>"$work/sources.list"
+	# Private sources, lists and cache (Dir::Cache too, or apt would rebuild the machine's
+	# pkgcache.bin from these lists). No DEP-11 metadata: only Packages is needed. The sandbox
+	# user is root because _apt cannot write into this root-owned cache; the archive's
+	# signatures are still checked.
+	local -a apt=(apt-get -q
+		-o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/dev/null
+		-o "Dir::State::Lists=$work/lists" -o "Dir::Cache=$work/apt-cache"
+		-o "Dir::Cache::Archives=$work/archives"
+		-o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false
+		-o APT::Sandbox::User=root)
+	log "fetching Debian 13's docker.io and containerd from $mirror (into $DOCKER26_CACHE)"
+	"${apt[@]}" update </dev/null >"$work/apt.log" 2>&1 || {
+		tail -n 20 "$work/apt.log" >&2
+		die "apt-get update of Debian 13 (trixie) failed"
+	}
+	(cd "$work/archives" && "${apt[@]}" download docker.io containerd </dev/null >>"$work/apt.log" 2>&1) || {
+		tail -n 20 "$work/apt.log" >&2
+		die "apt-get download docker.io containerd (Debian 13) failed"
+	}
+	local deb
+	for deb in "$work"/archives/*.deb; do
+		dpkg-deb -x "$deb" "$work/root"
+		dpkg-deb -W --showformat='${Package} ${Version}\n' "$deb" >>"$work/bin/VERSIONS"
+	done
+	# Only what a dockerd needs (its docker-init is a link into a package not fetched; Debian 12's serves).
+	local f
+	for f in usr/sbin/dockerd usr/bin/containerd usr/bin/containerd-shim-runc-v2; do
+		[ -x "$work/root/$f" ] || die "Debian 13's packages lack $f"
+		mv "$work/root/$f" "$work/bin/"
+	done
+	local version
+	version=$("$work/bin/dockerd" --version) || die "Debian 13's dockerd does not run here"
+	version=${version#Docker version }
+	[ "${version%%.*}" -ge 25 ] 2>/dev/null ||
+		die "Debian 13's dockerd is $version: the tests need Docker >= 25 (OCI-layout save, containerd store)"
+	"$work/bin/containerd" --version >/dev/null || die "Debian 13's containerd does not run here"
+	rm -rf "$DOCKER26_BIN"
+	mv "$work/bin" "$DOCKER26_BIN"
+	rm -rf "$work"
+	exec 9>&-
+	log "Docker 26: $(tr '\n' ' ' <"$DOCKER26_BIN/VERSIONS")in $DOCKER26_BIN"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -174,6 +274,38 @@ start_podman() {
 	log "podman service: unix://$sock (pid $pid)"
 }
 
+# launch_dockerd NAME CONFIG_JSON [DOCKERD ARGS...]: a dockerd in the background with everything
+# of its own in DIR: socket NAME.sock, NAME-data, NAME-exec (so also its own managed containerd,
+# whose socket and state live under the exec root), NAME.json, NAME.log, NAME.pid. Its own
+# config file, so a /etc/docker/daemon.json on the machine changes nothing.
+launch_dockerd() {
+	local name=$1 config=$2
+	shift 2
+	mkdir -p "$DIR/$name-data" "$DIR/$name-exec"
+	printf '%s\n' "$config" >"$DIR/$name.json"
+	log "starting $name (socket $DIR/$name.sock)"
+	"$@" --config-file "$DIR/$name.json" --iptables=false --ip6tables=false --bridge=none \
+		--data-root "$DIR/$name-data" --exec-root "$DIR/$name-exec" \
+		--pidfile "$DIR/$name.pidfile" -H "unix://$DIR/$name.sock" \
+		</dev/null >"$DIR/$name.log" 2>&1 &
+	echo "$!" >"$DIR/$name.pid"
+	DOCKERD_STARTED_AT[$name]=$EPOCHREALTIME
+}
+
+# await_dockerd NAME: until it answers; records its managed containerd's pid (NAME.containerd.pid)
+# so `stop` reaches that too if the dockerd has to be killed.
+await_dockerd() {
+	local name=$1 pid took
+	pid=$(read_pid "$DIR/$name.pid")
+	wait_for "$name" "$pid" 90 "$DIR/$name.log" docker -H "unix://$DIR/$name.sock" version
+	took=$(awk -v a="${DOCKERD_STARTED_AT[$name]}" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+	log "$name: unix://$DIR/$name.sock (pid $pid, dockerd $(docker -H "unix://$DIR/$name.sock" version \
+		-f '{{.Server.Version}}'), answering ${took} s after its start)"
+	if [ -s "$DIR/$name-exec/containerd/containerd.pid" ]; then
+		cp "$DIR/$name-exec/containerd/containerd.pid" "$DIR/$name.containerd.pid"
+	fi
+}
+
 cmd_start() {
 	[ -n "${DIR:-}" ] || die "usage: $0 start DIR"
 	mkdir -p "$DIR"
@@ -183,34 +315,36 @@ cmd_start() {
 	command -v dockerd >/dev/null 2>&1 || die "dockerd not found (run: $0 deps)"
 	command -v docker-registry >/dev/null 2>&1 || die "docker-registry not found (run: $0 deps)"
 	command -v curl >/dev/null 2>&1 || die "curl not found (run: $0 deps)"
+	docker26_ready || die "Docker 26 not found in $DOCKER26_BIN (run: $0 deps)"
 
-	local sock="$DIR/docker.sock"
-	# unix socket paths are limited to 107 bytes
-	[ "${#sock}" -lt 100 ] || die "DIR path too long for a unix socket: $sock"
+	# unix socket paths are limited to 107 bytes; this is the deepest one a dockerd here makes.
+	local deepest="$DIR/docker26-containerd-exec/containerd/containerd.sock.ttrpc"
+	[ "${#deepest}" -lt 108 ] || die "DIR path too long for unix sockets: $deepest"
 
 	# If anything below fails, do not leave half the services running (DIR and its logs stay).
 	START_OK=0
 	trap 'if [ "$START_OK" != 1 ]; then log "start failed, stopping what was started (logs kept in $DIR)"; cmd_stop_keep || true; fi' EXIT
 
-	mkdir -p "$DIR/docker-data" "$DIR/docker-exec"
-	log "starting dockerd (socket $sock)"
-	dockerd --iptables=false --ip6tables=false --bridge=none --storage-driver=vfs \
-		--data-root "$DIR/docker-data" --exec-root "$DIR/docker-exec" \
-		--pidfile "$DIR/dockerd.pidfile" -H "unix://$sock" \
-		</dev/null >"$DIR/dockerd.log" 2>&1 &
-	local dpid=$!
-	echo "$dpid" >"$DIR/dockerd.pid"
+	declare -gA DOCKERD_STARTED_AT=()
+	# Debian 12's Docker 20.10 (classic store), the daemon most tests use.
+	launch_dockerd docker '{}' dockerd --storage-driver=vfs
+	# Docker 26 with the classic store, and with the containerd image store: their `docker save`
+	# dialects (OCI layouts) and image IDs differ. Debian 13's containerd first on PATH, so each
+	# starts a containerd 1.7 of its own; the snapshotter is pinned off for the classic one in
+	# case a later default changes it.
+	PATH="$DOCKER26_BIN:$PATH" launch_dockerd docker26 \
+		'{"features": {"containerd-snapshotter": false}, "storage-driver": "vfs"}' "$DOCKER26_BIN/dockerd"
+	PATH="$DOCKER26_BIN:$PATH" launch_dockerd docker26-containerd \
+		'{"features": {"containerd-snapshotter": true}, "storage-driver": "native"}' "$DOCKER26_BIN/dockerd"
 
-	# Start the registries and podman's service while dockerd boots.
+	# Start the registries and podman's service while the dockerds boot.
 	start_registry registry 0
 	start_registry registry-ro 1
 	start_podman
 
-	wait_for "dockerd" "$dpid" 90 "$DIR/dockerd.log" docker -H "unix://$sock" version
-	log "dockerd: unix://$sock (pid $dpid)"
-	if [ -s "$DIR/docker-exec/containerd/containerd.pid" ]; then
-		cp "$DIR/docker-exec/containerd/containerd.pid" "$DIR/containerd.pid"
-	fi
+	await_dockerd docker
+	await_dockerd docker26
+	await_dockerd docker26-containerd
 
 	# A read-only registry must actually refuse writes, or the refusal tests prove nothing.
 	local ro_port code
@@ -222,7 +356,9 @@ cmd_start() {
 	fi
 
 	cat >"$DIR/env.tmp" <<EOF
-export DOCKER_HOST=unix://$sock
+export DOCKER_HOST=unix://$DIR/docker.sock
+export OCIPUSH_TEST_DOCKER26_HOST=unix://$DIR/docker26.sock
+export OCIPUSH_TEST_DOCKER26_CONTAINERD_HOST=unix://$DIR/docker26-containerd.sock
 export OCIPUSH_TEST_REGISTRY=127.0.0.1:$(cat "$DIR/registry.port")
 export OCIPUSH_TEST_READONLY_REGISTRY=127.0.0.1:$ro_port
 export OCIPUSH_TEST_PODMAN_HOST=unix://$DIR/podman.sock
@@ -270,11 +406,13 @@ read_pid() {
 # Stop everything recorded in DIR but keep DIR (used on a failed start, so the logs survive).
 cmd_stop_keep() {
 	local name
-	# dockerd first: it stops its own containerd on SIGTERM.
-	stop_pid "$(read_pid "$DIR/dockerd.pid")" "$DIR"
-	# If dockerd had to be killed, its containerd is orphaned: stop it too.
-	stop_pid "$(read_pid "$DIR/containerd.pid")" "$DIR"
-	stop_pid "$(read_pid "$DIR/docker-exec/containerd/containerd.pid")" "$DIR"
+	for name in docker docker26 docker26-containerd; do
+		# dockerd first: it stops its own containerd on SIGTERM.
+		stop_pid "$(read_pid "$DIR/$name.pid")" "$DIR"
+		# If dockerd had to be killed, its containerd is orphaned: stop it too.
+		stop_pid "$(read_pid "$DIR/$name.containerd.pid")" "$DIR"
+		stop_pid "$(read_pid "$DIR/$name-exec/containerd/containerd.pid")" "$DIR"
+	done
 	stop_pid "$(read_pid "$DIR/podman.pid")" "$DIR"
 	# The two standard registries and any added with `registry DIR NAME`.
 	local pidfile
@@ -318,6 +456,7 @@ cmd_registry() {
 
 case "${1:-}" in
 deps) cmd_deps ;;
+docker26) cmd_docker26 ;;
 registry)
 	DIR=${2:-}
 	NAME=${3:-}
@@ -332,7 +471,7 @@ stop)
 	cmd_stop
 	;;
 *)
-	echo "usage: $0 deps | start DIR | stop DIR" >&2
+	echo "usage: $0 deps | docker26 | start DIR | registry DIR NAME | stop DIR" >&2
 	exit 2
 	;;
 esac
