@@ -106,7 +106,7 @@ docker26_ready() {
 
 cmd_docker26() {
 	if docker26_ready; then
-		log "Docker 26: cached in $DOCKER26_BIN ($(tr '\n' ' ' <"$DOCKER26_BIN/VERSIONS"))"
+		log "Docker 26: cached in $DOCKER26_BIN ($(paste -sd' ' "$DOCKER26_BIN/VERSIONS"))"
 		return 0
 	fi
 	if [ "$(id -u)" -ne 0 ]; then
@@ -123,7 +123,17 @@ cmd_docker26() {
 		exec 9>&-
 		return 0
 	fi
+	# Debian 13's archive keys came to Debian 12 in debian-archive-keyring 2023.3+deb12u2 (12.11).
+	local keyring
+	keyring=$(dpkg-query -W -f='${Version}' debian-archive-keyring 2>/dev/null || true)
+	if ! dpkg --compare-versions "${keyring:-0}" ge 2023.3+deb12u2; then
+		log "upgrading debian-archive-keyring (${keyring:-absent}) for Debian 13's archive keys"
+		env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null
+		env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			debian-archive-keyring </dev/null
+	fi
 	local work mirror
+	rm -rf "$DOCKER26_CACHE"/fetch.* # what a failed fetch left (none runs: we hold the lock)
 	work=$(mktemp -d "$DOCKER26_CACHE/fetch.XXXXXX")
 	mirror=$(debian_mirror)
 	mkdir -p "$work/lists/partial" "$work/archives/partial" "$work/apt-cache" "$work/root" "$work/bin"
@@ -139,6 +149,7 @@ cmd_docker26() {
 		-o "Dir::Cache::Archives=$work/archives"
 		-o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false
 		-o APT::Sandbox::User=root)
+	local began=$SECONDS
 	log "fetching Debian 13's docker.io and containerd from $mirror (into $DOCKER26_CACHE)"
 	"${apt[@]}" update </dev/null >"$work/apt.log" 2>&1 || {
 		tail -n 20 "$work/apt.log" >&2
@@ -169,7 +180,7 @@ cmd_docker26() {
 	mv "$work/bin" "$DOCKER26_BIN"
 	rm -rf "$work"
 	exec 9>&-
-	log "Docker 26: $(tr '\n' ' ' <"$DOCKER26_BIN/VERSIONS")in $DOCKER26_BIN"
+	log "Docker 26: $(paste -sd' ' "$DOCKER26_BIN/VERSIONS") in $DOCKER26_BIN (fetched in $((SECONDS - began)) s)"
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,448 @@
+//! Real Docker 26 daemons, beside the Docker 20.10 the other tests use: Debian 13's dockerd that
+//! `scripts/services.sh` starts twice, once with the classic image store (vfs) and once with the
+//! containerd image store (native snapshotter). Their `docker save` dialects (an OCI layout:
+//! the layer tars themselves from the classic store; the daemon's own manifest with gzip layers
+//! from the containerd store) are pushed by ocipush from the daemon and from `docker save`, then
+//! read back by skopeo, which verifies every digest, and pulled back by the daemon. Needs the
+//! services of `scripts/services.sh` (run `./scripts/test.sh`).
+
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+use support::*;
+
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// One of the two Docker 26 daemons.
+struct Docker26 {
+    /// `unix:///…/docker26*.sock`
+    host: String,
+    /// The containerd image store (image ID = the manifest's or index's digest), rather than the
+    /// classic one (image ID = the config's digest).
+    containerd: bool,
+}
+
+impl Docker26 {
+    fn classic() -> Self {
+        Self::from_env("OCIPUSH_TEST_DOCKER26_HOST", false)
+    }
+
+    fn containerd() -> Self {
+        Self::from_env("OCIPUSH_TEST_DOCKER26_CONTAINERD_HOST", true)
+    }
+
+    fn from_env(var: &str, containerd: bool) -> Self {
+        let host = std::env::var(var)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{var} is not set: these tests need the Docker 26 daemons that \
+                     scripts/services.sh starts (run ./scripts/test.sh)"
+                )
+            });
+        Self { host, containerd }
+    }
+
+    fn docker(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("docker");
+        c.args(args).env("DOCKER_HOST", &self.host);
+        c
+    }
+
+    fn docker_ok(&self, args: &[&str]) -> String {
+        run_ok(&mut self.docker(args))
+    }
+
+    /// `docker image inspect` of one image.
+    fn inspect(&self, image: &str) -> Value {
+        let json = self.docker_ok(&["image", "inspect", image]);
+        let all: Value = serde_json::from_str(&json)
+            .unwrap_or_else(|e| panic!("docker image inspect {image}: {e}: {json}"));
+        all[0].clone()
+    }
+
+    /// (image ID, diff IDs) as the daemon reports them.
+    fn id_and_layers(&self, image: &str) -> (String, Vec<String>) {
+        let inspected = self.inspect(image);
+        let id = inspected["Id"].as_str().unwrap().to_string();
+        let layers = serde_json::from_value(inspected["RootFS"]["Layers"].clone())
+            .unwrap_or_else(|e| panic!("RootFS.Layers of {image}: {e}: {inspected}"));
+        (id, layers)
+    }
+
+    /// `name:1`, FROM scratch with two layers, an ENV and a LABEL, built by the legacy builder
+    /// (the daemons have no network to pull from, and RUN would need one).
+    fn build(&self, name: &str) -> String {
+        let ctx = tempfile::tempdir().unwrap();
+        std::fs::write(ctx.path().join("data.bin"), random_bytes(300_000)).unwrap();
+        std::fs::write(ctx.path().join("hello.txt"), format!("{name}\n")).unwrap();
+        std::fs::write(
+            ctx.path().join("Dockerfile"),
+            "FROM scratch\nCOPY data.bin /data/data.bin\nENV OCIPUSH_TEST=docker26\n\
+             LABEL org.example.test=docker26\nCOPY hello.txt /hello.txt\n",
+        )
+        .unwrap();
+        let tag = format!("{name}:1");
+        let mut c = self.docker(&["build", "--no-cache", "-q", "-t", &tag, "."]);
+        c.current_dir(ctx.path()).env("DOCKER_BUILDKIT", "0");
+        run_ok(&mut c);
+        tag
+    }
+
+    /// `docker save IMAGE` into `path`.
+    fn save(&self, image: &str, path: &Path) {
+        self.docker_ok(&["save", "-o", path.to_str().unwrap(), image]);
+    }
+
+    fn push(&self, source: &str, dest: &str) -> String {
+        push_with(source, dest, "none", &[("DOCKER_HOST", self.host.as_str())]).expect_success(dest)
+    }
+
+    /// Removes IMAGE, pulls REFERENCE back (the daemon checks every blob and diff ID on the
+    /// way), and returns the pulled image's (ID, diff IDs).
+    fn pull_back(&self, image: &str, reference: &str) -> (String, Vec<String>) {
+        self.docker_ok(&["rmi", "-f", image]);
+        self.docker_ok(&["pull", "-q", reference]);
+        self.id_and_layers(reference)
+    }
+}
+
+/// A file of an OCI layout (a `docker save` archive, unpacked) by its digest.
+fn blob(layout: &Path, digest: &str) -> Vec<u8> {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .unwrap_or_else(|| panic!("not a sha256 digest: {digest}"));
+    std::fs::read(layout.join("blobs/sha256").join(hex))
+        .unwrap_or_else(|e| panic!("blob {digest} of {}: {e}", layout.display()))
+}
+
+fn json_blob(layout: &Path, digest: &str) -> Value {
+    let bytes = blob(layout, digest);
+    assert_eq!(self::digest(&bytes), digest);
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("blob {digest}: {e}"))
+}
+
+/// Unpacks a `docker save` archive; returns (its dir, the image manifest its index.json names).
+fn unpack_save(archive: &Path) -> (tempfile::TempDir, Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    run_ok(Command::new("tar").args([
+        "-xf",
+        archive.to_str().unwrap(),
+        "-C",
+        dir.path().to_str().unwrap(),
+    ]));
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("index.json")).unwrap()).unwrap();
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "one image saved: {index}");
+    let digest = entries[0]["digest"].as_str().unwrap().to_string();
+    let manifest = json_blob(dir.path(), &digest);
+    (dir, manifest, digest)
+}
+
+/// The config blob REGISTRY/REPO holds under DIGEST, checked against its digest.
+fn registry_config(registry: &str, repo: &str, digest: &str) -> Value {
+    let (status, bytes) = registry_get(registry, repo, &format!("blobs/{digest}"), None);
+    assert_eq!(status, 200, "config blob {digest} of {registry}/{repo}");
+    assert_eq!(self::digest(&bytes), digest);
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// The pushed image at REFERENCE (`registry/repo:tag`, manifest digest `digest`): skopeo copies
+/// it, verifying every blob, and each layer decodes to the diff IDs; the config blob is the
+/// daemon's (`config_digest`) and names the same diff IDs. Returns the manifest.
+fn verify_pushed(
+    registry: &str,
+    repo: &str,
+    tag: &str,
+    digest: &str,
+    config_digest: &str,
+    diff_ids: &[String],
+) -> Value {
+    let reference = format!("{registry}/{repo}:{tag}");
+    let m = skopeo_raw_manifest(&reference);
+    assert_eq!(m["mediaType"], OCI_MANIFEST, "{reference}: {m}");
+    assert_eq!(
+        m["config"]["digest"], config_digest,
+        "{reference}: the daemon's config, byte for byte: {m}"
+    );
+    let config = registry_config(registry, repo, config_digest);
+    assert_eq!(
+        config["rootfs"]["diff_ids"],
+        serde_json::json!(diff_ids),
+        "{reference}: config diff IDs vs the daemon's RootFS.Layers"
+    );
+    copy_to_oci_layout_and_verify(&reference, digest, diff_ids);
+    m
+}
+
+/// Build, push from the daemon, push its `docker save`, pull back: what holds for both stores.
+/// Returns (the saved archive's manifest, the pushed manifest).
+fn build_push_save_pull(d: &Docker26, test: &str) -> (Value, Value) {
+    let s = services();
+    let name = unique(test);
+    let tag = d.build(&name);
+    let (id, diff_ids) = d.id_and_layers(&tag);
+    assert_eq!(diff_ids.len(), 2, "two COPY layers: {diff_ids:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("saved.tar");
+    d.save(&tag, &archive);
+    let (layout, saved, saved_digest) = unpack_save(&archive);
+    let config_digest = saved["config"]["digest"].as_str().unwrap().to_string();
+    let saved_config = json_blob(layout.path(), &config_digest);
+    assert_eq!(
+        saved_config["rootfs"]["diff_ids"],
+        serde_json::json!(diff_ids)
+    );
+    if d.containerd {
+        assert_eq!(
+            id, saved_digest,
+            "containerd store: image ID = manifest digest"
+        );
+    } else {
+        assert_eq!(id, config_digest, "classic store: image ID = config digest");
+    }
+
+    // From the daemon.
+    let repo = format!("docker26/{name}");
+    let dest = format!("{}/{repo}:daemon", s.registry);
+    let digest = d.push(&tag, &dest);
+    let pushed = verify_pushed(
+        &s.registry,
+        &repo,
+        "daemon",
+        &digest,
+        &config_digest,
+        &diff_ids,
+    );
+
+    // From its `docker save`: the same image, so the same manifest.
+    let from_archive = format!("{}/{repo}:archive", s.registry);
+    let source = format!("docker-archive:{}", archive.display());
+    assert_eq!(
+        d.push(&source, &from_archive),
+        digest,
+        "the daemon's export and its docker save give one manifest"
+    );
+    verify_pushed(
+        &s.registry,
+        &repo,
+        "archive",
+        &digest,
+        &config_digest,
+        &diff_ids,
+    );
+
+    // The daemon pulls it back: the layers it checks against the config's diff IDs are the
+    // image's, and the ID is what its store makes of what the registry holds.
+    let (pulled_id, pulled_layers) = d.pull_back(&tag, &dest);
+    assert_eq!(pulled_layers, diff_ids);
+    if d.containerd {
+        assert_eq!(
+            pulled_id, digest,
+            "containerd store: the ID of a pull is the manifest digest"
+        );
+    } else {
+        assert_eq!(pulled_id, id, "classic store: the same config, the same ID");
+    }
+    (saved, pushed)
+}
+
+#[test]
+fn classic_store_of_docker_26_pushes_from_the_daemon_and_its_save() {
+    let d = Docker26::classic();
+    let (saved, pushed) = build_push_save_pull(&d, "d26-classic");
+    // Its save holds the layer tars themselves (blob digest = diff ID); ocipush compresses them.
+    for layer in saved["layers"].as_array().unwrap() {
+        assert_eq!(layer["mediaType"], OCI_LAYER, "{saved}");
+    }
+    for layer in pushed["layers"].as_array().unwrap() {
+        assert_eq!(layer["mediaType"], OCI_LAYER_GZIP, "{pushed}");
+    }
+}
+
+#[test]
+fn containerd_store_of_docker_26_pushes_its_own_gzip_layers() {
+    let d = Docker26::containerd();
+    let (saved, pushed) = build_push_save_pull(&d, "d26-containerd");
+    // Its save holds the daemon's manifest, with gzip layers typed as Docker's, inside an OCI
+    // manifest; ocipush pushes those blobs as they are, not compressed again.
+    for layer in saved["layers"].as_array().unwrap() {
+        assert_eq!(layer["mediaType"], DOCKER_LAYER_GZIP, "{saved}");
+    }
+    let blobs = |m: &Value| -> Vec<(Value, Value)> {
+        m["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| (l["digest"].clone(), l["size"].clone()))
+            .collect()
+    };
+    assert_eq!(
+        blobs(&pushed),
+        blobs(&saved),
+        "the export's own blobs: pushed: {pushed}; saved: {saved}"
+    );
+}
+
+/// An OCI layer: a tar with one file, gzipped. Returns (blob, diff ID).
+fn gzip_layer(name: &str, content: &[u8]) -> (Vec<u8>, String) {
+    let tar = Tar::new().file(name, 0o644, content).finish();
+    let diff_id = digest(&tar);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    (gz.finish().unwrap(), diff_id)
+}
+
+fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(bytes))
+}
+
+fn descriptor(media_type: &str, bytes: &[u8]) -> Value {
+    serde_json::json!({"mediaType": media_type, "digest": digest(bytes), "size": bytes.len()})
+}
+
+/// One platform of a multi-platform image: its layer, config and manifest.
+struct Platform {
+    arch: &'static str,
+    layer: Vec<u8>,
+    diff_id: String,
+    config: Vec<u8>,
+    manifest: Vec<u8>,
+}
+
+impl Platform {
+    fn new(arch: &'static str) -> Self {
+        let (layer, diff_id) = gzip_layer(&format!("{arch}.bin"), &random_bytes(100_000));
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": arch,
+            "os": "linux",
+            "created": "2023-11-14T22:13:20Z",
+            "config": {"Env": ["PATH=/bin"], "Labels": {"org.example.platform": arch}},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        }))
+        .unwrap();
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor(OCI_CONFIG, &config),
+            "layers": [descriptor(OCI_LAYER_GZIP, &layer)],
+        }))
+        .unwrap();
+        Self {
+            arch,
+            layer,
+            diff_id,
+            config,
+            manifest,
+        }
+    }
+}
+
+/// An OCI archive (as `docker load` reads) of `name:1`: an index of a linux/amd64 and a
+/// linux/arm64 manifest. Returns (archive, index digest, platforms).
+fn two_platform_archive(name: &str) -> (Vec<u8>, String, Vec<Platform>) {
+    let platforms = vec![Platform::new("amd64"), Platform::new("arm64")];
+    let manifests: Vec<Value> = platforms
+        .iter()
+        .map(|p| {
+            let mut d = descriptor(OCI_MANIFEST, &p.manifest);
+            d["platform"] = serde_json::json!({"architecture": p.arch, "os": "linux"});
+            d
+        })
+        .collect();
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": manifests,
+    }))
+    .unwrap();
+    let mut top = descriptor(OCI_INDEX, &index);
+    top["annotations"] = serde_json::json!({
+        "io.containerd.image.name": format!("docker.io/library/{name}:1"),
+        "org.opencontainers.image.ref.name": "1",
+    });
+    let top = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [top],
+    }))
+    .unwrap();
+
+    let mut tar = Tar::new();
+    tar.file("oci-layout", 0o644, br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .file("index.json", 0o644, &top)
+        .dir("blobs")
+        .dir("blobs/sha256");
+    let mut put = |bytes: &[u8]| {
+        tar.file(&format!("blobs/sha256/{}", sha256_hex(bytes)), 0o644, bytes);
+    };
+    put(&index);
+    for p in &platforms {
+        put(&p.layer);
+        put(&p.config);
+        put(&p.manifest);
+    }
+    (tar.finish(), digest(&index), platforms)
+}
+
+#[test]
+fn containerd_store_of_docker_26_loads_a_two_platform_oci_archive_as_its_index() {
+    let s = services();
+    let d = Docker26::containerd();
+    let name = unique("d26-multi");
+    let (archive, index_digest, platforms) = two_platform_archive(&name);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("multi.tar");
+    std::fs::write(&path, archive).unwrap();
+    d.docker_ok(&["load", "-q", "-i", path.to_str().unwrap()]);
+    let tag = format!("{name}:1");
+    let (id, diff_ids) = d.id_and_layers(&tag);
+    assert_eq!(
+        id, index_digest,
+        "the loaded image keeps its index: ID = index digest"
+    );
+    let amd64 = &platforms[0];
+    assert_eq!(
+        diff_ids,
+        vec![amd64.diff_id.clone()],
+        "the daemon's own platform"
+    );
+
+    // ocipush pushes it; whatever the tag names (the index, or the manifest of this
+    // machine's platform), the registry's linux/amd64 image is the archive's, verified blob by
+    // blob by skopeo.
+    let repo = format!("docker26/{name}");
+    let dest = format!("{}/{repo}:1", s.registry);
+    let pushed = d.push(&tag, &dest);
+    let top = skopeo_raw_manifest(&dest);
+    let amd64_digest = if top["mediaType"] == OCI_INDEX {
+        assert_eq!(
+            pushed, index_digest,
+            "an index pushed whole keeps its digest"
+        );
+        let entry = top["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["platform"]["architecture"] == "amd64")
+            .unwrap_or_else(|| panic!("no linux/amd64 entry in {top}"))
+            .clone();
+        entry["digest"].as_str().unwrap().to_string()
+    } else {
+        pushed
+    };
+    let reference = format!("{}/{repo}@{amd64_digest}", s.registry);
+    let m = skopeo_raw_manifest(&reference);
+    assert_eq!(m["config"]["digest"], digest(&amd64.config), "{m}");
+    let config = registry_config(&s.registry, &repo, &digest(&amd64.config));
+    assert_eq!(config["architecture"], "amd64");
+    copy_to_oci_layout_and_verify(&reference, &amd64_digest, &diff_ids);
+}
