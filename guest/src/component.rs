@@ -109,13 +109,18 @@ fn settings(settings: PublishSettings) -> Result<push::Settings> {
         ManifestFormat::Oci => manifest::Format::Oci,
         ManifestFormat::Docker => manifest::Format::Docker,
     };
-    push::Settings::new(
+    let mut checked = push::Settings::new(
         compression,
         settings.level,
         format,
         settings.annotations,
         settings.verify,
-    )
+    )?;
+    checked.chosen = push::Chosen {
+        compression: settings.chosen.compression,
+        format: settings.chosen.format,
+    };
+    Ok(checked)
 }
 
 fn result(pushed: Result<push::Pushed>) -> Result<PushResult, String> {
@@ -478,6 +483,16 @@ impl ProgressSink for HostProgress {
                 manifests,
                 blobs,
             }),
+            E::ManifestRebuilt { own, change } => {
+                wit::Event::ManifestRebuilt(wit::RebuiltManifest {
+                    source_manifest: own.to_string(),
+                    change: match change {
+                        model::Change::Compression => wit::ManifestChange::Compression,
+                        model::Change::Format => wit::ManifestChange::Format,
+                        model::Change::Annotations => wit::ManifestChange::Annotations,
+                    },
+                })
+            }
         };
         wit::report(&event);
     }

@@ -17,6 +17,7 @@ pub mod layout;
 pub mod limits;
 pub mod manifest;
 pub mod model;
+pub mod own;
 pub mod ports;
 pub mod progress;
 pub mod push;

@@ -66,6 +66,30 @@ pub struct SavedImage {
     pub config: Vec<u8>,
     /// The layers in image order (base first), each verified against the config's diff IDs.
     pub layers: Vec<Layer>,
+    /// The source's own manifest for exactly this config and these stored blobs, when the
+    /// export holds one (Docker >= 25's containerd store): publishable byte for byte.
+    pub own: Option<OwnManifest>,
+}
+
+/// An image manifest as the source holds it, checked against its digest, and naming exactly
+/// the config and layer blobs the push stored (digest, size and media type of each).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnManifest {
+    pub digest: Digest,
+    /// `application/vnd.oci.image.manifest.v1+json` or Docker's v2 schema 2 type.
+    pub media_type: String,
+    pub body: Vec<u8>,
+}
+
+/// What the user asked for that the source's own manifest does not say, so a new one is built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A compression (or level) given explicitly.
+    Compression,
+    /// A format given explicitly, other than the manifest's.
+    Format,
+    /// Annotations to add.
+    Annotations,
 }
 
 /// The platform an image runs on, as an index names it.

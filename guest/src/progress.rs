@@ -3,6 +3,7 @@
 //! `ports::ProgressSink`.
 
 use crate::digest::Digest;
+use crate::model::Change;
 
 /// One layer, by its 1-based position in the export and the tar entry it is read from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +59,12 @@ pub enum Event {
         digest: Digest,
         manifests: u32,
         blobs: u32,
+    },
+    /// The source's own manifest `own` was not published as it is: a new one was built, because
+    /// the user asked for what it does not say (`change`).
+    ManifestRebuilt {
+        own: Digest,
+        change: Change,
     },
     /// A line of a build's output.
     BuildOutput(String),

@@ -23,6 +23,7 @@ use anyhow::{bail, Context, Result};
 use crate::config;
 use crate::digest::Digest;
 use crate::model::{Blob, ImageSummary, Layer, SavedImage};
+use crate::own;
 use crate::ports::{ImageSource, LayerEntry, Publish, ReadExport};
 use crate::savefile::{entry_path, follow_links, normalize, SaveManifest};
 
@@ -56,7 +57,12 @@ pub fn read_export(
     let manifest = find_manifest(&entries.metadata, image)?;
     let config = entries.config(&manifest, image)?;
     let layers = entries.layers(&manifest, image, &config, publish)?;
-    Ok(SavedImage { config, layers })
+    let own = own::find(&entries.metadata, &config, &layers)?;
+    Ok(SavedImage {
+        config,
+        layers,
+        own,
+    })
 }
 
 /// What one pass over the stream kept, by normalized path.

@@ -102,6 +102,45 @@ pub fn classic_export(f: &Fixture) -> Vec<u8> {
     ])
 }
 
+/// Docker's gzip layer type, as the containerd store writes it inside OCI manifests.
+pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// The fixture as Docker >= 25's containerd store exports it: each layer held "compressed"
+/// (any bytes other than the tar do: the reader does not decompress), the daemon's own
+/// manifest (indented, as Docker writes it: bytes no serializer here would reproduce), named by
+/// `index.json`. Returns the export and the own manifest, whose digest is the image ID.
+pub fn containerd_export(f: &Fixture) -> (Vec<u8>, Vec<u8>) {
+    let blob = |d: &Digest| format!("blobs/sha256/{}", d.hex());
+    let compressed: Vec<Vec<u8>> = f.layers.iter().map(|l| [b"gz", &l[..]].concat()).collect();
+    let descriptor = |media_type: &str, bytes: &[u8]| serde_json::json!({"mediaType": media_type, "digest": Digest::of(bytes).as_str(), "size": bytes.len()});
+    let own = serde_json::to_vec_pretty(&serde_json::json!({
+        "mediaType": crate::manifest::OCI_MANIFEST,
+        "schemaVersion": 2,
+        "config": descriptor(crate::manifest::OCI_CONFIG, &f.config),
+        "layers": compressed.iter().map(|c| descriptor(DOCKER_LAYER_GZIP, c)).collect::<Vec<_>>(),
+    }))
+    .unwrap();
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [descriptor(crate::manifest::OCI_MANIFEST, &own)],
+    }))
+    .unwrap();
+    let layer_paths: Vec<String> = compressed.iter().map(|c| blob(&Digest::of(c))).collect();
+    let manifest = manifest_json(
+        &blob(&f.id),
+        &layer_paths.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let export = tar(&[
+        Item::File(&layer_paths[0], &compressed[0]),
+        Item::File(&layer_paths[1], &compressed[1]),
+        Item::File(&blob(&f.id), &f.config),
+        Item::File(&blob(&Digest::of(&own)), &own),
+        Item::File("index.json", &index),
+        Item::File("manifest.json", &manifest),
+    ]);
+    (export, own)
+}
+
 /// A cache in memory.
 #[derive(Default)]
 pub struct MemoryCache(pub HashMap<String, Vec<u8>>);
@@ -386,6 +425,19 @@ impl Default for Harness {
 }
 
 impl Harness {
+    /// The fixture in Docker's containerd store: its ID is the own manifest's digest.
+    pub fn containerd() -> (Self, Vec<u8>) {
+        let f = fixture();
+        let (export, own) = containerd_export(&f);
+        let image = ImageSummary {
+            id: Digest::of(&own),
+            ..summary(&f)
+        };
+        let mut h = Self::of(f);
+        h.source = Memory::new(export, image);
+        (h, own)
+    }
+
     pub fn of(f: Fixture) -> Self {
         Self {
             source: Memory::new(classic_export(&f), summary(&f)),

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use ocipush::bindings::ocipush::core::docker::BuildRequest;
 use ocipush::bindings::ocipush::core::registry::Compression;
-use ocipush::bindings::{ManifestFormat, PublishSettings};
+use ocipush::bindings::{ChosenSettings, ManifestFormat, PublishSettings};
 use ocipush::runner::{self, Guest, Images, Job};
 use ocipush::{cache, credentials, files, interrupt, progress, registry, tls};
 use ocipush_guest::reference::Destination;
@@ -98,17 +98,19 @@ struct PushOptions {
     /// Progress on stderr: bars on a terminal and plain lines otherwise (auto), or JSON lines.
     #[arg(long, value_enum, default_value = "auto")]
     progress: progress::Mode,
-    /// How layers are compressed for the registry.
-    #[arg(long, value_enum, default_value = "gzip")]
-    compression: CompressionArg,
+    /// How layers are compressed for the registry (default gzip). Given explicitly, or with a
+    /// level, a source's own manifest (Docker's containerd store) is rebuilt, not kept.
+    #[arg(long, value_enum)]
+    compression: Option<CompressionArg>,
     /// Compression level: gzip 1-9 (default 1: libdeflate's level 1 is about as small as
     /// zlib's 6), zstd 1-19 (default 3). Part of a layer's digest, like the compression.
     #[arg(long)]
     compression_level: Option<u32>,
     /// The manifest format: OCI (default), or Docker's v2 schema 2 for older registries and
     /// tools (no zstd, no annotations).
-    #[arg(long, value_enum, default_value = "oci")]
-    format: FormatArg,
+    /// Given explicitly and other than a source's own manifest's, that manifest is rebuilt.
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
     /// An annotation KEY=VALUE on the manifest (and index); repeatable. Added to those taken
     /// from the image config (org.opencontainers.image.created and org.opencontainers.image.*
     /// labels), replacing one with the same key. OCI format only.
@@ -343,7 +345,11 @@ fn publish(
     destination: &str,
     options: PushOptions,
 ) -> Result<()> {
-    let (compression, default_level) = match options.compression {
+    let chosen = ChosenSettings {
+        compression: options.compression.is_some() || options.compression_level.is_some(),
+        format: options.format.is_some(),
+    };
+    let (compression, default_level) = match options.compression.unwrap_or(CompressionArg::Gzip) {
         CompressionArg::Gzip => (Compression::Gzip, 1),
         CompressionArg::Zstd => (Compression::Zstd, 3),
         CompressionArg::None => (Compression::None, 0),
@@ -353,7 +359,7 @@ fn publish(
         settings: PublishSettings {
             compression,
             level: options.compression_level.unwrap_or(default_level),
-            format: match options.format {
+            format: match options.format.unwrap_or(FormatArg::Oci) {
                 FormatArg::Oci => ManifestFormat::Oci,
                 FormatArg::Docker => ManifestFormat::Docker,
             },
@@ -364,6 +370,7 @@ fn publish(
                 .map(|a| ocipush_guest::manifest::parse_annotation(a).context("--annotation"))
                 .collect::<Result<_>>()?,
             verify: options.verify,
+            chosen,
         },
         compute_limit: std::time::Duration::from_secs(options.guest_cpu_limit),
         tls: tls::TlsOptions {

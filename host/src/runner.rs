@@ -34,9 +34,9 @@ use crate::tls::TlsOptions;
 /// The guest component built from `guest/` by build.rs.
 pub static GUEST_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ocipush_guest.wasm"));
 
-/// The WIT package this host offers; guests built for any 0.2.x run here.
+/// The WIT package this host offers; guests built for any 0.3.x run here.
 pub const PACKAGE: &str = "ocipush:core";
-pub const PACKAGE_VERSION: &str = "0.2.0";
+pub const PACKAGE_VERSION: &str = "0.3.0";
 
 /// How often the watchdog looks at the guest.
 const TICK: Duration = Duration::from_millis(100);
@@ -469,22 +469,22 @@ mod tests {
         let push = names(&["push"]);
         let ok = names(&[
             "wasi:io/streams@0.2.6",
-            "ocipush:core/docker@0.2.0",
-            "ocipush:core/registry@0.2.7",
+            "ocipush:core/docker@0.3.0",
+            "ocipush:core/registry@0.3.7",
         ]);
         check_contract("g", &ok, &push).unwrap();
-        for other in ["0.3.0", "0.1.0"] {
+        for other in ["0.2.0", "0.4.0"] {
             let guest = names(&[&format!("ocipush:core/docker@{other}")]);
             let err = check_contract("g", &guest, &push).unwrap_err().to_string();
             assert!(
                 err.contains(&format!("ocipush:core@{other}"))
-                    && err.contains("ocipush:core@0.2.0"),
+                    && err.contains("ocipush:core@0.3.0"),
                 "{err}"
             );
         }
         assert_eq!(
             contract_version(ok.iter().map(String::as_str)).as_deref(),
-            Some("0.2.0")
+            Some("0.3.0")
         );
     }
 
@@ -501,7 +501,7 @@ mod tests {
         let guest = Guest::load(None, None).unwrap();
         let text = describe(&guest, None).unwrap();
         assert!(text.contains(&guest.digest), "{text}");
-        assert!(text.contains("ocipush:core/registry@0.2.0"), "{text}");
+        assert!(text.contains("ocipush:core/registry@0.3.0"), "{text}");
         assert!(text.contains("\n  push\n"), "{text}");
         assert!(Guest::load(None, Some(&guest.digest)).is_ok());
         let wrong = format!("sha256:{}", "0".repeat(64));

@@ -528,6 +528,7 @@ async function main() {
           format: "oci",
           annotations: [],
           verify: false,
+          chosen: { compression: true, format: false },
         },
       });
     } catch (e) {

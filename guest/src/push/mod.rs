@@ -10,7 +10,7 @@ mod stream;
 
 use anyhow::{bail, Result};
 
-pub use publication::{Pushed, Settings};
+pub use publication::{Chosen, Pushed, Settings};
 
 use publication::{Image, Publication, Stored};
 use reuse::Held;
@@ -619,6 +619,162 @@ mod tests {
             !calls.iter().any(|c| c.starts_with("manifest 1.0")),
             "{calls:#?}"
         );
+    }
+
+    /// Docker's containerd store: the daemon's own manifest goes up byte for byte, so the
+    /// registry digest is the image ID; its gzip layers go up as they are, Docker's layer type
+    /// kept. A repeat push (the stored layers are not the encoding's, so it exports again) and
+    /// an explicit `--format oci` (what the manifest is) give the same.
+    #[test]
+    fn the_daemons_own_manifest_is_published_byte_for_byte() {
+        let (mut h, own) = Harness::containerd();
+        let pushed = run(&mut h, &verifying()).unwrap();
+        assert_eq!(pushed.digest, Digest::of(&own));
+        assert_eq!(
+            pushed.digest, h.source.image.id,
+            "registry digest = image ID"
+        );
+        {
+            let log = h.registry.0.borrow();
+            assert_eq!(log.manifest.as_deref(), Some(&own[..]));
+            let layers: serde_json::Value = serde_json::from_slice(&own).unwrap();
+            for layer in layers["layers"].as_array().unwrap() {
+                assert_eq!(layer["mediaType"], crate::testing::DOCKER_LAYER_GZIP);
+                let digest = Digest::parse(layer["digest"].as_str().unwrap(), "t").unwrap();
+                assert!(log.blobs.contains_key(&digest), "{digest} stored as it was");
+            }
+        }
+        assert!(matches!(
+            h.events.0.last(),
+            Some(Event::Verified { blobs: 3, .. })
+        ));
+        assert!(!h
+            .events
+            .0
+            .iter()
+            .any(|e| matches!(e, Event::ManifestRebuilt { .. })));
+
+        let oci_chosen = PushRequest {
+            settings: Settings {
+                chosen: Chosen {
+                    compression: false,
+                    format: true,
+                },
+                ..settings()
+            },
+            ..request()
+        };
+        for request in [request(), oci_chosen] {
+            assert_eq!(run(&mut h, &request).unwrap(), pushed);
+            assert_eq!(h.registry.0.borrow().manifest.as_deref(), Some(&own[..]));
+        }
+        assert_eq!(h.source.exports, 3);
+    }
+
+    /// A compression or another format given explicitly, or annotations, are not what the
+    /// daemon's manifest says: a new one is built, and one event says so before it is written.
+    #[test]
+    fn what_the_own_manifest_does_not_say_rebuilds_it_and_says_so_once() {
+        use crate::model::Change;
+        let mut annotated = Annotations::new();
+        annotated.insert("org.example.k".into(), "v".into());
+        let cases = [
+            (
+                true,
+                false,
+                Format::Oci,
+                Annotations::new(),
+                Change::Compression,
+            ),
+            (
+                false,
+                true,
+                Format::Docker,
+                Annotations::new(),
+                Change::Format,
+            ),
+            (false, false, Format::Oci, annotated, Change::Annotations),
+        ];
+        for (compression, format_chosen, format, annotations, change) in cases {
+            let (mut h, own) = Harness::containerd();
+            let request = PushRequest {
+                settings: Settings {
+                    format,
+                    annotations,
+                    chosen: Chosen {
+                        compression,
+                        format: format_chosen,
+                    },
+                    ..settings()
+                },
+                ..request()
+            };
+            let pushed = run(&mut h, &request).unwrap();
+            assert_ne!(pushed.digest, Digest::of(&own), "{change:?}");
+            let rebuilt: Vec<usize> = h
+                .events
+                .0
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| matches!(e, Event::ManifestRebuilt { .. }))
+                .map(|(at, _)| at)
+                .collect();
+            assert_eq!(rebuilt.len(), 1, "{change:?}: {:?}", h.events.0);
+            assert_eq!(
+                h.events.0[rebuilt[0]],
+                Event::ManifestRebuilt {
+                    own: Digest::of(&own),
+                    change
+                }
+            );
+            assert!(matches!(
+                h.events.0.last(),
+                Some(Event::ManifestDone { .. })
+            ));
+            // The new manifest still names the daemon's config and its gzip blobs.
+            let json = h.registry.manifest_json();
+            let own: serde_json::Value = serde_json::from_slice(&own).unwrap();
+            assert_eq!(json["config"]["digest"], own["config"]["digest"]);
+            assert_eq!(json["layers"][1]["digest"], own["layers"][1]["digest"]);
+        }
+    }
+
+    /// The daemon's manifest is checked as everything else: one that is not the bytes its
+    /// name says, or a layer that is not, fails the push with no manifest written.
+    #[test]
+    fn an_own_manifest_or_layer_that_is_not_what_its_name_says_is_refused() {
+        let (h, own) = Harness::containerd();
+        let export = h.source.export.clone();
+        let at = export
+            .windows(own.len())
+            .position(|w| w == &own[..])
+            .unwrap();
+        let first_layer = export
+            .windows(2 + 3000)
+            .position(|w| w[..2] == *b"gz" && w[2..].iter().all(|&b| b == 1))
+            .unwrap();
+        let expected = [
+            // Indentation, after "{\n".
+            (
+                at + 2,
+                "digest mismatch: the export's manifest blobs/sha256/",
+            ),
+            (first_layer + 100, "digest mismatch: blob blobs/sha256/"),
+        ];
+        for (byte, error) in expected {
+            let (mut h, _) = Harness::containerd();
+            let mut tampered = export.clone();
+            // A space for a tab keeps the JSON valid and the tar header right.
+            tampered[byte] = if tampered[byte] == b' ' {
+                b'\t'
+            } else {
+                tampered[byte] ^ 0xff
+            };
+            h.source.export = tampered;
+            let err = format!("{:#}", run(&mut h, &request()).unwrap_err());
+            assert!(err.contains(error), "{err}");
+            assert!(h.registry.0.borrow().manifest.is_none(), "{err}");
+        }
     }
 
     fn index_request(sources: &[&str]) -> IndexRequest {

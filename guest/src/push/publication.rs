@@ -6,7 +6,9 @@ use anyhow::{bail, Result};
 
 use crate::digest::Digest;
 use crate::manifest::{parse_annotation, Format};
-use crate::model::{Annotations, Blob, Compression, Encoding, ImageSummary, Layer};
+use crate::model::{
+    Annotations, Blob, Change, Compression, Encoding, ImageSummary, Layer, OwnManifest,
+};
 use crate::ports::{BlobSink, Cache, ProgressSink};
 use crate::reference::Destination;
 
@@ -20,6 +22,16 @@ pub struct Settings {
     pub annotations: Annotations,
     /// After writing, fetch what was written by digest and check every blob it names.
     pub verify: bool,
+    /// Which of these the user chose rather than took by default: what decides whether the
+    /// source's own manifest can be published unchanged.
+    pub chosen: Chosen,
+}
+
+/// Settings the user gave explicitly (a level counts as choosing the compression).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Chosen {
+    pub compression: bool,
+    pub format: bool,
 }
 
 impl Settings {
@@ -42,7 +54,22 @@ impl Settings {
             format,
             annotations: checked,
             verify,
+            chosen: Chosen::default(),
         })
+    }
+
+    /// What in these settings the source's own manifest `own` does not say: `None` when it is
+    /// published byte for byte.
+    pub fn changes(&self, own: &OwnManifest) -> Option<Change> {
+        if self.chosen.compression {
+            Some(Change::Compression)
+        } else if self.chosen.format && self.format.manifest_media_type() != own.media_type {
+            Some(Change::Format)
+        } else if !self.annotations.is_empty() {
+            Some(Change::Annotations)
+        } else {
+            None
+        }
     }
 }
 
@@ -82,6 +109,8 @@ pub struct Config {
 pub struct Stored {
     pub config: Config,
     pub layers: Vec<Layer>,
+    /// The source's own manifest naming exactly these blobs, when the export held one.
+    pub own: Option<OwnManifest>,
 }
 
 /// A layer the destination holds already, found before the export.

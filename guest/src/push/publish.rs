@@ -23,7 +23,7 @@ use crate::reference::Destination;
 
 /// A manifest or index built here, ready to write.
 pub struct Document {
-    media_type: &'static str,
+    media_type: String,
     body: Vec<u8>,
 }
 
@@ -37,15 +37,38 @@ pub struct ImageManifest {
 pub struct Entry(PlatformManifest);
 
 impl<S, R: BlobSink> Publication<'_, S, R> {
-    /// The manifest that names an image's stored config and layers, with the annotations its
-    /// config implies and the user's.
+    /// The manifest that names an image's stored config and layers: the source's own, byte for
+    /// byte, when it has one and nothing the user asked for changes it; otherwise one built
+    /// here with the annotations its config implies and the user's (and a progress line that
+    /// says the source's was not kept).
     pub fn manifest(&mut self, image: &Image, stored: Stored) -> Result<ImageManifest> {
-        let Stored { config, layers } = stored;
+        let Stored {
+            config,
+            layers,
+            own,
+        } = stored;
         // Where these blobs now are: a later push to another repository can mount them from
         // here.
         if let Destination::Registry(target) = &self.destination {
             for blob in std::iter::once(&config.blob).chain(layers.iter().map(|l| &l.blob)) {
                 cache::remember_home(self.cache, &blob.digest, &target.repository_url());
+            }
+        }
+        if let Some(own) = own {
+            match self.settings.changes(&own) {
+                None => {
+                    return Ok(ImageManifest {
+                        document: Document {
+                            media_type: own.media_type,
+                            body: own.body,
+                        },
+                        config: config.bytes,
+                    })
+                }
+                Some(change) => self.progress.report(Event::ManifestRebuilt {
+                    own: own.digest,
+                    change,
+                }),
             }
         }
         let settings = self.settings;
@@ -68,7 +91,7 @@ impl<S, R: BlobSink> Publication<'_, S, R> {
         )?;
         Ok(ImageManifest {
             document: Document {
-                media_type: settings.format.manifest_media_type(),
+                media_type: settings.format.manifest_media_type().to_string(),
                 body,
             },
             config: config.bytes,
@@ -88,7 +111,7 @@ impl<S, R: BlobSink> Publication<'_, S, R> {
         }
         let Document { media_type, body } = manifest.document;
         let digest = Digest::of(&body);
-        let written = self.write_manifest(digest.as_str(), media_type, &body)?;
+        let written = self.write_manifest(digest.as_str(), &media_type, &body)?;
         self.progress.report(Event::ManifestDone {
             reference: digest.to_string(),
             digest: written,
@@ -105,7 +128,7 @@ impl<S, R: BlobSink> Publication<'_, S, R> {
         let manifests: Vec<PlatformManifest> = entries.into_iter().map(|e| e.0).collect();
         let format = self.settings.format;
         Ok(Document {
-            media_type: format.index_media_type(),
+            media_type: format.index_media_type().to_string(),
             body: image_index(format, &manifests, &self.settings.annotations)?,
         })
     }
@@ -120,7 +143,7 @@ impl<S, R: BlobSink> Publication<'_, S, R> {
         let asked = self.settings.verify;
         let before_tagging = asked && matches!(self.destination, Destination::Registry(_));
         let checked = if before_tagging {
-            let digest = self.write_manifest(Digest::of(&body).as_str(), media_type, &body)?;
+            let digest = self.write_manifest(Digest::of(&body).as_str(), &media_type, &body)?;
             Some(verify(
                 &mut self.repository,
                 &self.destination,
@@ -131,7 +154,7 @@ impl<S, R: BlobSink> Publication<'_, S, R> {
             None
         };
         let tag = self.destination.tag().to_string();
-        let digest = self.write_manifest(&tag, media_type, &body)?;
+        let digest = self.write_manifest(&tag, &media_type, &body)?;
         self.progress.report(Event::ManifestDone {
             reference: tag,
             digest: digest.clone(),

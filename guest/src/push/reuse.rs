@@ -72,7 +72,12 @@ impl<S, R: BlobSink> Publication<'_, S, R> {
         }
         self.progress
             .report(Event::ConfigDone(config.blob.digest.clone()));
-        Ok(Held::All(Stored { config, layers }))
+        // Only images whose layers this encoding made are found here: their manifest is built.
+        Ok(Held::All(Stored {
+            config,
+            layers,
+            own: None,
+        }))
     }
 
     /// The layers of `image` the destination holds (or was made to hold, by a mount), by diff

@@ -56,6 +56,7 @@ impl<S: ReadExport, R: BlobSink> Publication<'_, S, R> {
                 bytes: saved.config,
             },
             layers: saved.layers,
+            own: saved.own,
         })
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::bindings::ocipush::core::progress::{Event, Host, LayerBytes};
+use crate::bindings::ocipush::core::progress::{Event, Host, LayerBytes, ManifestChange};
 use crate::progress::Progress;
 use crate::state::HostState;
 
@@ -105,6 +105,7 @@ fn bar_event(
         | Event::ConfigDone(_)
         | Event::ManifestDone(_)
         | Event::Verified(_)
+        | Event::ManifestRebuilt(_)
         | Event::BuildOutput(_)
         | Event::Built(_) => {
             let _ = multi.println(plain_line(event, *layers));
@@ -134,6 +135,9 @@ fn json_line(event: &Event) -> String {
         }
         Event::Verified(v) => {
             json!({"event": "verified", "digest": v.digest, "manifests": v.manifests, "blobs": v.blobs})
+        }
+        Event::ManifestRebuilt(r) => {
+            json!({"event": "manifest-rebuilt", "source_manifest": r.source_manifest, "change": change_name(r.change)})
         }
         Event::BuildOutput(line) => json!({"event": "build-output", "line": line}),
         Event::Built(b) => json!({"event": "built", "tag": b.tag, "id": b.id}),
@@ -192,8 +196,26 @@ fn plain_line(event: &Event, layers: u32) -> String {
             if v.manifests == 1 { "" } else { "s" },
             v.blobs
         ),
+        Event::ManifestRebuilt(r) => format!(
+            "manifest rebuilt ({} given): the source's own manifest {} is not published as it is, so the registry digest will not be the image ID",
+            match r.change {
+                ManifestChange::Compression => "--compression",
+                ManifestChange::Format => "--format",
+                ManifestChange::Annotations => "--annotation",
+            },
+            r.source_manifest
+        ),
         Event::BuildOutput(line) => line.clone(),
         Event::Built(b) => format!("built {} as {}", b.tag, b.id),
+    }
+}
+
+/// A `manifest-change` as plain and JSON output name it.
+fn change_name(change: ManifestChange) -> &'static str {
+    match change {
+        ManifestChange::Compression => "compression",
+        ManifestChange::Format => "format",
+        ManifestChange::Annotations => "annotations",
     }
 }
 
