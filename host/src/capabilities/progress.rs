@@ -197,7 +197,7 @@ fn plain_line(event: &Event, layers: u32) -> String {
             v.blobs
         ),
         Event::ManifestRebuilt(r) => format!(
-            "manifest rebuilt ({} given): the source's own manifest {} is not published as it is, so the registry digest will not be the image ID",
+            "manifest rebuilt ({} given): the source's own manifest {} is not published as it is, so the registry digest is not its digest",
             match r.change {
                 ManifestChange::Compression => "--compression",
                 ManifestChange::Format => "--format",
