@@ -214,6 +214,12 @@ fn build_push_save_pull(d: &Docker26, test: &str) -> (Value, Value) {
     let repo = format!("docker26/{name}");
     let dest = format!("{}/{repo}:daemon", s.registry);
     let digest = d.push(&tag, &dest);
+    if d.containerd {
+        assert_eq!(
+            digest, id,
+            "containerd store: the daemon's own manifest, byte for byte: registry digest = image ID"
+        );
+    }
     let pushed = verify_pushed(
         &s.registry,
         &repo,
@@ -289,6 +295,81 @@ fn containerd_store_of_docker_26_pushes_its_own_gzip_layers() {
         blobs(&pushed),
         blobs(&saved),
         "the export's own blobs: pushed: {pushed}; saved: {saved}"
+    );
+}
+
+/// The JSON progress events of a push named `name`.
+fn events(pushed: &Pushed, name: &str) -> Vec<Value> {
+    pushed
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == name)
+        .collect()
+}
+
+/// What the user asks for that the daemon's own manifest does not say (a compression, a
+/// format other than its own, annotations) rebuilds it, and one progress event says so; an
+/// explicit `--format oci`, what the manifest is, keeps it byte for byte.
+#[test]
+fn containerd_store_rebuilds_its_own_manifest_only_when_asked_and_says_so() {
+    let s = services();
+    let d = Docker26::containerd();
+    let name = unique("d26-rebuilt");
+    let tag = d.build(&name);
+    let (id, diff_ids) = d.id_and_layers(&tag);
+    let repo = format!("docker26/{name}");
+    let env = [("DOCKER_HOST", d.host.as_str())];
+    let cases: [(&str, &[&str], Option<&str>); 4] = [
+        ("oci", &["--format", "oci"], None),
+        ("gzip", &["--compression", "gzip"], Some("compression")),
+        ("docker", &["--format", "docker"], Some("format")),
+        (
+            "annotated",
+            &["--annotation", "org.example.k=v"],
+            Some("annotations"),
+        ),
+    ];
+    for (tag_name, args, change) in cases {
+        let dest = format!("{}/{repo}:{tag_name}", s.registry);
+        let pushed = push_args(&tag, &dest, "json", args, &env);
+        let digest = pushed.expect_success(&dest);
+        let rebuilt = events(&pushed, "manifest-rebuilt");
+        match change {
+            None => {
+                assert_eq!(digest, id, "{args:?}: {}", pushed.describe());
+                assert!(rebuilt.is_empty(), "{}", pushed.describe());
+            }
+            Some(change) => {
+                assert_ne!(digest, id, "{args:?}");
+                assert_eq!(rebuilt.len(), 1, "one line: {}", pushed.describe());
+                assert_eq!(rebuilt[0]["change"], change, "{}", pushed.describe());
+                assert_eq!(rebuilt[0]["source_manifest"], id.as_str());
+            }
+        }
+        if tag_name == "docker" {
+            // skopeo converts a Docker manifest on its way into an OCI layout: read it raw.
+            let m = skopeo_raw_manifest(&dest);
+            assert_eq!(
+                m["mediaType"],
+                "application/vnd.docker.distribution.manifest.v2+json"
+            );
+            assert_eq!(m["layers"][0]["mediaType"], DOCKER_LAYER_GZIP);
+        } else {
+            // skopeo reads back what was written, every digest checked.
+            copy_to_oci_layout_and_verify(&dest, &digest, &diff_ids);
+        }
+    }
+    // The plain line says it too.
+    let dest = format!("{}/{repo}:plain", s.registry);
+    let pushed = push_args(&tag, &dest, "auto", &["--compression", "zstd"], &env);
+    pushed.expect_success(&dest);
+    assert!(
+        pushed.stderr.contains(&format!(
+            "manifest rebuilt (--compression given): the source's own manifest {id} is not published as it is"
+        )),
+        "{}",
+        pushed.describe()
     );
 }
 

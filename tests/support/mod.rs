@@ -598,7 +598,8 @@ pub fn copy_to_oci_layout_and_verify(reference: &str, manifest_digest: &str, dif
         );
         // Decoded by the media type the manifest gives, which must match the bytes.
         let tar = match layer["mediaType"].as_str().unwrap_or("") {
-            OCI_LAYER_GZIP => {
+            // Docker's gzip type, as the containerd store's own manifests keep it.
+            OCI_LAYER_GZIP | "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
                 assert_eq!(&bytes[..2], &[0x1f, 0x8b], "layer {i} is not gzip");
                 let mut tar = Vec::new();
                 flate2::read::MultiGzDecoder::new(&bytes[..])
