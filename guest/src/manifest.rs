@@ -183,6 +183,9 @@ pub struct PlatformManifest {
     pub digest: Digest,
     pub size: u64,
     pub platform: Platform,
+    /// The type of a source's own manifest, published as it was (a Docker v2 manifest may sit
+    /// in an OCI index); `None` for one built here in the index's format.
+    pub media_type: Option<String>,
 }
 
 /// The image index (Docker: manifest list) naming one manifest per platform, in the order given.
@@ -200,7 +203,10 @@ pub fn image_index(
         manifests: manifests
             .iter()
             .map(|m| Descriptor {
-                media_type: format.manifest_media_type(),
+                media_type: m
+                    .media_type
+                    .as_deref()
+                    .unwrap_or(format.manifest_media_type()),
                 digest: m.digest.as_str(),
                 size: m.size,
                 platform: Some(&m.platform),
@@ -412,6 +418,7 @@ mod tests {
                     architecture: "amd64".into(),
                     variant: None,
                 },
+                media_type: None,
             },
             PlatformManifest {
                 digest: Digest::of(b"m2"),
@@ -421,6 +428,7 @@ mod tests {
                     architecture: "arm64".into(),
                     variant: Some("v8".into()),
                 },
+                media_type: None,
             },
         ];
         let json: serde_json::Value = serde_json::from_slice(
@@ -439,5 +447,15 @@ mod tests {
         .unwrap();
         assert_eq!(list["mediaType"], DOCKER_MANIFEST_LIST);
         assert_eq!(list["manifests"][1]["mediaType"], DOCKER_MANIFEST);
+
+        // A source's own Docker v2 manifest, published as it was, is named as what it is.
+        let mut manifests = manifests;
+        manifests[1].media_type = Some(DOCKER_MANIFEST.into());
+        let json: serde_json::Value = serde_json::from_slice(
+            &image_index(Format::Oci, &manifests, &Annotations::new()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(json["manifests"][0]["mediaType"], OCI_MANIFEST);
+        assert_eq!(json["manifests"][1]["mediaType"], DOCKER_MANIFEST);
     }
 }

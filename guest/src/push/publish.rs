@@ -116,10 +116,12 @@ impl<S, R: BlobSink> Publication<'_, S, R> {
             reference: digest.to_string(),
             digest: written,
         });
+        let own_type = media_type != self.settings.format.manifest_media_type();
         Ok(Entry(PlatformManifest {
             digest,
             size: body.len() as u64,
             platform: from_config,
+            media_type: own_type.then_some(media_type),
         }))
     }
 
