@@ -62,6 +62,9 @@ corpus = {
                                        "127.0.0.1:5000": {"username": "alice", "password": "pw"}}}).encode(),
         "helpers": json.dumps({"credsStore": "desktop", "credHelpers": {"ghcr.io": "gh"}}).encode(),
         "podman": json.dumps({"auths": {"127.0.0.1:5000": {"auth": "YWxpY2U6czNjcmV0"}}}).encode(),
+        "current-context": json.dumps({"auths": {}, "currentContext": "ci"}).encode(),
+        "context-meta": json.dumps({"Name": "ci", "Metadata": {},
+                                    "Endpoints": {"docker": {"Host": "unix:///run/ci.sock", "SkipTLSVerify": False}}}).encode(),
     },
     "manifest": {
         "oci": json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",

@@ -294,12 +294,15 @@ pub fn challenge(data: &[u8]) {
     }
 }
 
-/// A Docker `config.json` or podman `auth.json`, looked up for a few registry names.
+/// A Docker `config.json` or podman `auth.json`, looked up for a few registry names, and
+/// read for its current context; the same text as a context's `meta.json`.
 pub fn docker_config(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     for registry in ["docker.io", "127.0.0.1:5000", "ghcr.io"] {
         let _ = ocipush_parse::parse_docker_config(&text, registry);
     }
+    let _ = ocipush_parse::current_context(&text);
+    let _ = ocipush_parse::context_endpoint(&text);
 }
 
 /// A manifest the guest hands the host: the host finds the blobs it names before writing it.

@@ -29,6 +29,10 @@ struct Cli {
         value_name = "DIGEST"
     )]
     guest_digest: Option<String>,
+    /// The Docker context naming the daemon (as docker --context), over DOCKER_HOST,
+    /// DOCKER_CONTEXT and the current context of the Docker CLI's config.json.
+    #[arg(long = "context", global = true, value_name = "NAME")]
+    docker_context: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,7 +42,8 @@ enum Command {
     /// Push an image from the Docker daemon (DOCKER_HOST), a tarball or an OCI layout to a
     /// registry or an OCI layout.
     Push {
-        /// The image: in the daemon (DOCKER_HOST), name:tag, name@digest or image ID; or a
+        /// The image: in the daemon (--context, DOCKER_HOST, DOCKER_CONTEXT, the current Docker
+        /// context, else the usual sockets), name:tag, name@digest or image ID; or a
         /// docker save tarball, docker-archive:PATH[:NAME:TAG or :@N when it holds several]; or
         /// an OCI image layout directory, oci:DIR[:TAG] (TAG needed when it holds several).
         source: String,
@@ -255,6 +260,7 @@ fn run(cli: Cli) -> Result<()> {
         .enable_all()
         .build()?;
     let guest = Guest::load(cli.guest.as_deref(), cli.guest_digest.as_deref())?;
+    let daemon = cli.docker_context;
     match cli.command {
         Command::Push {
             source,
@@ -263,6 +269,7 @@ fn run(cli: Cli) -> Result<()> {
         } => publish(
             &rt,
             &guest,
+            daemon,
             Work::Push(Images::One(&source)),
             &destination,
             options,
@@ -274,6 +281,7 @@ fn run(cli: Cli) -> Result<()> {
         } => publish(
             &rt,
             &guest,
+            daemon,
             Work::Push(Images::Index(&sources)),
             &destination,
             options,
@@ -309,6 +317,7 @@ fn run(cli: Cli) -> Result<()> {
             publish(
                 &rt,
                 &guest,
+                daemon,
                 Work::Build(&request, push.is_some()),
                 &destination,
                 options,
@@ -341,6 +350,7 @@ enum Work<'a> {
 fn publish(
     rt: &tokio::runtime::Runtime,
     guest: &Guest,
+    docker_context: Option<String>,
     work: Work<'_>,
     destination: &str,
     options: PushOptions,
@@ -381,6 +391,7 @@ fn publish(
             retries: options.retries,
             chunk_size: options.chunk_size.0,
         },
+        docker_context,
         cli_credential: match options.username {
             // Parsed as the guest parses it, so the credential goes to the registry the
             // guest will open; a bad destination is refused here, before any traffic.

@@ -98,6 +98,8 @@ pub struct Job<'a> {
     pub cli_credential: Option<Credential>,
     /// `--retries` and `--chunk-size`.
     pub transfer: Transfer,
+    /// `--context NAME`: the Docker context naming the daemon, over the environment's.
+    pub docker_context: Option<String>,
 }
 
 /// Pushes `images` (from the daemon, a tarball or an OCI layout) to `job.destination` through
@@ -196,7 +198,7 @@ fn run_guest<T>(
         rt: Runtime::new(rt),
         table: ResourceTable::new(),
         wasi: WasiCtx::builder().build(),
-        daemon: Daemon::from_env(),
+        daemon: Daemon::locate(job.docker_context.as_deref()),
         tls: job.tls.clone(),
         cli_credential: job.cli_credential.clone(),
         transfer: job.transfer,

@@ -119,10 +119,15 @@ impl ResolvesClientCert for AskedForCertificate {
     }
 }
 
-/// Accepts any server certificate, with signatures still checked: for the probe only, which
-/// sends nothing the server could misuse.
+/// Accepts any server certificate, with signatures still checked: for the probe, which sends
+/// nothing the server could misuse, and for a daemon whose Docker context says `SkipTLSVerify`.
 #[derive(Debug)]
 struct UncheckedServer(Arc<CryptoProvider>);
+
+/// A verifier that accepts any server certificate (`UncheckedServer`).
+pub fn unchecked_server(provider: Arc<CryptoProvider>) -> Arc<dyn ServerCertVerifier> {
+    Arc::new(UncheckedServer(provider))
+}
 
 impl ServerCertVerifier for UncheckedServer {
     fn verify_server_cert(

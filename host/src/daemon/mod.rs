@@ -1,9 +1,13 @@
-//! The Docker daemon (or podman's compatible API service) named by `DOCKER_HOST`: the image
-//! source (`export`, the `docker save` stream) and the builder (`build`, with the context tar of
+//! The Docker daemon (or podman's compatible API service), found as the Docker CLI finds it
+//! (`endpoint`: `--context`, `DOCKER_HOST`, `DOCKER_CONTEXT`, the current context, then the
+//! usual sockets) and reached over a unix socket, TCP or TLS (`connect`): the image source
+//! (`export`, the `docker save` stream) and the builder (`build`, with the context tar of
 //! `context`). The `docker` capability (`capabilities::daemon`) lends them to the guest.
 
 pub mod build;
+pub mod connect;
 pub mod context;
+pub mod endpoint;
 pub mod export;
 
 use std::fmt;
@@ -11,13 +15,13 @@ use std::fmt;
 use bollard::Docker;
 
 use crate::interrupt::{Interrupted, Runtime};
-
-/// Where the daemon is when `DOCKER_HOST` does not say.
-const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+use endpoint::{Environment, Resolution};
 
 /// A connection to the daemon, made on first use.
 pub struct Daemon {
-    /// `DOCKER_HOST` as given, for messages.
+    /// Where the daemon is, or why the Docker CLI's configuration could not say.
+    resolution: Result<Resolution, endpoint::Error>,
+    /// The daemon's address and what named it, for messages.
     pub address: String,
     docker: Option<Docker>,
 }
@@ -29,6 +33,12 @@ pub enum Error {
         address: String,
         cause: String,
     },
+    /// Nothing names a daemon and none of the usual sockets exists.
+    NoDaemon {
+        tried: Vec<String>,
+    },
+    /// The Docker CLI's configuration (a context) could not say where the daemon is.
+    Context(endpoint::Error),
     NotFound {
         address: String,
         image: String,
@@ -57,6 +67,12 @@ impl fmt::Display for Error {
             Self::Unreachable { address, cause } => {
                 write!(f, "cannot reach the Docker daemon at {address}: {cause}")
             }
+            Self::NoDaemon { tried } => write!(
+                f,
+                "no Docker daemon found: tried {} (no socket there); set DOCKER_HOST, or a context with docker context use or --context",
+                tried.join(", ")
+            ),
+            Self::Context(e) => e.fmt(f),
             Self::NotFound { address, image } => {
                 write!(
                     f,
@@ -95,18 +111,41 @@ impl From<Interrupted> for Error {
 }
 
 impl Daemon {
-    /// The daemon `DOCKER_HOST` names, or the default socket.
-    pub fn from_env() -> Self {
-        Self::new(std::env::var("DOCKER_HOST").ok())
+    /// The daemon the process's environment names, with `--context`'s value.
+    pub fn locate(context_flag: Option<&str>) -> Self {
+        let env = Environment::from_process(context_flag);
+        Self::new(endpoint::resolve(&env, |socket| socket.exists()))
     }
 
-    /// The daemon at `docker_host` (`DOCKER_HOST`'s value), or at the default socket when it is
-    /// unset, as the client (bollard) reads it.
-    pub fn new(docker_host: Option<String>) -> Self {
+    /// The daemon `resolution` found.
+    pub fn new(resolution: Result<Resolution, endpoint::Error>) -> Self {
+        let address = match &resolution {
+            Ok(Resolution::Named(endpoint)) => endpoint.to_string(),
+            Ok(Resolution::Searched {
+                found: Some(endpoint),
+                tried,
+            }) if !tried.is_empty() => {
+                format!("{endpoint} (no socket at {})", tried.join(", "))
+            }
+            Ok(Resolution::Searched {
+                found: Some(endpoint),
+                ..
+            }) => endpoint.to_string(),
+            Ok(Resolution::Searched { found: None, .. }) | Err(_) => String::new(),
+        };
         Self {
-            address: docker_host.unwrap_or_else(|| DEFAULT_HOST.to_string()),
+            resolution,
+            address,
             docker: None,
         }
+    }
+
+    /// Whether nothing names a daemon and none of the usual sockets exists: no Docker here.
+    pub fn is_absent(&self) -> bool {
+        matches!(
+            self.resolution,
+            Ok(Resolution::Searched { found: None, .. })
+        )
     }
 
     /// Connects on first use, agreeing on an API version the daemon speaks (Debian's dockerd
@@ -115,14 +154,27 @@ impl Daemon {
         if let Some(docker) = &self.docker {
             return Ok(docker.clone());
         }
-        let unreachable = |e: bollard::errors::Error| Error::Unreachable {
-            address: self.address.clone(),
-            cause: e.to_string(),
+        let endpoint = match &self.resolution {
+            Ok(Resolution::Named(endpoint))
+            | Ok(Resolution::Searched {
+                found: Some(endpoint),
+                ..
+            }) => endpoint,
+            Ok(Resolution::Searched { found: None, tried }) => {
+                return Err(Error::NoDaemon {
+                    tried: tried.clone(),
+                })
+            }
+            Err(e) => return Err(Error::Context(e.clone())),
         };
-        let docker = Docker::connect_with_defaults().map_err(unreachable)?;
+        let unreachable = |cause: String| Error::Unreachable {
+            address: self.address.clone(),
+            cause,
+        };
+        let docker = connect::connect(endpoint).map_err(|e| unreachable(e.to_string()))?;
         let docker = rt
             .block_on(docker.negotiate_version())?
-            .map_err(unreachable)?;
+            .map_err(|e| unreachable(e.to_string()))?;
         self.docker = Some(docker.clone());
         Ok(docker)
     }
@@ -156,18 +208,50 @@ impl Daemon {
 mod tests {
     use super::*;
 
+    fn at(host: &str) -> Daemon {
+        Daemon::new(Ok(Resolution::Named(endpoint::Endpoint {
+            host: host.into(),
+            tls: None,
+            origin: endpoint::Origin::DockerHost,
+        })))
+    }
+
     #[test]
-    fn docker_host_names_the_daemon_and_defaults_to_the_socket() {
-        assert_eq!(Daemon::new(None).address, "unix:///var/run/docker.sock");
+    fn the_address_says_where_the_daemon_is_and_what_was_tried() {
+        assert_eq!(at("tcp://127.0.0.1:2375").address, "tcp://127.0.0.1:2375");
+        let found = endpoint::Endpoint {
+            host: "unix:///home/u/.docker/run/docker.sock".into(),
+            tls: None,
+            origin: endpoint::Origin::Found,
+        };
+        let daemon = Daemon::new(Ok(Resolution::Searched {
+            found: Some(found),
+            tried: vec!["unix:///var/run/docker.sock".into()],
+        }));
         assert_eq!(
-            Daemon::new(Some("tcp://127.0.0.1:2375".into())).address,
-            "tcp://127.0.0.1:2375"
+            daemon.address,
+            "unix:///home/u/.docker/run/docker.sock (no socket at unix:///var/run/docker.sock)"
         );
+        assert!(!daemon.is_absent());
+        let mut none = Daemon::new(Ok(Resolution::Searched {
+            found: None,
+            tried: vec![
+                "unix:///var/run/docker.sock".into(),
+                "unix:///run/user/1/docker.sock".into(),
+            ],
+        }));
+        assert!(none.is_absent());
+        let tokio = tokio::runtime::Runtime::new().unwrap();
+        let err = none
+            .docker(&Runtime::new(tokio.handle().clone()))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "no Docker daemon found: tried unix:///var/run/docker.sock, unix:///run/user/1/docker.sock (no socket there); set DOCKER_HOST, or a context with docker context use or --context");
     }
 
     #[test]
     fn daemon_answers_become_one_line_naming_the_image_and_daemon() {
-        let daemon = Daemon::new(Some("unix:///run/d.sock".into()));
+        let daemon = at("unix:///run/d.sock");
         let server =
             |status_code, message: &str| bollard::errors::Error::DockerResponseServerError {
                 status_code,
