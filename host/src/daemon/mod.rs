@@ -171,10 +171,10 @@ impl Daemon {
             address: self.address.clone(),
             cause,
         };
-        let docker = connect::connect(endpoint).map_err(|e| unreachable(e.to_string()))?;
+        let docker = connect::connect(endpoint).map_err(|e| unreachable(root_cause(&e)))?;
         let docker = rt
             .block_on(docker.negotiate_version())?
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable(root_cause(&e)))?;
         self.docker = Some(docker.clone());
         Ok(docker)
     }
@@ -201,6 +201,20 @@ impl Daemon {
                 cause: other.to_string(),
             },
         }
+    }
+}
+
+/// An error with its innermost cause, where the client's own words hide it ("client error
+/// (Connect)": connection refused).
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = error;
+    while let Some(source) = inner.source() {
+        inner = source;
+    }
+    if std::ptr::addr_eq(inner, error) {
+        error.to_string()
+    } else {
+        format!("{error}: {inner}")
     }
 }
 
