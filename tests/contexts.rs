@@ -100,9 +100,15 @@ fn without_system_socket(command: Command) -> Command {
         return command;
     }
     let mut c = Command::new("unshare");
-    c.args(["-m", "sh", "-c", "mount -t tmpfs tmpfs /var/run && exec \"$@\"", "sh"])
-        .arg(command.get_program())
-        .args(command.get_args());
+    c.args([
+        "-m",
+        "sh",
+        "-c",
+        "mount -t tmpfs tmpfs /var/run && exec \"$@\"",
+        "sh",
+    ])
+    .arg(command.get_program())
+    .args(command.get_args());
     for (key, value) in command.get_envs() {
         match value {
             Some(value) => c.env(key, value),

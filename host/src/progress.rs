@@ -71,7 +71,8 @@ impl Progress {
     }
 }
 
-/// The host's own reports, which the guest does not see: each retry of a registry request.
+/// The host's own reports, which the guest does not see: each retry of a registry request, a
+/// change of course in an upload, a source read from containers-storage for want of a daemon.
 /// Cheap to clone and usable from any thread (uploads retry on the runtime).
 #[derive(Clone)]
 pub struct Notices(Sink);
@@ -108,6 +109,19 @@ impl Notices {
                 json!({"event": "retry", "what": what, "attempt": attempt, "retries": retries,
                        "delay_ms": delay.as_millis() as u64, "reason": reason})
             ),
+            Sink::None => {}
+        }
+    }
+
+    /// Where the image is read from when that is not where the source said: no Docker daemon
+    /// anywhere, so a plain name is read from containers-storage.
+    pub fn source(&self, message: &str) {
+        match &self.0 {
+            Sink::Bars(multi) => {
+                let _ = multi.println(message);
+            }
+            Sink::Plain => eprintln!("{message}"),
+            Sink::Json => eprintln!("{}", json!({"event": "source", "message": message})),
             Sink::None => {}
         }
     }

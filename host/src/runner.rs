@@ -24,6 +24,7 @@ use crate::bindings::{
     BuildPushRequest, BuildResult, IndexRequest, PublishSettings, PushRequest, PushResult, Pusher,
 };
 use crate::credentials::Credential;
+use crate::daemon::storage::Storage;
 use crate::daemon::Daemon;
 use crate::interrupt::Runtime;
 use crate::progress::Progress;
@@ -199,6 +200,7 @@ fn run_guest<T>(
         table: ResourceTable::new(),
         wasi: WasiCtx::builder().build(),
         daemon: Daemon::locate(job.docker_context.as_deref()),
+        storage: Storage::locate(),
         tls: job.tls.clone(),
         cli_credential: job.cli_credential.clone(),
         transfer: job.transfer,

@@ -11,6 +11,7 @@ use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::credentials::Credential;
+use crate::daemon::storage::Storage;
 use crate::daemon::Daemon;
 use crate::interrupt::{Interrupted, Runtime};
 use crate::progress::Progress;
@@ -30,6 +31,9 @@ pub struct HostState {
     pub table: ResourceTable,
     pub wasi: WasiCtx,
     pub daemon: Daemon,
+    /// containers-storage (podman, buildah): `containers-storage:NAME` sources, and plain names
+    /// when no Docker daemon is found anywhere.
+    pub storage: Storage,
     /// TLS settings; each registry gets a client built with them and its certs.d directory.
     pub tls: TlsOptions,
     /// The command line's credential (`--username`, `--password-stdin`), for the destination.

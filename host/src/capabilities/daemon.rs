@@ -1,5 +1,8 @@
-//! The `docker` capability: inspect, export and build in the daemon `DOCKER_HOST` names
-//! (`daemon`). A build reads only the context directory the user named.
+//! The `docker` capability: inspect, export and build in the daemon found as the Docker CLI finds
+//! it (`daemon`); inspect and export also from containers-storage (`daemon::storage`, podman or
+//! buildah) for a `containers-storage:NAME` image, for the ID such an inspect gave, and for any
+//! name when no Docker daemon is found anywhere (said in one line). A build reads only the
+//! context directory the user named.
 
 use std::path::Path;
 
@@ -12,6 +15,7 @@ use crate::bindings::ocipush::core::docker::{
 use crate::bindings::ocipush::core::types::Platform;
 use crate::daemon::build::{self, BuildJob, Spec, Step};
 use crate::daemon::export::{self, ExportStream};
+use crate::daemon::storage::{self, StorageImage};
 use crate::daemon::{self, Error};
 use crate::state::{timed, HostError, HostState};
 
@@ -28,6 +32,15 @@ impl From<export::Error> for HostError {
     fn from(e: export::Error) -> Self {
         match e {
             export::Error::Interrupted(interrupted) => interrupted.into(),
+            e => HostError::message(e),
+        }
+    }
+}
+
+impl From<storage::Error> for HostError {
+    fn from(e: storage::Error) -> Self {
+        match e {
+            storage::Error::Interrupted(interrupted) => interrupted.into(),
             e => HostError::message(e),
         }
     }
@@ -57,6 +70,11 @@ impl Host for HostState {
     }
 
     fn inspect(&mut self, image: String) -> Result<ImageSummary, HostError> {
+        if let Some(name) = self.from_storage(&image) {
+            let inspected = self.storage.inspect(&self.rt, &name)?;
+            tracing::debug!(image, id = %inspected.id, layers = inspected.diff_ids.len(), "inspected in containers-storage");
+            return Ok(storage_summary(inspected));
+        }
         let docker = self.daemon.docker(&self.rt)?;
         let inspected = self
             .rt
@@ -68,9 +86,55 @@ impl Host for HostState {
     }
 
     fn export_image(&mut self, image: String) -> Result<Resource<ExportStream>, HostError> {
-        let docker = self.daemon.docker(&self.rt)?;
-        let stream = ExportStream::start(&self.rt, docker, &self.daemon.address, image);
+        let stream = match self.from_storage(&image) {
+            Some(name) => self.storage.export(&self.rt, &name)?,
+            None => {
+                let docker = self.daemon.docker(&self.rt)?;
+                ExportStream::start(&self.rt, docker, &self.daemon.address, image)
+            }
+        };
         Ok(self.table.push(stream)?)
+    }
+}
+
+impl HostState {
+    /// The name to read from containers-storage, when `image` is read from there: named so
+    /// (`containers-storage:NAME`), an ID its inspect gave, or any name when no Docker daemon
+    /// is found anywhere and podman or buildah is installed (said once, in one line).
+    fn from_storage(&mut self, image: &str) -> Option<String> {
+        if let Some(name) = image.strip_prefix(storage::PREFIX) {
+            return Some(name.to_string());
+        }
+        if self.storage.answered_for(image) {
+            return Some(image.to_string());
+        }
+        let tried = self.daemon.absent()?;
+        let tool = self.storage.tool()?.name();
+        if self.storage.first_fallback() {
+            self.progress.notices().source(&format!(
+                "no Docker daemon found (no socket at {}): reading {image} from containers-storage with {tool}",
+                tried.join(", ")
+            ));
+        }
+        Some(image.to_string())
+    }
+}
+
+/// What the guest is told of an image in containers-storage.
+fn storage_summary(image: StorageImage) -> ImageSummary {
+    let platform = match (image.os, image.architecture) {
+        (Some(os), Some(architecture)) => Some(Platform {
+            os,
+            architecture,
+            variant: image.variant,
+        }),
+        _ => None,
+    };
+    ImageSummary {
+        id: image.id,
+        diff_ids: image.diff_ids,
+        size: image.size,
+        platform,
     }
 }
 

@@ -1,11 +1,14 @@
-//! `docker save` from the daemon (`GET /images/{name}/get`), read ahead a bounded amount and
-//! never spooled: a task pumps the daemon's answer into chunks the guest reads.
+//! `docker save` from the daemon (`GET /images/{name}/get`), or `podman image save` from
+//! containers-storage (`storage`), read ahead a bounded amount and never spooled: a task pumps
+//! the daemon's answer, or the tool's stdout, into chunks the guest reads.
 
 use std::fmt;
 
 use bollard::Docker;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
+use tokio::io::AsyncReadExt;
+use tokio::process::Child;
 use tokio::sync::mpsc;
 
 use crate::interrupt::{Interrupted, Runtime};
@@ -30,6 +33,12 @@ pub enum Error {
         address: String,
         cause: String,
     },
+    /// The tool reading containers-storage failed: its exit and the last line it wrote.
+    Storage {
+        image: String,
+        tool: &'static str,
+        cause: String,
+    },
     Interrupted(Interrupted),
 }
 
@@ -44,6 +53,10 @@ impl fmt::Display for Error {
                 f,
                 "exporting image {image} from the Docker daemon at {address}: {cause}"
             ),
+            Self::Storage { image, tool, cause } => write!(
+                f,
+                "exporting image {image} from containers-storage with {tool}: {cause}"
+            ),
             Self::Interrupted(interrupted) => interrupted.fmt(f),
         }
     }
@@ -51,45 +64,112 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// The pump's side: gathers what it reads into chunks of about `CHUNK` for the guest.
+struct Chunks {
+    tx: mpsc::Sender<Result<Bytes, Error>>,
+    chunk: BytesMut,
+}
+
+impl Chunks {
+    /// Adds `bytes`; false when the guest is gone and the pump should stop.
+    async fn push(&mut self, bytes: &[u8]) -> bool {
+        self.chunk.extend_from_slice(bytes);
+        self.chunk.len() < CHUNK || self.tx.send(Ok(self.chunk.split().freeze())).await.is_ok()
+    }
+
+    /// Sends what is left, then `end`'s error if the export failed.
+    async fn finish(mut self, end: Result<(), Error>) {
+        if !self.chunk.is_empty() && self.tx.send(Ok(self.chunk.split().freeze())).await.is_err() {
+            return;
+        }
+        if let Err(e) = end {
+            let _ = self.tx.send(Err(e)).await;
+        }
+    }
+}
+
 impl ExportStream {
+    fn channel() -> (Chunks, Self) {
+        let (tx, chunks) = mpsc::channel(READ_AHEAD);
+        let stream = Self {
+            chunks,
+            pending: Bytes::new(),
+        };
+        (
+            Chunks {
+                tx,
+                chunk: BytesMut::with_capacity(CHUNK),
+            },
+            stream,
+        )
+    }
+
     /// Starts exporting `image` from `docker` (at `address`, for messages).
     pub fn start(rt: &Runtime, docker: Docker, address: &str, image: String) -> Self {
-        let (tx, chunks) = mpsc::channel(READ_AHEAD);
+        let (mut chunks, stream) = Self::channel();
         let address = address.to_string();
         rt.spawn(async move {
-            let mut stream = docker.export_image(&image);
-            let mut chunk = BytesMut::with_capacity(CHUNK);
-            while let Some(part) = stream.next().await {
+            let mut parts = docker.export_image(&image);
+            while let Some(part) = parts.next().await {
                 match part {
                     Ok(bytes) => {
-                        chunk.extend_from_slice(&bytes);
-                        if chunk.len() >= CHUNK
-                            && tx.send(Ok(chunk.split().freeze())).await.is_err()
-                        {
+                        if !chunks.push(&bytes).await {
                             return; // the guest is gone
                         }
                     }
                     Err(e) => {
                         let cause = e.to_string();
-                        let _ = tx
-                            .send(Err(Error::Daemon {
-                                image,
-                                address,
-                                cause,
-                            }))
-                            .await;
-                        return;
+                        let failed = Error::Daemon {
+                            image,
+                            address,
+                            cause,
+                        };
+                        return chunks.finish(Err(failed)).await;
                     }
                 }
             }
-            if !chunk.is_empty() {
-                let _ = tx.send(Ok(chunk.freeze())).await;
-            }
+            chunks.finish(Ok(())).await;
         });
-        Self {
-            chunks,
-            pending: Bytes::new(),
-        }
+        stream
+    }
+
+    /// Streams the stdout of `child` (`tool`, exporting `image`), which must have its stdout
+    /// and stderr piped and be killed on drop: dropping the stream before its end stops it.
+    /// An exit other than 0 fails the stream with the last line the tool wrote on stderr.
+    pub fn from_process(rt: &Runtime, mut child: Child, tool: &'static str, image: String) -> Self {
+        let (mut chunks, stream) = Self::channel();
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        rt.spawn(async move {
+            // Read while stdout is: a tool blocked on a full stderr pipe would never end.
+            let errors = tokio::spawn(last_line(stderr));
+            let mut buffer = vec![0; CHUNK];
+            let mut read = 0;
+            if let Some(mut stdout) = stdout {
+                loop {
+                    match stdout.read(&mut buffer).await {
+                        Ok(0) => break,
+                        Ok(n) if chunks.push(&buffer[..n]).await => read += n,
+                        Ok(_) => return, // the guest is gone: dropping `child` kills it
+                        Err(e) => {
+                            let cause = format!("reading its output: {e}");
+                            return chunks
+                                .finish(Err(Error::Storage { image, tool, cause }))
+                                .await;
+                        }
+                    }
+                }
+            }
+            let status = child.wait().await;
+            let said = errors.await.unwrap_or_default();
+            let end = match status {
+                Ok(status) if status.success() => Ok(()),
+                Ok(status) => Err(format!("{status} after {read} bytes: {said}")),
+                Err(e) => Err(format!("waiting for it: {e}")),
+            };
+            let end = end.map_err(|cause| Error::Storage { image, tool, cause });
+            chunks.finish(end).await;
+        });
+        stream
     }
 
     /// The next bytes: at most `max`, at least one unless the export ended. Waits for the
@@ -119,4 +199,24 @@ impl ExportStream {
         }
         Ok(out)
     }
+}
+
+/// The last non-empty line a tool wrote on `stderr`, of at most its last 4 KiB.
+pub async fn last_line(stderr: Option<tokio::process::ChildStderr>) -> String {
+    let Some(mut stderr) = stderr else {
+        return String::new();
+    };
+    let mut tail = Vec::new();
+    let mut buffer = [0; 4096];
+    while let Ok(n) = stderr.read(&mut buffer).await {
+        if n == 0 {
+            break;
+        }
+        tail.extend_from_slice(&buffer[..n]);
+        let excess = tail.len().saturating_sub(4096);
+        tail.drain(..excess);
+    }
+    let text = String::from_utf8_lossy(&tail);
+    let line = text.lines().rev().find(|l| !l.trim().is_empty());
+    line.unwrap_or("").trim().to_string()
 }

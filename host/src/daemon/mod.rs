@@ -9,6 +9,7 @@ pub mod connect;
 pub mod context;
 pub mod endpoint;
 pub mod export;
+pub mod storage;
 
 use std::fmt;
 
@@ -140,12 +141,13 @@ impl Daemon {
         }
     }
 
-    /// Whether nothing names a daemon and none of the usual sockets exists: no Docker here.
-    pub fn is_absent(&self) -> bool {
-        matches!(
-            self.resolution,
-            Ok(Resolution::Searched { found: None, .. })
-        )
+    /// When nothing names a daemon and none of the usual sockets exists (no Docker here): the
+    /// sockets tried.
+    pub fn absent(&self) -> Option<&[String]> {
+        match &self.resolution {
+            Ok(Resolution::Searched { found: None, tried }) => Some(tried),
+            _ => None,
+        }
     }
 
     /// Connects on first use, agreeing on an API version the daemon speaks (Debian's dockerd
@@ -246,7 +248,7 @@ mod tests {
             daemon.address,
             "unix:///home/u/.docker/run/docker.sock (no socket at unix:///var/run/docker.sock)"
         );
-        assert!(!daemon.is_absent());
+        assert!(daemon.absent().is_none());
         let mut none = Daemon::new(Ok(Resolution::Searched {
             found: None,
             tried: vec![
@@ -254,7 +256,7 @@ mod tests {
                 "unix:///run/user/1/docker.sock".into(),
             ],
         }));
-        assert!(none.is_absent());
+        assert_eq!(none.absent().map(<[String]>::len), Some(2));
         let tokio = tokio::runtime::Runtime::new().unwrap();
         let err = none
             .docker(&Runtime::new(tokio.handle().clone()))
