@@ -8,6 +8,7 @@
 
 pub mod daemon_proxy;
 pub mod faults;
+pub mod home;
 pub mod registry;
 pub mod slow_link;
 pub mod token;

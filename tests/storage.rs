@@ -1,0 +1,191 @@
+//! Integration tests for images with no daemon at all: `containers-storage:NAME` read from a
+//! podman storage the test makes in a temp dir (vfs, through `CONTAINERS_STORAGE_CONF`), and the
+//! fallback to it for a plain name when no Docker daemon is found anywhere. Pushed to the test
+//! registry (`scripts/services.sh`) and read back by skopeo; the config digest is podman's
+//! image ID.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+use support::home::Home;
+use support::*;
+
+/// A containers-storage of the test's own: vfs graph and run roots in a temp dir, and a
+/// containers.conf that needs neither systemd nor cgroups.
+struct Store {
+    dir: tempfile::TempDir,
+}
+
+impl Store {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(
+            root.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+                root.join("graph").display(),
+                root.join("run").display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("containers.conf"),
+            "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"none\"\n",
+        )
+        .unwrap();
+        Self { dir }
+    }
+
+    /// The variables that point podman (and ocipush's podman) at this store.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        let path = |name: &str| self.dir.path().join(name).display().to_string();
+        vec![
+            ("CONTAINERS_STORAGE_CONF", path("storage.conf")),
+            ("CONTAINERS_CONF", path("containers.conf")),
+        ]
+    }
+
+    fn podman(&self, args: &[&str]) -> String {
+        let mut c = Command::new("podman");
+        c.args(args).envs(self.env());
+        run_ok(&mut c)
+    }
+
+    /// `podman build` of a FROM scratch image with one file: (name, ID, diff IDs).
+    fn build(&self, name: &str) -> (String, String, Vec<String>) {
+        let context = tempfile::tempdir().unwrap();
+        std::fs::write(context.path().join("file.txt"), name).unwrap();
+        std::fs::write(
+            context.path().join("Containerfile"),
+            "FROM scratch\nCOPY file.txt /file.txt\nLABEL org.example.test=storage\n",
+        )
+        .unwrap();
+        let image = format!("localhost/{name}:1");
+        let context = context.path().display().to_string();
+        self.podman(&["build", "-q", "-t", &image, &context]);
+        let inspect: Value =
+            serde_json::from_str(&self.podman(&["image", "inspect", &image])).unwrap();
+        let id = format!("sha256:{}", inspect[0]["Id"].as_str().unwrap());
+        let diff_ids = serde_json::from_value(inspect[0]["RootFS"]["Layers"].clone()).unwrap();
+        (image, id, diff_ids)
+    }
+
+    fn graph(&self) -> PathBuf {
+        self.dir.path().join("graph")
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // vfs layers can hold read-only directories: make them removable.
+        let _ = Command::new("chmod")
+            .args(["-R", "u+rwX"])
+            .arg(self.graph())
+            .status();
+    }
+}
+
+/// Reads `dest` back: the manifest names podman's image ID as its config, every blob verifies.
+fn verify(registry: &str, repo: &str, digest: &str, id: &str, diff_ids: &[String]) {
+    check_pushed_manifest(registry, repo, "v1", digest, id, diff_ids);
+    copy_to_oci_layout_and_verify(&format!("{registry}/{repo}:v1"), digest, diff_ids);
+}
+
+fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+#[test]
+fn containers_storage_is_read_through_podman() {
+    let s = services();
+    let store = Store::new();
+    let name = unique("containers-storage");
+    let (image, id, diff_ids) = store.build(&name);
+    let repo = format!("ocipush-test/{name}");
+    let dest = format!("{}/{repo}:v1", s.registry);
+    let env = store.env();
+    // The test daemon stays named (DOCKER_HOST): the prefix alone sends it to the store.
+    let pushed = push_with(
+        &format!("containers-storage:{image}"),
+        &dest,
+        "json",
+        &env_refs(&env),
+    );
+    let digest = pushed.expect_success(&dest);
+    verify(&s.registry, &repo, &digest, &id, &diff_ids);
+    assert!(
+        !pushed.stderr.contains("\"event\":\"source\""),
+        "a named store is no fallback: {}",
+        pushed.stderr
+    );
+}
+
+#[test]
+fn a_plain_name_falls_back_to_containers_storage_when_no_daemon_is_found() {
+    let s = services();
+    let store = Store::new();
+    let home = Home::new();
+    let name = unique("fallback");
+    let (image, id, diff_ids) = store.build(&name);
+    let repo = format!("ocipush-test/{name}");
+    let dest = format!("{}/{repo}:v1", s.registry);
+    let env = store.env();
+    let pushed = home.push(&image, &dest, "plain", &[], &env_refs(&env));
+    let digest = pushed.expect_success(&dest);
+    verify(&s.registry, &repo, &digest, &id, &diff_ids);
+    let said: Vec<&str> = pushed
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("no Docker daemon found"))
+        .collect();
+    let home = home.path().display();
+    assert_eq!(
+        said,
+        [format!(
+            "no Docker daemon found (no socket at unix:///var/run/docker.sock, unix://{home}/run/docker.sock, unix://{home}/.docker/run/docker.sock, unix://{home}/.colima/default/docker.sock): reading {image} from containers-storage with podman"
+        )],
+        "{}",
+        pushed.stderr
+    );
+}
+
+#[test]
+fn an_image_the_store_lacks_is_one_line_and_nothing_is_pushed() {
+    let s = services();
+    let store = Store::new();
+    let name = unique("storage-missing");
+    let repo = format!("ocipush-test/{name}");
+    let dest = format!("{}/{repo}:v1", s.registry);
+    let env = store.env();
+    let line = push_with(
+        "containers-storage:localhost/no-such-image:1",
+        &dest,
+        "none",
+        &env_refs(&env),
+    )
+    .expect_failure();
+    assert!(
+        line.contains(
+            "reading image localhost/no-such-image:1 from containers-storage with podman: exit status: 125"
+        ),
+        "{line}"
+    );
+    assert_tag_absent(&s.registry, &repo, "v1");
+    // No podman or buildah on PATH: said so, before anything else.
+    let bare = tempfile::tempdir().unwrap();
+    let path = bare.path().display().to_string();
+    let mut env = env_refs(&env);
+    env.push(("PATH", &path));
+    let line =
+        push_with("containers-storage:localhost/app:1", &dest, "none", &env).expect_failure();
+    assert!(
+        line.contains(
+            "containers-storage, which ocipush reads with podman or buildah: neither is on PATH"
+        ),
+        "{line}"
+    );
+}
