@@ -66,6 +66,14 @@ corpus = {
         "context-meta": json.dumps({"Name": "ci", "Metadata": {},
                                     "Endpoints": {"docker": {"Host": "unix:///run/ci.sock", "SkipTLSVerify": False}}}).encode(),
     },
+    "storage_inspect": {
+        "podman": json.dumps([{"Id": ID, "Digest": "sha256:" + ID, "RepoTags": ["localhost/app:1"],
+                               "Architecture": "arm64", "Os": "linux", "Variant": "v8", "Size": 3823,
+                               "RootFS": {"Type": "layers", "Layers": DIFF}}]).encode(),
+        "buildah": json.dumps({"Type": "buildah 0.0.1", "FromImageID": ID,
+                               "OCIv1": {"architecture": "amd64", "os": "linux",
+                                         "rootfs": {"type": "layers", "diff_ids": DIFF}}}).encode(),
+    },
     "manifest": {
         "oci": json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:" + ID, "size": len(CONFIG)},

@@ -29,6 +29,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("reference", reference),
     ("challenge", challenge),
     ("docker_config", docker_config),
+    ("storage_inspect", storage_inspect),
     ("manifest", manifest),
     ("cache_entry", cache_entry),
     ("image_config", image_config),
@@ -303,6 +304,19 @@ pub fn docker_config(data: &[u8]) {
     }
     let _ = ocipush_parse::current_context(&text);
     let _ = ocipush_parse::context_endpoint(&text);
+}
+
+/// What `podman image inspect` or `buildah inspect --type image` answered: an accepted image
+/// has a well-formed ID.
+pub fn storage_inspect(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let parsed = [
+        ocipush_parse::podman_inspect(&text),
+        ocipush_parse::buildah_inspect(&text),
+    ];
+    for image in parsed.into_iter().flatten() {
+        assert_eq!(image.id.len(), "sha256:".len() + 64);
+    }
 }
 
 /// A manifest the guest hands the host: the host finds the blobs it names before writing it.
