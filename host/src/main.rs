@@ -39,13 +39,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Push an image from the Docker daemon (DOCKER_HOST), a tarball or an OCI layout to a
-    /// registry or an OCI layout.
+    /// Push an image from the Docker daemon, containers-storage, a tarball or an OCI layout to
+    /// a registry or an OCI layout.
     Push {
-        /// The image: in the daemon (--context, DOCKER_HOST, DOCKER_CONTEXT, the current Docker
-        /// context, else the usual sockets), name:tag, name@digest or image ID; or a
-        /// docker save tarball, docker-archive:PATH[:NAME:TAG or :@N when it holds several]; or
-        /// an OCI image layout directory, oci:DIR[:TAG] (TAG needed when it holds several).
+        /// The image: in the Docker daemon (--context, DOCKER_HOST, DOCKER_CONTEXT, the current
+        /// Docker context, else the usual sockets), name:tag, name@digest or image ID; in
+        /// podman's or buildah's storage, containers-storage:NAME (also where a plain name is
+        /// read when no Docker daemon is found anywhere); or a docker save tarball,
+        /// docker-archive:PATH[:NAME:TAG or :@N when it holds several]; or an OCI image layout
+        /// directory, oci:DIR[:TAG] (TAG needed when it holds several).
         source: String,
         /// Where to push: host[:port]/repository[:tag] (a registry; loopback hosts get plain HTTP
         /// unless they ask for HTTPS, all others HTTPS), or oci:DIR[:TAG] (an OCI image layout
