@@ -1,12 +1,14 @@
 //! Integration tests for finding the daemon as the Docker CLI does, with `DOCKER_HOST` unset: a
 //! context made by `docker context create` and made current by `docker context use`, one named
 //! by `DOCKER_CONTEXT` or `--context`, and the sockets rootless Docker, Docker Desktop and Colima
-//! use; and the one line an unreachable daemon gets. Each push goes to the test daemon
+//! use, a daemon over TLS (`DOCKER_TLS_VERIFY`, a context's TLS material, `SkipTLSVerify`);
+//! and the one line an unreachable daemon gets. Each push goes to the test daemon
 //! (`scripts/services.sh`) through what names it, and is read back by skopeo.
 
 mod support;
 
 use support::home::Home;
+use support::tls_daemon::TlsDaemon;
 use support::*;
 
 /// A one-layer image in the test daemon: (tag, image ID, diff IDs).
@@ -130,4 +132,94 @@ fn an_unreachable_daemon_is_one_line_naming_what_was_tried() {
     );
     assert!(line.contains(&tried), "{line}");
     assert_tag_absent(&s.registry, &format!("ocipush-test/{name}"), "v1");
+}
+
+#[test]
+fn a_daemon_over_tls_through_the_environment_or_a_context() {
+    let home = Home::new();
+    let daemon = TlsDaemon::start(&Home::daemon_socket());
+    let certs = daemon.certs().display().to_string();
+    let host = daemon.host();
+    let name = unique("tls-env");
+    pushes_through(
+        &home,
+        &name,
+        &[],
+        &[
+            ("DOCKER_HOST", &host),
+            ("DOCKER_TLS_VERIFY", "1"),
+            ("DOCKER_CERT_PATH", &certs),
+        ],
+    );
+
+    // docker context create copies the files into contexts/tls/<sha256>/docker/.
+    let name = unique("tls-context");
+    let file = |f: &str| daemon.file(f).display().to_string();
+    home.docker_cli(&[
+        "context",
+        "create",
+        &name,
+        "--docker",
+        &format!(
+            "host={host},ca={},cert={},key={}",
+            file("ca.pem"),
+            file("cert.pem"),
+            file("key.pem")
+        ),
+    ]);
+    pushes_through(&home, &name, &["--context", &name], &[]);
+
+    // SkipTLSVerify: no CA, the daemon's certificate taken as it is.
+    let name = unique("tls-skip");
+    home.docker_cli(&[
+        "context",
+        "create",
+        &name,
+        "--docker",
+        &format!(
+            "host={host},cert={},key={},skip-tls-verify=true",
+            file("cert.pem"),
+            file("key.pem")
+        ),
+    ]);
+    pushes_through(&home, &name, &[], &[("DOCKER_CONTEXT", &name)]);
+}
+
+#[test]
+fn a_tls_daemon_that_is_not_trusted_or_wants_a_certificate_is_one_line() {
+    let s = services();
+    let home = Home::new();
+    let daemon = TlsDaemon::start(&Home::daemon_socket());
+    let host = daemon.host();
+    let dest = format!("{}/ocipush-test/{}:v1", s.registry, unique("tls-refused"));
+    // Only the CA: the daemon wants a client certificate.
+    let ca_only = tempfile::tempdir().unwrap();
+    std::fs::copy(daemon.file("ca.pem"), ca_only.path().join("ca.pem")).unwrap();
+    let ca_only = ca_only.path().display().to_string();
+    let tls = |certs: &str| {
+        home.push(
+            "app:1",
+            &dest,
+            "none",
+            &[],
+            &[
+                ("DOCKER_HOST", &host),
+                ("DOCKER_TLS_VERIFY", "1"),
+                ("DOCKER_CERT_PATH", certs),
+            ],
+        )
+        .expect_failure()
+    };
+    let line = tls(&ca_only);
+    assert!(
+        line.contains(&format!("cannot reach the Docker daemon at {host}: ")),
+        "{line}"
+    );
+    // No CA: the daemon's certificate is not trusted.
+    let none = tempfile::tempdir().unwrap();
+    let line = tls(&none.path().display().to_string());
+    assert!(
+        line.contains(&format!("cannot reach the Docker daemon at {host}: ")),
+        "{line}"
+    );
 }

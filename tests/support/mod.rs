@@ -3,7 +3,8 @@
 //! a hand-written `docker save` tarball builder, and registry inspection. Every server a test
 //! starts for itself lives in a module here: registries with TLS or authentication and their
 //! token issuer (`registry`, `token`), proxies in front of a registry (`faults`, `slow_link`) or
-//! the daemon (`daemon_proxy`), and listeners that must not be contacted (`tripwires`).
+//! the daemon (`daemon_proxy`, `tls_daemon`: the daemon over TLS), listeners that must not be
+//! contacted (`tripwires`), and a HOME of a test's own (`home`).
 #![allow(dead_code)]
 
 pub mod daemon_proxy;
@@ -11,6 +12,7 @@ pub mod faults;
 pub mod home;
 pub mod registry;
 pub mod slow_link;
+pub mod tls_daemon;
 pub mod token;
 pub mod tripwires;
 
