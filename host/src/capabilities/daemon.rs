@@ -70,7 +70,7 @@ impl Host for HostState {
     }
 
     fn inspect(&mut self, image: String) -> Result<ImageSummary, HostError> {
-        if let Some(name) = self.from_storage(&image) {
+        if let Some(name) = self.storage_name(&image) {
             let inspected = self.storage.inspect(&self.rt, &name)?;
             tracing::debug!(image, id = %inspected.id, layers = inspected.diff_ids.len(), "inspected in containers-storage");
             return Ok(storage_summary(inspected));
@@ -86,7 +86,7 @@ impl Host for HostState {
     }
 
     fn export_image(&mut self, image: String) -> Result<Resource<ExportStream>, HostError> {
-        let stream = match self.from_storage(&image) {
+        let stream = match self.storage_name(&image) {
             Some(name) => self.storage.export(&self.rt, &name)?,
             None => {
                 let docker = self.daemon.docker(&self.rt)?;
@@ -101,7 +101,7 @@ impl HostState {
     /// The name to read from containers-storage, when `image` is read from there: named so
     /// (`containers-storage:NAME`), an ID its inspect gave, or any name when no Docker daemon
     /// is found anywhere and podman or buildah is installed (said once, in one line).
-    fn from_storage(&mut self, image: &str) -> Option<String> {
+    fn storage_name(&mut self, image: &str) -> Option<String> {
         if let Some(name) = image.strip_prefix(storage::PREFIX) {
             return Some(name.to_string());
         }
