@@ -42,6 +42,8 @@ cmd_deps() {
 	command -v docker-registry >/dev/null 2>&1 || pkgs+=(docker-registry)
 	command -v skopeo >/dev/null 2>&1 || pkgs+=(skopeo)
 	command -v podman >/dev/null 2>&1 || pkgs+=(podman)
+	# containers-storage: read through buildah when podman is not there (tests/storage.rs).
+	command -v buildah >/dev/null 2>&1 || pkgs+=(buildah)
 	command -v curl >/dev/null 2>&1 || pkgs+=(curl)
 	command -v htpasswd >/dev/null 2>&1 || pkgs+=(apache2-utils)
 	command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)

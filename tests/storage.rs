@@ -1,6 +1,7 @@
 //! Integration tests for images with no daemon at all: `containers-storage:NAME` read from a
 //! podman storage the test makes in a temp dir (vfs, through `CONTAINERS_STORAGE_CONF`), and the
-//! fallback to it for a plain name when no Docker daemon is found anywhere. Pushed to the test
+//! fallback to it for a plain name when no Docker daemon is found anywhere; through podman, or
+//! buildah when it is the only one installed. Pushed to the test
 //! registry (`scripts/services.sh`) and read back by skopeo; the config digest is podman's
 //! image ID.
 
@@ -187,5 +188,32 @@ fn an_image_the_store_lacks_is_one_line_and_nothing_is_pushed() {
             "containers-storage, which ocipush reads with podman or buildah: neither is on PATH"
         ),
         "{line}"
+    );
+}
+
+#[test]
+fn with_only_buildah_installed_it_reads_the_store() {
+    let s = services();
+    let store = Store::new();
+    let name = unique("buildah");
+    let (image, id, diff_ids) = store.build(&name);
+    let repo = format!("ocipush-test/{name}");
+    let env = store.env();
+    let source = format!("containers-storage:{image}");
+    let dest = format!("{}/{repo}:podman", s.registry);
+    let by_podman = push_with(&source, &dest, "none", &env_refs(&env)).expect_success(&dest);
+    // A PATH holding buildah alone.
+    let bin = tempfile::tempdir().unwrap();
+    let buildah = run_ok(Command::new("sh").args(["-c", "command -v buildah"]));
+    std::os::unix::fs::symlink(&buildah, bin.path().join("buildah")).unwrap();
+    let path = bin.path().display().to_string();
+    let mut env = env_refs(&env);
+    env.push(("PATH", &path));
+    let dest = format!("{}/{repo}:v1", s.registry);
+    let digest = push_with(&source, &dest, "none", &env).expect_success(&dest);
+    verify(&s.registry, &repo, &digest, &id, &diff_ids);
+    assert_eq!(
+        digest, by_podman,
+        "buildah's export gives the manifest podman's does"
     );
 }
