@@ -90,12 +90,6 @@ impl Drop for Store {
     }
 }
 
-/// Reads `dest` back: the manifest names podman's image ID as its config, every blob verifies.
-fn verify(registry: &str, repo: &str, digest: &str, id: &str, diff_ids: &[String]) {
-    check_pushed_manifest(registry, repo, "v1", digest, id, diff_ids);
-    copy_to_oci_layout_and_verify(&format!("{registry}/{repo}:v1"), digest, diff_ids);
-}
-
 fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     env.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
@@ -117,7 +111,7 @@ fn containers_storage_is_read_through_podman() {
         &env_refs(&env),
     );
     let digest = pushed.expect_success(&dest);
-    verify(&s.registry, &repo, &digest, &id, &diff_ids);
+    verify_pushed(&dest, &digest, &id, &diff_ids);
     assert!(
         !pushed.stderr.contains("\"event\":\"source\""),
         "a named store is no fallback: {}",
@@ -137,7 +131,7 @@ fn a_plain_name_falls_back_to_containers_storage_when_no_daemon_is_found() {
     let env = store.env();
     let pushed = home.push(&image, &dest, "plain", &[], &env_refs(&env));
     let digest = pushed.expect_success(&dest);
-    verify(&s.registry, &repo, &digest, &id, &diff_ids);
+    verify_pushed(&dest, &digest, &id, &diff_ids);
     let said: Vec<&str> = pushed
         .stderr
         .lines()
@@ -211,7 +205,7 @@ fn with_only_buildah_installed_it_reads_the_store() {
     env.push(("PATH", &path));
     let dest = format!("{}/{repo}:v1", s.registry);
     let digest = push_with(&source, &dest, "none", &env).expect_success(&dest);
-    verify(&s.registry, &repo, &digest, &id, &diff_ids);
+    verify_pushed(&dest, &digest, &id, &diff_ids);
     assert_eq!(
         digest, by_podman,
         "buildah's export gives the manifest podman's does"

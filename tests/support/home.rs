@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{ocipush_bin, run, run_ok, services, Pushed};
+use super::{ocipush_bin, run_ocipush, run_ok, services, Pushed};
 
 /// Where the Docker CLI keeps its state for one test: a temporary HOME (so `~/.docker` is its
 /// own) and an empty XDG_RUNTIME_DIR.
@@ -65,7 +65,7 @@ impl Home {
     }
 
     /// `ocipush push SOURCE DEST --progress PROGRESS ARGS… --digest-file …` with this HOME,
-    /// `envs` added.
+    /// `envs` added, where `/var/run/docker.sock` does not exist.
     pub fn push(
         &self,
         source: &str,
@@ -74,32 +74,11 @@ impl Home {
         args: &[&str],
         envs: &[(&str, &str)],
     ) -> Pushed {
-        let dir = tempfile::tempdir().unwrap();
-        let digest_path = dir.path().join("digest");
         let mut c = Command::new(ocipush_bin());
-        c.args([
-            "push",
-            source,
-            dest,
-            "--progress",
-            progress,
-            "--digest-file",
-        ])
-        .arg(&digest_path)
-        .args(args);
+        c.args(["push", source, dest, "--progress", progress])
+            .args(args);
         self.isolate(&mut c);
-        for (k, v) in envs {
-            c.env(k, v);
-        }
-        let output = run(&mut without_system_socket(c));
-        Pushed {
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-            digest_file: std::fs::read_to_string(&digest_path)
-                .ok()
-                .map(|s| s.trim().to_string()),
-            output,
-        }
+        run_ocipush(without_system_socket(c), envs, None)
     }
 }
 

@@ -368,7 +368,7 @@ pub fn push_input<K: AsRef<OsStr>, V: AsRef<OsStr>>(
 }
 
 /// Runs `command` (an ocipush command line) with `--digest-file` added, the test daemon
-/// (DOCKER_HOST from the services unless `envs` overrides it), no OCIPUSH_LOG of the caller's,
+/// (DOCKER_HOST from the services unless the command or `envs` says otherwise), no OCIPUSH_LOG of the caller's,
 /// `envs` and `input` on stdin; collects what it printed and the digest file.
 pub fn run_ocipush<K: AsRef<OsStr>, V: AsRef<OsStr>>(
     mut command: Command,
@@ -377,10 +377,13 @@ pub fn run_ocipush<K: AsRef<OsStr>, V: AsRef<OsStr>>(
 ) -> Pushed {
     let dir = tempfile::tempdir().unwrap();
     let digest_path = dir.path().join("digest");
+    // The test daemon, unless the command already sets or removes DOCKER_HOST (support/home.rs).
+    if !command.get_envs().any(|(key, _)| key == "DOCKER_HOST") {
+        command.env("DOCKER_HOST", services().docker_host);
+    }
     command
         .arg("--digest-file")
         .arg(&digest_path)
-        .env("DOCKER_HOST", services().docker_host)
         .env_remove("OCIPUSH_LOG");
     for (k, v) in envs {
         command.env(k, v);
