@@ -34,8 +34,7 @@ fn pushes_through(home: &Home, name: &str, args: &[&str], envs: &[(&str, &str)])
 fn the_current_context_names_the_daemon() {
     let home = Home::new();
     let name = unique("current-context");
-    let socket = Home::daemon_socket();
-    home.create_context(&name, &format!("unix://{socket}"));
+    home.context_for_test_daemon(&name);
     home.docker_cli(&["context", "use", &name]);
     // What `docker context use` wrote is what ocipush reads: ~/.docker/config.json.
     let config = std::fs::read_to_string(home.path().join(".docker/config.json")).unwrap();
@@ -47,12 +46,11 @@ fn the_current_context_names_the_daemon() {
 fn docker_context_and_the_flag_name_a_context() {
     let home = Home::new();
     let name = unique("named-context");
-    let socket = Home::daemon_socket();
-    home.create_context(&name, &format!("unix://{socket}"));
+    home.context_for_test_daemon(&name);
     pushes_through(&home, &name, &[], &[("DOCKER_CONTEXT", &name)]);
     // --context wins over DOCKER_HOST and DOCKER_CONTEXT, as docker's does.
     let other = unique("flag");
-    home.create_context(&other, &format!("unix://{socket}"));
+    home.context_for_test_daemon(&other);
     pushes_through(
         &home,
         &other,

@@ -116,25 +116,23 @@ impl Notices {
     /// Where the image is read from when that is not where the source said: no Docker daemon
     /// anywhere, so a plain name is read from containers-storage.
     pub fn source(&self, message: &str) {
-        match &self.0 {
-            Sink::Bars(multi) => {
-                let _ = multi.println(message);
-            }
-            Sink::Plain => eprintln!("{message}"),
-            Sink::Json => eprintln!("{}", json!({"event": "source", "message": message})),
-            Sink::None => {}
-        }
+        self.message("source", message);
     }
 
     /// A change of course in an upload that is not a retry, e.g. smaller chunks after the
     /// registry refused a large one, or starting a layer over in a new upload session.
     pub fn upload(&self, message: &str) {
+        self.message("upload", message);
+    }
+
+    /// `message` as a line, or as the JSON event `event` with that `message`.
+    fn message(&self, event: &str, message: &str) {
         match &self.0 {
             Sink::Bars(multi) => {
                 let _ = multi.println(message);
             }
             Sink::Plain => eprintln!("{message}"),
-            Sink::Json => eprintln!("{}", json!({"event": "upload", "message": message})),
+            Sink::Json => eprintln!("{}", json!({"event": event, "message": message})),
             Sink::None => {}
         }
     }

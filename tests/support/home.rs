@@ -42,6 +42,11 @@ impl Home {
         run_ok(self.isolate(&mut c))
     }
 
+    /// A context named `name` for the test daemon's socket.
+    pub fn context_for_test_daemon(&self, name: &str) {
+        self.create_context(name, &format!("unix://{}", Self::daemon_socket()));
+    }
+
     /// `docker context create NAME --docker host=HOST`.
     pub fn create_context(&self, name: &str, host: &str) {
         self.docker_cli(&[
