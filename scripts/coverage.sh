@@ -16,6 +16,8 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 install_deps
+phase "installing the jco test's JS dependencies (npm ci --prefix tests/jco)"
+npm ci --prefix tests/jco --no-audit --no-fund --prefer-offline --loglevel=error
 
 phase "installing cargo-llvm-cov and llvm-tools-preview where missing"
 cargo llvm-cov --version >/dev/null 2>&1 || cargo install cargo-llvm-cov --locked
@@ -27,14 +29,14 @@ build_test_guests
 phase "removing earlier profiles and instrumented workspace builds (cargo llvm-cov clean --workspace)"
 cargo llvm-cov clean --workspace
 
-# A failing test still leaves its profiles: the report is made either way, and the exit status
-# says the run was not clean.
+# A failing test still leaves its profiles, and --no-fail-fast runs every test binary after it:
+# the report is made either way, and the exit status says the run was not clean.
 failed=()
 phase "guest and parser unit tests, instrumented"
-cargo llvm-cov test --no-report --release --locked -p ocipush-guest -p ocipush-parse ||
+cargo llvm-cov test --no-report --release --locked --no-fail-fast -p ocipush-guest -p ocipush-parse ||
 	failed+=("guest and parser unit tests")
 phase "host unit tests and integration tests, instrumented"
-cargo llvm-cov test --no-report --release --locked -p ocipush || failed+=("host tests")
+cargo llvm-cov test --no-report --release --locked --no-fail-fast -p ocipush || failed+=("host tests")
 
 phase "coverage report (cargo llvm-cov report --release)"
 report=$SERVICES_DIR/coverage.txt
