@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use sha2::Digest as _;
+
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir
@@ -63,6 +65,36 @@ fn main() {
     let wasm = target_dir.join("wasm32-wasip2/release/ocipush_guest.wasm");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("ocipush_guest.wasm");
     std::fs::copy(&wasm, &out).unwrap_or_else(|e| panic!("copying {}: {e}", wasm.display()));
+    // `ocipush --version` names the embedded guest and the contract without hashing anything
+    // at run time.
+    let bytes = std::fs::read(&out).unwrap_or_else(|e| panic!("reading {}: {e}", out.display()));
+    println!(
+        "cargo:rustc-env=OCIPUSH_GUEST_SHA256={}",
+        hex::encode(sha2::Sha256::digest(&bytes))
+    );
+    println!(
+        "cargo:rustc-env=OCIPUSH_WIT_VERSION={}",
+        wit_version(&root.join("wit/ocipush.wit"))
+    );
+}
+
+/// The version in the contract's `package ocipush:core@VERSION;` line.
+fn wit_version(path: &std::path::Path) -> String {
+    let wit =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    wit.lines()
+        .find_map(|line| {
+            line.trim()
+                .strip_prefix("package ocipush:core@")?
+                .strip_suffix(';')
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{} has no `package ocipush:core@VERSION;` line",
+                path.display()
+            )
+        })
 }
 
 /// Where cargo keeps dependency sources, whose paths would otherwise land in panic messages.

@@ -2,11 +2,12 @@
 //! sandboxed WASI guest (`guest/`); this binary lends it the daemon, credentials, the registry
 //! and a progress sink, as `wit/ocipush.wit` describes.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use ocipush::bindings::ocipush::core::docker::BuildRequest;
 use ocipush::bindings::ocipush::core::registry::Compression;
 use ocipush::bindings::{ChosenSettings, ManifestFormat, PublishSettings};
@@ -15,9 +16,35 @@ use ocipush::{cache, credentials, files, interrupt, progress, registry, tls};
 use ocipush_guest::reference::Destination;
 use tracing_subscriber::EnvFilter;
 
+/// `ocipush --version`: the host, the contract it offers and the guest it embeds.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\ncontract ocipush:core@",
+    env!("OCIPUSH_WIT_VERSION"),
+    "\nguest sha256:",
+    env!("OCIPUSH_GUEST_SHA256"),
+    " (embedded)"
+);
+
+/// What `--help` and the man page say after the options.
+const AFTER_HELP: &str = "\
+Exit status: 0 on success; 1 when the push (or any command) fails, after one line \
+`ocipush: error: ...` on stderr; 2 for a usage error; 130 after SIGINT (Ctrl-C), 143 after SIGTERM.
+
+Environment: DOCKER_HOST (the daemon), OCIPUSH_LOG (a log filter such as `debug` or \
+`ocipush=debug`; -v means `ocipush=debug`), NO_COLOR (no colours in logs), REGISTRY_AUTH_FILE \
+(as --authfile), DOCKER_CONFIG, CONTAINERS_REGISTRIES_CONF, OCIPUSH_CACHE_DIR, \
+OCIPUSH_CERTS_DIRS, OCIPUSH_GUEST_DIGEST.";
+
 #[derive(Parser)]
-#[command(name = "ocipush", version, about)]
+#[command(name = "ocipush", version = VERSION, about, after_long_help = AFTER_HELP)]
 struct Cli {
+    /// Print only the pushed references on stdout and nothing on stderr, unless it fails.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Log what ocipush does on stderr (debug level; never a secret).
+    #[arg(short, long, global = true)]
+    verbose: bool,
     /// Run this guest component instead of the embedded one.
     #[arg(long, global = true, value_name = "PATH")]
     guest: Option<PathBuf>,
@@ -94,6 +121,14 @@ enum Command {
         #[command(subcommand)]
         command: GuestCommand,
     },
+    /// Print a completion script for SHELL on stdout, e.g.
+    /// `ocipush completions bash > /etc/bash_completion.d/ocipush`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on stdout, e.g. `ocipush man | man -l -`.
+    Man,
 }
 
 /// How `push` and `index` publish.
@@ -176,13 +211,30 @@ enum CompressionArg {
     None,
 }
 
-fn main() -> ExitCode {
-    let filter = EnvFilter::try_from_env("OCIPUSH_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+/// Logs go to stderr: `OCIPUSH_LOG` is a filter of its own; otherwise warnings, everything of
+/// ocipush's with `-v`, nothing with `-q`. Coloured only on a terminal, and never with
+/// `NO_COLOR` (https://no-color.org: set and not empty).
+fn init_logging(cli: &Cli) {
+    let filter = EnvFilter::try_from_env("OCIPUSH_LOG").unwrap_or_else(|_| {
+        EnvFilter::new(match (cli.quiet, cli.verbose) {
+            (true, _) => "off",
+            (false, true) => "warn,ocipush=debug",
+            (false, false) => "warn",
+        })
+    });
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
+}
+
+fn main() -> ExitCode {
+    // A usage error exits here, with 2.
+    let cli = Cli::parse();
+    init_logging(&cli);
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, whatever the cause chain: logs and CI output stay greppable.
@@ -194,6 +246,67 @@ fn main() -> ExitCode {
             interrupt::exit_status().map_or(ExitCode::FAILURE, ExitCode::from)
         }
     }
+}
+
+/// One manual page for every command, from the same definitions as `--help`: the top-level
+/// page, then a section per subcommand with its synopsis, description and options.
+fn manual_page() -> std::io::Result<Vec<u8>> {
+    use clap_mangen::Man;
+    // Built, so subcommands know their full names (`ocipush push`); the title takes the short
+    // version (the long one spans lines).
+    let mut cli = Cli::command().version(env!("CARGO_PKG_VERSION"));
+    cli.build();
+    let man = Man::new(cli.clone());
+    let mut page = Vec::new();
+    man.render_title(&mut page)?;
+    man.render_name_section(&mut page)?;
+    man.render_synopsis_section(&mut page)?;
+    man.render_description_section(&mut page)?;
+    man.render_options_section(&mut page)?;
+    // clap's own `help` subcommands add nothing to a manual.
+    let subcommands = |command: &clap::Command| -> Vec<clap::Command> {
+        command
+            .get_subcommands()
+            .filter(|c| c.get_name() != "help")
+            .cloned()
+            .collect()
+    };
+    let mut commands = subcommands(&cli);
+    while !commands.is_empty() {
+        // The global options are listed once, at the top.
+        let command = commands.remove(0).mut_args(|arg| {
+            if arg.is_global_set() {
+                arg.hide(true)
+            } else {
+                arg
+            }
+        });
+        let name = command
+            .get_bin_name()
+            .unwrap_or(command.get_name())
+            .to_uppercase();
+        let mut section = Vec::new();
+        let man = Man::new(command.clone());
+        man.render_synopsis_section(&mut section)?;
+        man.render_description_section(&mut section)?;
+        man.render_options_section(&mut section)?;
+        let section = String::from_utf8_lossy(&section)
+            .replacen(".SH SYNOPSIS", &format!(".SH \"{name}\""), 1)
+            .replace(".SH DESCRIPTION\n", ".PP\n")
+            .replace(".SH OPTIONS", ".SS Options");
+        page.extend_from_slice(section.as_bytes());
+        commands.splice(0..0, subcommands(&command));
+    }
+    let mut extra = Vec::new();
+    man.render_extra_section(&mut extra)?;
+    let extra = String::from_utf8_lossy(&extra).replacen(
+        ".SH EXTRA",
+        ".SH \"EXIT STATUS AND ENVIRONMENT\"",
+        1,
+    );
+    page.extend_from_slice(extra.as_bytes());
+    man.render_version_section(&mut page)?;
+    Ok(page)
 }
 
 /// A byte count as `--chunk-size` takes and shows it: digits with an optional K, M or G suffix
@@ -261,9 +374,33 @@ fn run(cli: Cli) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "ocipush",
+                &mut std::io::stdout(),
+            );
+            return Ok(());
+        }
+        Command::Man => {
+            let page = manual_page().context("rendering the manual page")?;
+            std::io::Write::write_all(&mut std::io::stdout(), &page)
+                .context("writing the manual page")?;
+            return Ok(());
+        }
+        _ => {}
+    }
+    let verbosity = if cli.quiet {
+        progress::Verbosity::Quiet
+    } else {
+        progress::Verbosity::Normal
+    };
     let guest = Guest::load(cli.guest.as_deref(), cli.guest_digest.as_deref())?;
     let daemon = cli.docker_context;
     match cli.command {
+        Command::Completions { .. } | Command::Man => {}
         Command::Push {
             source,
             destination,
@@ -275,6 +412,7 @@ fn run(cli: Cli) -> Result<()> {
             Work::Push(Images::One(&source)),
             &destination,
             options,
+            verbosity,
         )?,
         Command::Index {
             destination,
@@ -287,6 +425,7 @@ fn run(cli: Cli) -> Result<()> {
             Work::Push(Images::Index(&sources)),
             &destination,
             options,
+            verbosity,
         )?,
         Command::Build {
             context,
@@ -323,6 +462,7 @@ fn run(cli: Cli) -> Result<()> {
                 Work::Build(&request, push.is_some()),
                 &destination,
                 options,
+                verbosity,
             )?
         }
         Command::Guest {
@@ -356,6 +496,7 @@ fn publish(
     work: Work<'_>,
     destination: &str,
     options: PushOptions,
+    verbosity: progress::Verbosity,
 ) -> Result<()> {
     let chosen = ChosenSettings {
         compression: options.compression.is_some() || options.compression_level.is_some(),
@@ -412,7 +553,7 @@ fn publish(
     };
     interrupt::catch(rt.handle()).context("catching SIGINT and SIGTERM")?;
     // The guest runs here, outside the runtime: its host calls block on the runtime.
-    let progress = progress::Progress::new(options.progress);
+    let progress = progress::Progress::new(options.progress, verbosity);
     let pushed = match work {
         Work::Push(images) => runner::push(rt.handle().clone(), progress, guest, &job, images)?,
         Work::Build(request, push) => {
@@ -431,8 +572,17 @@ fn publish(
         std::fs::write(&path, &pushed.digest)
             .with_context(|| format!("writing the digest to {}", path.display()))?;
     }
-    println!("{destination}@{}", pushed.digest);
+    println!("{}@{}", canonical(destination)?, pushed.digest);
     Ok(())
+}
+
+/// A destination as stdout names it, so scripts can use it as it is: without `docker://`, and
+/// with its tag written out (`latest` by default); a Docker Hub name with its registry.
+fn canonical(destination: &str) -> Result<String> {
+    Ok(match Destination::parse(destination)? {
+        Destination::Registry(target) => format!("{}:{}", target.repository_url(), target.tag),
+        Destination::Layout(layout) => format!("oci:{}:{}", layout.path, layout.tag),
+    })
 }
 
 #[cfg(test)]
@@ -450,5 +600,26 @@ mod tests {
         assert_eq!(Size(1536 << 10).to_string(), "1536K");
         assert_eq!(Size(1 << 30).to_string(), "1G");
         assert_eq!(Size(300_001).to_string(), "300001");
+    }
+
+    #[test]
+    fn references_on_stdout_are_canonical() {
+        let shown = |d: &str| canonical(d).unwrap();
+        assert_eq!(
+            shown("docker://127.0.0.1:5000/a/b"),
+            "127.0.0.1:5000/a/b:latest"
+        );
+        assert_eq!(shown("127.0.0.1:5000/a:1.0"), "127.0.0.1:5000/a:1.0");
+        assert_eq!(shown("alice/app"), "docker.io/alice/app:latest");
+        assert_eq!(shown("oci:./out"), "oci:./out:latest");
+        assert_eq!(shown("oci:/tmp/x:v2"), "oci:/tmp/x:v2");
+    }
+
+    #[test]
+    fn the_command_line_is_consistent_and_quiet_excludes_verbose() {
+        Cli::command().debug_assert();
+        assert!(Cli::try_parse_from(["ocipush", "-q", "-v", "man"]).is_err());
+        let parsed = Cli::try_parse_from(["ocipush", "push", "a", "r/b", "-q"]).unwrap();
+        assert!(parsed.quiet);
     }
 }

@@ -35,30 +35,55 @@ pub enum Progress {
     },
     Json,
     None,
+    /// `-q`: nothing at all, warnings included.
+    Quiet,
+}
+
+/// What `-q` and `-v` ask of stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verbosity {
+    /// Nothing on stderr unless the push fails (`-q`): no progress, notices or warnings.
+    Quiet,
+    Normal,
 }
 
 impl Progress {
-    pub fn new(mode: Mode) -> Self {
+    /// The renderer `mode` asks for. Bars need a terminal: `tty` without one falls back to
+    /// plain lines and says so once, rather than draw nothing at all.
+    pub fn new(mode: Mode, verbosity: Verbosity) -> Self {
+        let terminal = std::io::stderr().is_terminal();
         match mode {
-            Mode::Auto if std::io::stderr().is_terminal() => Self::bars(),
-            Mode::Auto | Mode::Plain => Self::Plain {
-                last: HashMap::new(),
-                layers: 0,
-            },
-            Mode::Tty => Self::bars(),
+            _ if verbosity == Verbosity::Quiet => Self::Quiet,
+            Mode::Auto | Mode::Tty if terminal => Self::bars(),
+            Mode::Tty => {
+                eprintln!("ocipush: --progress tty: stderr is not a terminal, so progress comes as plain lines");
+                Self::plain()
+            }
+            Mode::Auto | Mode::Plain => Self::plain(),
             Mode::Json => Self::Json,
             Mode::None => Self::None,
         }
     }
 
-    /// Where the host reports what it does on its own (retries), rendered like the events.
+    /// Where the host reports what it does on its own (retries), rendered like the events;
+    /// warnings are shown whatever the mode, unless `-q` asked for quiet.
     pub fn notices(&self) -> Notices {
-        Notices(match self {
-            Self::Bars { multi, .. } => Sink::Bars(multi.clone()),
-            Self::Plain { .. } => Sink::Plain,
-            Self::Json => Sink::Json,
-            Self::None => Sink::None,
-        })
+        Notices {
+            sink: match self {
+                Self::Bars { multi, .. } => Sink::Bars(multi.clone()),
+                Self::Plain { .. } => Sink::Plain,
+                Self::Json => Sink::Json,
+                Self::None | Self::Quiet => Sink::None,
+            },
+            warnings: !matches!(self, Self::Quiet),
+        }
+    }
+
+    fn plain() -> Self {
+        Self::Plain {
+            last: HashMap::new(),
+            layers: 0,
+        }
     }
 
     fn bars() -> Self {
@@ -75,7 +100,11 @@ impl Progress {
 /// change of course in an upload, a source read from containers-storage for want of a daemon.
 /// Cheap to clone and usable from any thread (uploads retry on the runtime).
 #[derive(Clone)]
-pub struct Notices(Sink);
+pub struct Notices {
+    sink: Sink,
+    /// Whether `warning` prints (not with `-q`).
+    warnings: bool,
+}
 
 #[derive(Clone)]
 enum Sink {
@@ -88,7 +117,26 @@ enum Sink {
 impl Notices {
     /// Nothing is reported (unit tests, `--progress none`).
     pub fn none() -> Self {
-        Self(Sink::None)
+        Self {
+            sink: Sink::None,
+            warnings: false,
+        }
+    }
+
+    /// Something the user should know although the push goes on, e.g. a password sent over
+    /// plain HTTP: one `ocipush: warning: …` line, or a JSON `warning` event.
+    pub fn warning(&self, message: &str) {
+        if !self.warnings {
+            return;
+        }
+        let line = format!("ocipush: warning: {message}");
+        match &self.sink {
+            Sink::Bars(multi) => {
+                let _ = multi.println(line);
+            }
+            Sink::Json => eprintln!("{}", json!({"event": "warning", "message": message})),
+            Sink::Plain | Sink::None => eprintln!("{line}"),
+        }
     }
 
     /// Retry `attempt` of `retries` of `what`, after `reason`, in `delay`.
@@ -99,7 +147,7 @@ impl Notices {
                 delay.as_secs_f64()
             )
         };
-        match &self.0 {
+        match &self.sink {
             Sink::Bars(multi) => {
                 let _ = multi.println(line());
             }
@@ -127,7 +175,7 @@ impl Notices {
 
     /// `message` as a line, or as the JSON event `event` with that `message`.
     fn message(&self, event: &str, message: &str) {
-        match &self.0 {
+        match &self.sink {
             Sink::Bars(multi) => {
                 let _ = multi.println(message);
             }

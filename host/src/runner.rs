@@ -37,7 +37,8 @@ pub static GUEST_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ocipush
 
 /// The WIT package this host offers; guests built for any 0.3.x run here.
 pub const PACKAGE: &str = "ocipush:core";
-pub const PACKAGE_VERSION: &str = "0.3.0";
+/// From `wit/ocipush.wit` itself (build.rs reads its `package` line).
+pub const PACKAGE_VERSION: &str = env!("OCIPUSH_WIT_VERSION");
 
 /// How often the watchdog looks at the guest.
 const TICK: Duration = Duration::from_millis(100);
@@ -206,6 +207,7 @@ fn run_guest<T>(
         transfer: job.transfer,
         sandbox,
         progress,
+        encodings: Default::default(),
         cache_dir,
         waits: Waits::default(),
         limits: MemoryLimit,

@@ -2,6 +2,7 @@
 //! the sandbox of files the user named, the time the guest spent waiting on the host, the
 //! guest's memory limit, and `HostError`, how a host call fails.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::credentials::Credential;
 use crate::daemon::storage::Storage;
 use crate::daemon::Daemon;
+use crate::encode::Encoding;
 use crate::interrupt::{Interrupted, Runtime};
 use crate::progress::Progress;
 use crate::registry::Transfer;
@@ -43,6 +45,8 @@ pub struct HostState {
     /// The files and directories the user named: the only ones the guest may reach.
     pub sandbox: Sandbox,
     pub progress: Progress,
+    /// What each layer finished in this session is (by its digest), for the line reporting it.
+    pub encodings: HashMap<String, Encoding>,
     /// Where the `cache` capability keeps its entries; `None` when no directory is known.
     pub cache_dir: Option<PathBuf>,
     /// How long the guest's calls blocked, by kind: where a push spends its time.

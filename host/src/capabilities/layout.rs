@@ -123,7 +123,8 @@ impl HostLayerFile for HostState {
 
     fn finish(&mut self, file: Resource<LayerFile>) -> Result<BlobDescriptor, HostError> {
         let file = self.table.get_mut(&file)?;
-        Ok(descriptor(timed(&mut self.waits.finish, || file.finish())?))
+        let encoded = timed(&mut self.waits.finish, || file.finish())?;
+        Ok(descriptor(encoded, &mut self.encodings))
     }
 
     fn drop(&mut self, file: Resource<LayerFile>) -> wasmtime::Result<()> {

@@ -9,6 +9,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::bindings::ocipush::core::progress::{Event, Host, LayerBytes, ManifestChange};
+use crate::encode::Encoding;
 use crate::progress::Progress;
 use crate::state::HostState;
 
@@ -17,12 +18,12 @@ const PLAIN_INTERVAL: Duration = Duration::from_secs(2);
 
 impl Host for HostState {
     fn report(&mut self, event: Event) -> wasmtime::Result<()> {
-        render(&mut self.progress, &event);
+        render(&mut self.progress, &self.encodings, &event);
         Ok(())
     }
 }
 
-fn render(progress: &mut Progress, event: &Event) {
+fn render(progress: &mut Progress, encodings: &HashMap<String, Encoding>, event: &Event) {
     match progress {
         Progress::Json => {
             let mut stderr = std::io::stderr().lock();
@@ -47,15 +48,15 @@ fn render(progress: &mut Progress, event: &Event) {
                 _ => true,
             };
             if due {
-                eprintln!("{}", plain_line(event, *layers));
+                eprintln!("{}", plain_line(event, *layers, encodings));
             }
         }
         Progress::Bars {
             multi,
             bars,
             layers,
-        } => bar_event(multi, bars, layers, event),
-        Progress::None => {}
+        } => bar_event(multi, bars, layers, encodings, event),
+        Progress::None | Progress::Quiet => {}
     }
 }
 
@@ -63,6 +64,7 @@ fn bar_event(
     multi: &MultiProgress,
     bars: &mut HashMap<u32, ProgressBar>,
     layers: &mut u32,
+    encodings: &HashMap<String, Encoding>,
     event: &Event,
 ) {
     match event {
@@ -108,7 +110,7 @@ fn bar_event(
         | Event::ManifestRebuilt(_)
         | Event::BuildOutput(_)
         | Event::Built(_) => {
-            let _ = multi.println(plain_line(event, *layers));
+            let _ = multi.println(plain_line(event, *layers, encodings));
         }
     }
 }
@@ -145,7 +147,7 @@ fn json_line(event: &Event) -> String {
     value.to_string()
 }
 
-fn plain_line(event: &Event, layers: u32) -> String {
+fn plain_line(event: &Event, layers: u32, encodings: &HashMap<String, Encoding>) -> String {
     match event {
         Event::Started(s) => format!(
             "pushing {}: {} layers, {}",
@@ -167,11 +169,15 @@ fn plain_line(event: &Event, layers: u32) -> String {
             size(b.sent)
         ),
         Event::LayerDone(d) => format!(
-            "layer {}/{layers} done: image layer {}, {} ({} gzip)",
+            "layer {}/{layers} done: image layer {}, {} ({}{})",
             d.layer.index,
             d.position,
             d.digest,
-            size(d.size)
+            size(d.size),
+            // A layer this host did not finish (another guest's report) is not named.
+            encodings
+                .get(&d.digest)
+                .map_or(String::new(), |e| format!(" {e}"))
         ),
         Event::LayerSkipped(p) => match &p.mounted_from {
             Some(source) => format!(
@@ -285,7 +291,30 @@ mod tests {
                 total: 2048,
             }),
             3,
+            &HashMap::new(),
         );
         assert_eq!(line, "layer 1/3 x/layer.tar: 2.00 KiB");
+        let done = |encodings: &HashMap<String, Encoding>| {
+            let finished = LayerFinished {
+                layer: LayerRef {
+                    index: 2,
+                    entry: "y/layer.tar".into(),
+                },
+                diff_id: "sha256:d".into(),
+                position: 1,
+                digest: "sha256:z".into(),
+                size: 1024,
+            };
+            plain_line(&Event::LayerDone(finished), 3, encodings)
+        };
+        let zstd = HashMap::from([("sha256:z".to_string(), Encoding::Zstd)]);
+        assert_eq!(
+            done(&zstd),
+            "layer 2/3 done: image layer 1, sha256:z (1.00 KiB zstd)"
+        );
+        assert_eq!(
+            done(&HashMap::new()),
+            "layer 2/3 done: image layer 1, sha256:z (1.00 KiB)"
+        );
     }
 }

@@ -137,9 +137,8 @@ impl HostLayerUpload for HostState {
 
     fn finish(&mut self, upload: Resource<LayerUpload>) -> Result<BlobDescriptor, HostError> {
         let upload = self.table.get_mut(&upload)?;
-        Ok(descriptor(timed(&mut self.waits.finish, || {
-            upload.finish()
-        })?))
+        let encoded = timed(&mut self.waits.finish, || upload.finish())?;
+        Ok(descriptor(encoded, &mut self.encodings))
     }
 
     fn drop(&mut self, upload: Resource<LayerUpload>) -> wasmtime::Result<()> {

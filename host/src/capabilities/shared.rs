@@ -1,10 +1,11 @@
 //! What several capabilities share: WIT types the work modules take in their own terms, and the
 //! sandbox check.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use crate::bindings::ocipush::core::registry::{BlobDescriptor, Compression};
-use crate::encode::{Codec, Encoded};
+use crate::encode::{Codec, Encoded, Encoding};
 use crate::state::HostError;
 
 /// A WIT compression and level as the encoder takes them.
@@ -16,7 +17,10 @@ pub fn codec(compression: Compression, level: u32) -> Codec {
     }
 }
 
-pub fn descriptor(encoded: Encoded) -> BlobDescriptor {
+/// The descriptor the guest gets for a finished layer; what its bytes are is remembered in
+/// `encodings`, for the line that reports the layer.
+pub fn descriptor(encoded: Encoded, encodings: &mut HashMap<String, Encoding>) -> BlobDescriptor {
+    encodings.insert(encoded.digest.clone(), encoded.encoding);
     BlobDescriptor {
         digest: encoded.digest,
         size: encoded.size,

@@ -39,11 +39,44 @@ pub enum Codec {
     Zstd { level: u32 },
 }
 
-/// The digest and size of the encoded bytes.
+/// The digest and size of the encoded bytes, and what they are.
 #[derive(Debug)]
 pub struct Encoded {
     pub digest: String,
     pub size: u64,
+    pub encoding: Encoding,
+}
+
+/// What a blob's bytes are, for the lines that report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    Gzip,
+    Zstd,
+    Uncompressed,
+}
+
+impl Encoding {
+    /// What `codec` produced from bytes that began with `head`: a blob stored as is (an
+    /// export's or a layout's already compressed layer) is named by its own magic number.
+    fn of(codec: Codec, head: &[u8]) -> Self {
+        match codec {
+            Codec::Gzip { .. } => Self::Gzip,
+            Codec::Zstd { .. } => Self::Zstd,
+            Codec::None if head.starts_with(&[0x1f, 0x8b]) => Self::Gzip,
+            Codec::None if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) => Self::Zstd,
+            Codec::None => Self::Uncompressed,
+        }
+    }
+}
+
+impl fmt::Display for Encoding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Gzip => "gzip",
+            Self::Zstd => "zstd",
+            Self::Uncompressed => "uncompressed",
+        })
+    }
 }
 
 /// How much of the layer the encoder has written to its file, and whether it is done.
@@ -166,9 +199,11 @@ fn encode(
         produced,
         hasher: Sha256::new(),
         size: 0,
+        head: Vec::new(),
     };
     let encoded = encode_into(chunks, &mut out, codec)
         .map(|()| Encoded {
+            encoding: Encoding::of(codec, &out.head),
             digest: format!("sha256:{}", hex::encode(out.hasher.finalize())),
             size: out.size,
         })
@@ -213,11 +248,18 @@ struct Spooler<'a> {
     produced: &'a watch::Sender<Produced>,
     hasher: Sha256,
     size: u64,
+    /// The first bytes, enough for a magic number.
+    head: Vec<u8>,
 }
+
+/// How many first bytes `Spooler` keeps.
+const HEAD: usize = 4;
 
 impl Write for Spooler<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.file.write_all_at(buf, self.size)?;
+        let missing = HEAD.saturating_sub(self.head.len()).min(buf.len());
+        self.head.extend_from_slice(&buf[..missing]);
         self.hasher.update(buf);
         self.size += buf.len() as u64;
         let len = self.size;
@@ -299,6 +341,12 @@ pub(crate) mod tests {
     fn none_sends_the_bytes_as_they_are() {
         let (raw, encoded_raw) = encoded(Codec::None, &[b"abc", b"def"]);
         assert_eq!(raw, b"abcdef");
+        assert_eq!(encoded_raw.encoding, Encoding::Uncompressed);
+        // Bytes stored as they are keep their own encoding, split or not.
+        let (_, gzip) = encoded(Codec::None, &[&[0x1f], &[0x8b, 8, 0]]);
+        assert_eq!(gzip.encoding, Encoding::Gzip);
+        let (_, zstd) = encoded(Codec::None, &[&[0x28, 0xb5, 0x2f, 0xfd, 1]]);
+        assert_eq!(zstd.encoding.to_string(), "zstd");
         assert_eq!(
             encoded_raw.digest,
             format!("sha256:{}", hex::encode(Sha256::digest(b"abcdef")))
