@@ -300,7 +300,8 @@ pub fn challenge(data: &[u8]) {
 pub fn docker_config(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     for registry in ["docker.io", "127.0.0.1:5000", "ghcr.io"] {
-        let _ = ocipush_parse::parse_docker_config(&text, registry);
+        let _ = ocipush_parse::parse_docker_config(&text, registry, "team/app");
+        let _ = ocipush_parse::mentions_registry(&text, registry);
     }
     let _ = ocipush_parse::current_context(&text);
     let _ = ocipush_parse::context_endpoint(&text);

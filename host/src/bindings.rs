@@ -16,7 +16,7 @@ wasmtime::component::bindgen!({
         "ocipush:core/docker.export-stream": crate::daemon::export::ExportStream,
         "ocipush:core/docker.build-job": crate::daemon::build::BuildJob,
         "ocipush:core/archive.tarball": crate::archive::Tarball,
-        "ocipush:core/credentials.credential": crate::credentials::Credential,
+        "ocipush:core/credentials.credential": crate::credentials::Configured,
         "ocipush:core/registry.repository": crate::registry::Repository,
         "ocipush:core/registry.layer-upload": crate::registry::LayerUpload,
         "ocipush:core/layout.directory": crate::layout::Directory,

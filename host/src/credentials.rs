@@ -65,43 +65,123 @@ impl Credential {
 /// How long a credential helper may take (it may ask a keychain).
 const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// Looks `registry` up: the command line's credential (`cli`, for the destination registry)
-/// first, then Docker's `config.json` (`$DOCKER_CONFIG` or `~/.docker`), then podman's
-/// `auth.json` (`$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers`, `~/.config/containers`).
-pub fn lookup(registry: &str, cli: Option<&Credential>) -> Option<Credential> {
-    if let Some(cli) = cli.filter(|c| same_registry(&c.registry, registry)) {
-        tracing::debug!(registry, source = "command line", "credential lookup");
-        return Some(Credential {
-            registry: registry.to_string(),
-            ..cli.clone()
-        });
-    }
-    config_files().into_iter().find_map(|path| {
-        let text = std::fs::read_to_string(&path).ok()?;
-        let found = from_docker_config(&text, registry);
-        tracing::debug!(registry, source = %path.display(), found = found.is_some(), "credential lookup");
-        found
-    })
+/// What the guest's credential handle stands for: the credentials configured for `registry`.
+/// The secret is looked up for a repository only when the guest opens one (`Sources::lookup`),
+/// since a file may hold keys for one repository or namespace.
+#[derive(Debug)]
+pub struct Configured {
+    pub registry: String,
 }
 
-/// The files credentials are read from, in order of precedence.
-fn config_files() -> Vec<PathBuf> {
-    let env = |name: &str| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let home = env("HOME");
-    let docker = env("DOCKER_CONFIG").or_else(|| home.as_ref().map(|h| h.join(".docker")));
-    let podman = env("REGISTRY_AUTH_FILE")
-        .or_else(|| env("XDG_RUNTIME_DIR").map(|d| d.join("containers/auth.json")))
-        .filter(|p| p.exists())
-        .or_else(|| home.map(|h| h.join(".config/containers/auth.json")));
-    docker
-        .map(|d| d.join("config.json"))
-        .into_iter()
-        .chain(podman)
-        .collect()
+/// An auth file the user named (`--authfile`, `REGISTRY_AUTH_FILE`) that is not there.
+#[derive(Debug)]
+pub struct MissingAuthFile {
+    pub path: PathBuf,
+    /// `--authfile` or `REGISTRY_AUTH_FILE`.
+    pub named_by: &'static str,
+}
+
+impl fmt::Display for MissingAuthFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} names the auth file {}, which does not exist",
+            self.named_by,
+            self.path.display()
+        )
+    }
+}
+
+impl std::error::Error for MissingAuthFile {}
+
+/// Where credentials come from, in the order podman and skopeo users expect when they name a
+/// file: the command line (`--username`, for the destination registry), the auth file named by
+/// `--authfile` or `REGISTRY_AUTH_FILE`, Docker's `config.json` (`$DOCKER_CONFIG` or
+/// `~/.docker`, with its helpers), then podman's default `auth.json` files
+/// (`$XDG_RUNTIME_DIR/containers`, then `$XDG_CONFIG_HOME/containers` or
+/// `~/.config/containers`). The first source with a credential for the repository wins.
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    cli: Option<Credential>,
+    files: Vec<PathBuf>,
+}
+
+impl Sources {
+    /// The sources for this run: `cli` from the command line, `authfile` from `--authfile`
+    /// (else `REGISTRY_AUTH_FILE`), which must exist.
+    pub fn new(
+        cli: Option<Credential>,
+        authfile: Option<PathBuf>,
+    ) -> Result<Self, MissingAuthFile> {
+        let env = |name: &str| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        let named = match authfile {
+            Some(path) => Some((path, "--authfile")),
+            None => env("REGISTRY_AUTH_FILE").map(|path| (path, "REGISTRY_AUTH_FILE")),
+        };
+        if let Some((path, named_by)) = &named {
+            if !path.is_file() {
+                return Err(MissingAuthFile {
+                    path: path.clone(),
+                    named_by,
+                });
+            }
+        }
+        let home = env("HOME");
+        let docker = env("DOCKER_CONFIG")
+            .or_else(|| home.as_ref().map(|h| h.join(".docker")))
+            .map(|dir| dir.join("config.json"));
+        let runtime = env("XDG_RUNTIME_DIR").map(|d| d.join("containers/auth.json"));
+        let config = env("XDG_CONFIG_HOME")
+            .or_else(|| home.map(|h| h.join(".config")))
+            .map(|d| d.join("containers/auth.json"));
+        let mut files: Vec<PathBuf> = Vec::new();
+        for path in [named.map(|(path, _)| path), docker, runtime, config]
+            .into_iter()
+            .flatten()
+        {
+            if !files.contains(&path) {
+                files.push(path);
+            }
+        }
+        Ok(Self { cli, files })
+    }
+
+    /// Whether any source has something for `registry`, for some repository: what the guest's
+    /// `lookup` answers. A helper is not run for that; `lookup` runs it.
+    pub fn configured(&self, registry: &str) -> bool {
+        self.cli
+            .as_ref()
+            .is_some_and(|c| same_registry(&c.registry, registry))
+            || self.files.iter().any(|path| {
+                std::fs::read_to_string(path)
+                    .is_ok_and(|text| ocipush_parse::mentions_registry(&text, registry))
+            })
+    }
+
+    /// The credential for `repository` on `registry`, from the first source that has one.
+    pub fn lookup(&self, registry: &str, repository: &str) -> Option<Credential> {
+        if let Some(cli) = self
+            .cli
+            .as_ref()
+            .filter(|c| same_registry(&c.registry, registry))
+        {
+            tracing::debug!(registry, source = "command line", "credential lookup");
+            return Some(Credential {
+                registry: registry.to_string(),
+                ..cli.clone()
+            });
+        }
+        self.files.iter().find_map(|path| {
+            let text = std::fs::read_to_string(path).ok()?;
+            let found = from_docker_config(&text, registry, repository);
+            tracing::debug!(registry, repository, source = %path.display(), found = found.is_some(), "credential lookup");
+            found
+        })
+    }
 }
 
 /// Docker Hub goes by several names; everything else by its `host[:port]`.
@@ -110,14 +190,14 @@ fn same_registry(a: &str, b: &str) -> bool {
     a == b || (hub(a) && hub(b))
 }
 
-fn from_docker_config(text: &str, registry: &str) -> Option<Credential> {
+fn from_docker_config(text: &str, registry: &str, repository: &str) -> Option<Credential> {
     let credential = |username, password, identity_token| Credential {
         registry: registry.to_string(),
         username,
         password,
         identity_token,
     };
-    match parse_docker_config(text, registry)? {
+    match parse_docker_config(text, registry, repository)? {
         ConfigSource::Helper(helper) => from_helper(&helper, registry),
         ConfigSource::IdentityToken(token) => {
             Some(credential(String::new(), String::new(), Some(token)))
@@ -238,33 +318,38 @@ mod tests {
             "127.0.0.1:5000": {"auth": "YWxpY2U6czNjcmV0"},
             "http://gitea.local:8443": {"username": "giteaAdmin", "password": "pw"}
         }}"#;
-        let local = from_docker_config(config, "127.0.0.1:5000").unwrap();
+        let local = from_docker_config(config, "127.0.0.1:5000", "a").unwrap();
         assert_eq!(local.basic_authorization(), "Basic YWxpY2U6czNjcmV0");
         assert_eq!(
-            from_docker_config(config, "docker.io").unwrap().username,
+            from_docker_config(config, "docker.io", "library/a")
+                .unwrap()
+                .username,
             "user"
         );
         assert_eq!(
-            from_docker_config(config, "gitea.local:8443")
+            from_docker_config(config, "gitea.local:8443", "a")
                 .unwrap()
                 .password,
             "pw"
         );
-        assert!(from_docker_config(config, "other:5000").is_none());
+        assert!(from_docker_config(config, "other:5000", "a").is_none());
     }
 
     #[test]
     fn identity_tokens_take_the_place_of_passwords() {
         let config =
             r#"{"auths": {"127.0.0.1:5000": {"auth": "dXNlcjo=", "identitytoken": "rt-1"}}}"#;
-        let found = from_docker_config(config, "127.0.0.1:5000").unwrap();
+        let found = from_docker_config(config, "127.0.0.1:5000", "a").unwrap();
         assert_eq!(found.identity_token(), Some("rt-1"));
     }
 
     #[test]
     fn the_command_line_credential_is_only_for_its_registry() {
-        let cli = Credential::new("docker.io", "me", "pw");
-        let hub = lookup("index.docker.io", Some(&cli)).unwrap();
+        let sources = Sources {
+            cli: Some(Credential::new("docker.io", "me", "pw")),
+            files: Vec::new(),
+        };
+        let hub = sources.lookup("index.docker.io", "library/a").unwrap();
         assert_eq!(
             (hub.registry.as_str(), hub.username.as_str()),
             ("index.docker.io", "me")

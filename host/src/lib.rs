@@ -20,6 +20,7 @@ pub mod interrupt;
 pub mod layout;
 pub mod limits;
 pub mod progress;
+pub mod registries_conf;
 pub mod registry;
 pub mod runner;
 pub mod state;

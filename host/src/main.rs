@@ -11,6 +11,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use ocipush::bindings::ocipush::core::docker::BuildRequest;
 use ocipush::bindings::ocipush::core::registry::Compression;
 use ocipush::bindings::{ChosenSettings, ManifestFormat, PublishSettings};
+use ocipush::registries_conf::RegistriesConf;
 use ocipush::runner::{self, Guest, Images, Job};
 use ocipush::{cache, credentials, files, interrupt, progress, registry, tls};
 use ocipush_guest::reference::Destination;
@@ -167,12 +168,20 @@ struct PushOptions {
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     guest_cpu_limit: u64,
     /// The user name for the destination registry; the password is read from stdin.
-    /// Takes precedence over Docker's config.json and podman's auth.json.
-    #[arg(long, requires = "password_stdin")]
+    /// Takes precedence over every auth file.
+    #[arg(short = 'u', long, requires = "password_stdin")]
     username: Option<String>,
     /// Read the password (or token) for --username from the first line of stdin.
     #[arg(long, requires = "username")]
     password_stdin: bool,
+    /// Credentials from this auth file (podman's auth.json format, or Docker's config.json)
+    /// before Docker's config.json and podman's default auth.json; it must exist. Default:
+    /// REGISTRY_AUTH_FILE.
+    #[arg(long, value_name = "PATH")]
+    authfile: Option<PathBuf>,
+    /// Speak plain HTTP to the destination registry, whatever its host (no TLS at all).
+    #[arg(long)]
+    plain_http: bool,
     /// Also trust the CA certificates in this PEM file.
     #[arg(long, value_name = "PEM")]
     ca_file: Option<PathBuf>,
@@ -507,6 +516,21 @@ fn publish(
         CompressionArg::Zstd => (Compression::Zstd, 3),
         CompressionArg::None => (Compression::None, 0),
     };
+    let cli_credential = match options.username {
+        // Parsed as the guest parses it, so the credential goes to the registry the guest will
+        // open; a bad destination is refused here, before any traffic.
+        Some(username) => match Destination::parse(destination)? {
+            Destination::Registry(target) => Some(credentials::Credential::new(
+                &target.registry,
+                &username,
+                &read_password()?,
+            )),
+            Destination::Layout(_) => anyhow::bail!(
+                "--username is for registries: destination {destination} is an OCI layout directory"
+            ),
+        },
+        None => None,
+    };
     let job = Job {
         destination,
         settings: PublishSettings {
@@ -529,27 +553,15 @@ fn publish(
         tls: tls::TlsOptions {
             ca_file: options.ca_file,
             insecure: options.insecure,
+            plain_http: options.plain_http,
+            registries: RegistriesConf::load()?,
         },
         transfer: registry::Transfer {
             retries: options.retries,
             chunk_size: options.chunk_size.0,
         },
         docker_context,
-        cli_credential: match options.username {
-            // Parsed as the guest parses it, so the credential goes to the registry the
-            // guest will open; a bad destination is refused here, before any traffic.
-            Some(username) => match Destination::parse(destination)? {
-                Destination::Registry(target) => Some(credentials::Credential::new(
-                    &target.registry,
-                    &username,
-                    &read_password()?,
-                )),
-                Destination::Layout(_) => anyhow::bail!(
-                    "--username is for registries: destination {destination} is an OCI layout directory"
-                ),
-            },
-            None => None,
-        },
+        credentials: credentials::Sources::new(cli_credential, options.authfile)?,
     };
     interrupt::catch(rt.handle()).context("catching SIGINT and SIGTERM")?;
     // The guest runs here, outside the runtime: its host calls block on the runtime.

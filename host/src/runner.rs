@@ -23,7 +23,7 @@ use crate::bindings::ocipush::core::docker::BuildRequest;
 use crate::bindings::{
     BuildPushRequest, BuildResult, IndexRequest, PublishSettings, PushRequest, PushResult, Pusher,
 };
-use crate::credentials::Credential;
+use crate::credentials;
 use crate::daemon::storage::Storage;
 use crate::daemon::Daemon;
 use crate::interrupt::Runtime;
@@ -96,8 +96,8 @@ pub struct Job<'a> {
     /// How long the guest may compute without calling the host before it is stopped.
     pub compute_limit: Duration,
     pub tls: TlsOptions,
-    /// `--username` and `--password-stdin`, for the destination's registry.
-    pub cli_credential: Option<Credential>,
+    /// Where credentials come from (`--username`, `--authfile`, the files).
+    pub credentials: credentials::Sources,
     /// `--retries` and `--chunk-size`.
     pub transfer: Transfer,
     /// `--context NAME`: the Docker context naming the daemon, over the environment's.
@@ -203,7 +203,7 @@ fn run_guest<T>(
         daemon: Daemon::locate(job.docker_context.as_deref()),
         storage: Storage::locate(),
         tls: job.tls.clone(),
-        cli_credential: job.cli_credential.clone(),
+        credentials: job.credentials.clone(),
         transfer: job.transfer,
         sandbox,
         progress,

@@ -11,7 +11,7 @@ use wasmtime::component::{ResourceTable, ResourceTableError};
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::credentials::Credential;
+use crate::credentials;
 use crate::daemon::storage::Storage;
 use crate::daemon::Daemon;
 use crate::encode::Encoding;
@@ -38,8 +38,8 @@ pub struct HostState {
     pub storage: Storage,
     /// TLS settings; each registry gets a client built with them and its certs.d directory.
     pub tls: TlsOptions,
-    /// The command line's credential (`--username`, `--password-stdin`), for the destination.
-    pub cli_credential: Option<Credential>,
+    /// Where credentials come from: the command line's, then the files, in order.
+    pub credentials: credentials::Sources,
     /// `--retries` and `--chunk-size`.
     pub transfer: Transfer,
     /// The files and directories the user named: the only ones the guest may reach.

@@ -16,25 +16,55 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio_rustls::TlsConnector;
 
+use crate::registries_conf::RegistriesConf;
+
 /// Where per-registry directories are looked for, unless `OCIPUSH_CERTS_DIRS` says otherwise.
 const CERTS_DIRS: &str = "/etc/docker/certs.d:/etc/containers/certs.d";
 
-/// TLS settings from the command line, for every registry.
+/// TLS settings from the command line and registries.conf, for every registry.
 #[derive(Clone, Debug, Default)]
 pub struct TlsOptions {
     /// Extra trusted CAs (PEM), in addition to the system's.
     pub ca_file: Option<PathBuf>,
     /// Skip certificate verification altogether.
     pub insecure: bool,
+    /// `--plain-http`: the destination registry over plain HTTP, whatever its host.
+    pub plain_http: bool,
+    /// Which registries registries.conf calls `insecure`.
+    pub registries: RegistriesConf,
+}
+
+/// How a registry is spoken to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// HTTPS, except loopback hosts: plain HTTP unless they answer that they want HTTPS.
+    Default,
+    /// Plain HTTP (`--plain-http`), or HTTPS when the registry answers that it wants it.
+    Plain,
+    /// registries.conf's `insecure = true`, as containers/image reads it: HTTPS without
+    /// verifying the certificate, or plain HTTP when the registry answers in plain HTTP.
+    Insecure,
 }
 
 impl TlsOptions {
-    /// An HTTP client for `registry` (`host[:port]`): the system's roots, `--ca-file`, the
-    /// registry's certs.d CAs and client certificate, and `--insecure`.
-    pub fn client_for(&self, registry: &str) -> Result<reqwest::Client, String> {
+    /// How to reach `repository` on `registry`.
+    pub fn scheme_for(&self, registry: &str, repository: &str) -> Scheme {
+        if self.plain_http {
+            Scheme::Plain
+        } else if self.registries.insecure(registry, repository) {
+            Scheme::Insecure
+        } else {
+            Scheme::Default
+        }
+    }
+
+    /// An HTTP client for `registry` (`host[:port]`) reached as `scheme` says: the system's
+    /// roots, `--ca-file`, the registry's certs.d CAs and client certificate, and `--insecure`
+    /// (or registries.conf's `insecure`).
+    pub fn client_for(&self, registry: &str, scheme: Scheme) -> Result<reqwest::Client, String> {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("ocipush/", env!("CARGO_PKG_VERSION")))
-            .danger_accept_invalid_certs(self.insecure);
+            .danger_accept_invalid_certs(self.insecure || scheme == Scheme::Insecure);
         if let Some(path) = &self.ca_file {
             for cert in read_certificates(path)? {
                 builder = builder.add_root_certificate(cert);
@@ -239,6 +269,17 @@ pub fn is_handshake_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
     matches!(tls_error(e), Some(rustls::Error::AlertReceived(_)))
 }
 
+/// Whether a request over HTTPS failed because the server answered in plain HTTP: rustls found
+/// no TLS record where the answer began (an HTTP status line is no record type).
+pub fn is_plain_http_answer(e: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(
+        tls_error(e),
+        Some(rustls::Error::InvalidMessage(
+            rustls::InvalidMessage::InvalidContentType
+        ))
+    )
+}
+
 /// Whether a failed request failed on a TLS certificate: the server's, which we could not
 /// verify, or ours, which the server refused or asked for.
 pub fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -309,9 +350,9 @@ mod tests {
     fn a_missing_ca_file_is_one_line_naming_it() {
         let options = TlsOptions {
             ca_file: Some("/nonexistent/ca.pem".into()),
-            insecure: false,
+            ..TlsOptions::default()
         };
-        let err = options.client_for("r:1").unwrap_err();
+        let err = options.client_for("r:1", Scheme::Default).unwrap_err();
         assert!(err.contains("/nonexistent/ca.pem"), "{err}");
         assert!(!err.contains('\n'), "{err}");
     }

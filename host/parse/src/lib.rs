@@ -11,7 +11,7 @@ mod manifest;
 mod storage_image;
 
 pub use challenge::parse_challenge;
-pub use docker_config::{parse_docker_config, ConfigSource};
+pub use docker_config::{mentions_registry, parse_docker_config, ConfigSource};
 pub use docker_context::{context_endpoint, current_context, ContextEndpoint, MetaError};
 pub use manifest::referenced_digests;
 pub use storage_image::{buildah_inspect, podman_inspect, StorageImage};

@@ -1,23 +1,26 @@
-//! The `credentials` capability: the guest gets an opaque handle to what `credentials::lookup`
-//! found, never the secret.
+//! The `credentials` capability: the guest gets an opaque handle standing for the credentials
+//! configured for a registry (`credentials::Configured`), never the secret, which the
+//! `registry` capability looks up for the repository the guest opens.
 
 use wasmtime::component::Resource;
 
 use crate::bindings::ocipush::core::credentials::{Host, HostCredential};
-use crate::credentials::{lookup, Credential};
+use crate::credentials::Configured;
 use crate::state::HostState;
 
 impl Host for HostState {
-    fn lookup(&mut self, registry: String) -> wasmtime::Result<Option<Resource<Credential>>> {
-        Ok(match lookup(&registry, self.cli_credential.as_ref()) {
-            Some(credential) => Some(self.table.push(credential)?),
-            None => None,
+    fn lookup(&mut self, registry: String) -> wasmtime::Result<Option<Resource<Configured>>> {
+        Ok(if self.credentials.configured(&registry) {
+            Some(self.table.push(Configured { registry })?)
+        } else {
+            tracing::debug!(registry, "no credentials configured");
+            None
         })
     }
 }
 
 impl HostCredential for HostState {
-    fn drop(&mut self, credential: Resource<Credential>) -> wasmtime::Result<()> {
+    fn drop(&mut self, credential: Resource<Configured>) -> wasmtime::Result<()> {
         self.table.delete(credential)?;
         Ok(())
     }

@@ -8,7 +8,7 @@ use super::shared::{codec, descriptor};
 use crate::bindings::ocipush::core::registry::{
     BlobDescriptor, Compression, Host, HostLayerUpload, HostRepository, UploadProgress,
 };
-use crate::credentials::Credential;
+use crate::credentials::Configured;
 use crate::registry::retry::Policy;
 use crate::registry::{self, LayerUpload, Repository};
 use crate::state::{timed, HostError, HostState};
@@ -27,22 +27,25 @@ impl Host for HostState {
         &mut self,
         registry: String,
         name: String,
-        credential: Option<Resource<Credential>>,
+        credential: Option<Resource<Configured>>,
     ) -> Result<Resource<Repository>, HostError> {
         let credential = match credential {
-            Some(handle) => {
-                let credential = self.table.get(&handle)?.clone();
-                // A credential is only ever used for the registry it was looked up for.
-                (credential.registry == registry).then_some(credential)
+            // A credential is only ever used for the registry it was looked up for.
+            Some(handle) if self.table.get(&handle)?.registry == registry => {
+                self.credentials.lookup(&registry, &name)
             }
-            None => None,
+            _ => None,
         };
-        let http = self.tls.client_for(&registry).map_err(HostError::message)?;
+        let scheme = self.tls.scheme_for(&registry, &name);
+        let http = self
+            .tls
+            .client_for(&registry, scheme)
+            .map_err(HostError::message)?;
         let policy = Policy {
             retries: self.transfer.retries,
             notices: self.progress.notices(),
         };
-        let opened = Repository::open(http, registry, name, credential, policy);
+        let opened = Repository::open(http, registry, name, credential, scheme, policy);
         let repository = self.rt.block_on(opened)??;
         Ok(self.table.push(repository)?)
     }

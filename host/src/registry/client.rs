@@ -11,6 +11,7 @@ use reqwest::{RequestBuilder, Response, StatusCode, Url};
 use super::error::{Error, RegistryError, TokenFailure, Transport};
 use super::retry::{self, Decision, Outcome, Policy};
 use crate::limits::read_capped;
+use crate::tls::Scheme;
 
 /// The most bytes of an error response body worth reading for a message.
 pub const ERROR_BODY_LIMIT: usize = 4096;
@@ -27,16 +28,31 @@ pub struct Client {
     pub registry: String,
     /// How failed requests are retried, and where retries are reported.
     pub policy: Policy,
+    /// Whether it is spoken to over HTTPS or plain HTTP, and when that may change.
+    pub scheme: Scheme,
 }
 
 impl Client {
-    pub fn new(http: reqwest::Client, registry: String, policy: Policy) -> Result<Self, Error> {
+    pub fn new(
+        http: reqwest::Client,
+        registry: String,
+        scheme: Scheme,
+        policy: Policy,
+    ) -> Result<Self, Error> {
         Ok(Self {
             http,
-            base: base_url(&registry)?,
+            base: base_url(&registry, scheme)?,
             registry,
             policy,
+            scheme,
         })
+    }
+
+    /// Speaks to the registry over `scheme` (`http` or `https`) from now on.
+    pub fn set_scheme(&mut self, scheme: &str) {
+        self.base
+            .set_scheme(scheme)
+            .expect("http and https are both special");
     }
 
     /// Whether `url` is on the registry's own scheme, host and port: only there does a
@@ -193,7 +209,7 @@ pub(crate) async fn send_retrying(
         let sent = build().send().await;
         let outcome = match &sent {
             Err(e) => Outcome::Failed {
-                retryable: !Transport::of(e).certificate,
+                retryable: Transport::of(e).retryable(),
             },
             Ok(response) => Outcome::Answered(response.status()),
         };
@@ -249,9 +265,11 @@ pub async fn speaks_https(response: &mut Response) -> bool {
     String::from_utf8_lossy(&body.bytes).contains("HTTPS")
 }
 
-/// The scheme and address for `host[:port]`: plain HTTP on loopback, HTTPS everywhere else.
-/// (A loopback registry that answers that it wants HTTPS gets it: see `Repository::open`.)
-pub fn base_url(registry: &str) -> Result<Url, Error> {
+/// The scheme and address for `host[:port]`: plain HTTP on loopback or with `Scheme::Plain`,
+/// HTTPS everywhere else. (A registry spoken to over plain HTTP that answers that it wants HTTPS
+/// gets it, and an insecure one that answers HTTPS in plain HTTP gets that: see
+/// `Repository::open`.)
+pub fn base_url(registry: &str, scheme: Scheme) -> Result<Url, Error> {
     let authority = if registry == "docker.io" {
         "registry-1.docker.io"
     } else {
@@ -261,7 +279,12 @@ pub fn base_url(registry: &str) -> Result<Url, Error> {
         |detail: String| Error::Protocol(format!("invalid registry address {registry:?}{detail}"));
     let mut url =
         Url::parse(&format!("http://{authority}/")).map_err(|e| invalid(format!(": {e}")))?;
-    if !is_loopback(&url) {
+    let plain = match scheme {
+        Scheme::Default => is_loopback(&url),
+        Scheme::Plain => true,
+        Scheme::Insecure => false,
+    };
+    if !plain {
         url.set_scheme("https")
             .map_err(|()| invalid(String::new()))?;
     }
@@ -283,23 +306,46 @@ mod tests {
     #[test]
     fn loopback_is_plain_http_and_everything_else_https() {
         assert_eq!(
-            base_url("127.0.0.1:5000").unwrap().as_str(),
+            base_url("127.0.0.1:5000", Scheme::Default)
+                .unwrap()
+                .as_str(),
             "http://127.0.0.1:5000/"
         );
-        assert_eq!(base_url("localhost").unwrap().as_str(), "http://localhost/");
         assert_eq!(
-            base_url("[::1]:5000").unwrap().as_str(),
+            base_url("localhost", Scheme::Default).unwrap().as_str(),
+            "http://localhost/"
+        );
+        assert_eq!(
+            base_url("[::1]:5000", Scheme::Default).unwrap().as_str(),
             "http://[::1]:5000/"
         );
-        assert_eq!(base_url("127.5.0.9").unwrap().scheme(), "http");
         assert_eq!(
-            base_url("gitea.cnoe.localtest.me:8443").unwrap().as_str(),
+            base_url("127.5.0.9", Scheme::Default).unwrap().scheme(),
+            "http"
+        );
+        assert_eq!(
+            base_url("gitea.cnoe.localtest.me:8443", Scheme::Default)
+                .unwrap()
+                .as_str(),
             "https://gitea.cnoe.localtest.me:8443/"
         );
         assert_eq!(
-            base_url("docker.io").unwrap().as_str(),
+            base_url("docker.io", Scheme::Default).unwrap().as_str(),
             "https://registry-1.docker.io/"
         );
-        assert_eq!(base_url("10.0.0.1:5000").unwrap().scheme(), "https");
+        assert_eq!(
+            base_url("10.0.0.1:5000", Scheme::Default).unwrap().scheme(),
+            "https"
+        );
+        assert_eq!(
+            base_url("registry:5000", Scheme::Plain).unwrap().as_str(),
+            "http://registry:5000/"
+        );
+        assert_eq!(
+            base_url("127.0.0.1:5000", Scheme::Insecure)
+                .unwrap()
+                .scheme(),
+            "https"
+        );
     }
 }

@@ -88,6 +88,8 @@ pub enum TransportKind {
     Connect,
     /// The connection broke.
     Lost,
+    /// HTTPS was asked for, and the server answered in plain HTTP.
+    PlainHttp,
 }
 
 /// A request that failed below HTTP.
@@ -103,7 +105,9 @@ pub struct Transport {
 impl Transport {
     pub fn of(e: &reqwest::Error) -> Self {
         let certificate = crate::tls::is_certificate_error(e);
-        let kind = if crate::tls::is_handshake_refusal(e) {
+        let kind = if crate::tls::is_plain_http_answer(e) {
+            TransportKind::PlainHttp
+        } else if crate::tls::is_handshake_refusal(e) {
             TransportKind::HandshakeRefused
         } else if certificate {
             TransportKind::Certificate
@@ -117,6 +121,12 @@ impl Transport {
             cause: root_cause(e),
             certificate,
         }
+    }
+
+    /// Whether asking again may help: not when a certificate failed, nor when the server
+    /// speaks another protocol.
+    pub fn retryable(&self) -> bool {
+        !self.certificate && self.kind != TransportKind::PlainHttp
     }
 }
 
@@ -242,6 +252,15 @@ impl Error {
             _ => None,
         }
     }
+
+    /// Whether the registry answered HTTPS in plain HTTP.
+    pub fn is_plain_http_answer(&self) -> bool {
+        match self {
+            Self::Transport { transport, .. } => transport.kind == TransportKind::PlainHttp,
+            Self::GaveUp { last, .. } => last.is_plain_http_answer(),
+            _ => false,
+        }
+    }
 }
 
 /// Where a client certificate for `registry` goes.
@@ -283,6 +302,10 @@ impl fmt::Display for Error {
                     TransportKind::Lost => write!(
                         f,
                         "lost the connection to registry {registry} while {what}: {cause}"
+                    ),
+                    TransportKind::PlainHttp => write!(
+                        f,
+                        "registry {registry} answered in plain HTTP, not HTTPS, while {what}; to use it over plain HTTP, pass --plain-http (or mark it insecure = true in registries.conf)"
                     ),
                 }
             }

@@ -14,13 +14,14 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use sha2::{Digest as _, Sha256};
 
 use super::auth::Auth;
-use super::client::{send_retrying, speaks_https, Client, Peer, Renew};
+use super::client::{is_loopback, send_retrying, speaks_https, Client, Peer, Renew};
 use super::error::Error;
 use super::retry::Policy;
 use crate::confirmed::Confirmed;
 use crate::credentials::Credential;
 use crate::interrupt::Runtime;
 use crate::limits::{check_manifest_size, read_capped, MANIFEST_LIMIT};
+use crate::tls::Scheme;
 
 /// What `get-manifest` accepts: every manifest and index type ocipush writes.
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
@@ -328,27 +329,44 @@ impl Repository {
         registry: String,
         name: String,
         credential: Option<Credential>,
+        scheme: Scheme,
         policy: Policy,
     ) -> Result<Self, Error> {
         let mut api = Api {
-            client: Client::new(http, registry, policy)?,
+            client: Client::new(http, registry, scheme, policy)?,
             name,
             auth: Arc::default(),
         };
         let what = "checking its API at /v2/";
-        let mut response = api.ping(what).await?;
+        let mut response = match api.ping(what).await {
+            // An insecure registry (registries.conf) is tried over HTTPS first, then over
+            // plain HTTP when it answers in that, as containers/image does.
+            Err(e) if scheme == Scheme::Insecure && e.is_plain_http_answer() => {
+                tracing::debug!(registry = %api.client.registry, "the insecure registry answers plain HTTP");
+                api.client.set_scheme("http");
+                api.ping(what).await?
+            }
+            result => result?,
+        };
         if api.client.base.scheme() == "http" && speaks_https(&mut response).await {
-            // A loopback registry is spoken to over plain HTTP unless it answers that it
-            // wants HTTPS: then its certificate is checked like any other.
+            // A registry spoken to over plain HTTP that answers that it wants HTTPS gets it,
+            // and its certificate is checked like any other.
             tracing::debug!(registry = %api.client.registry, "the registry wants HTTPS");
-            api.client
-                .base
-                .set_scheme("https")
-                .expect("http and https are both special");
+            api.client.set_scheme("https");
             response = api.ping(what).await?;
         }
         if response.status() == StatusCode::UNAUTHORIZED {
+            let exposed = credential.is_some()
+                && api.client.base.scheme() == "http"
+                && !is_loopback(&api.client.base);
             if let Some(auth) = Auth::answer(&api.client, &api.name, &response, credential).await? {
+                if exposed {
+                    // Not on loopback, where nothing crosses a network.
+                    api.client.policy.notices.warning(&format!(
+                        "sending credentials to registry {} over plain HTTP: anyone on the network path can read them",
+                        api.client.registry
+                    ));
+                }
                 api.auth = Arc::new(auth);
                 response = api.ping(what).await?;
             }
@@ -441,7 +459,13 @@ mod tests {
             notices: Notices::none(),
         };
         let api = Api {
-            client: Client::new(reqwest::Client::new(), "127.0.0.1:5000".into(), policy).unwrap(),
+            client: Client::new(
+                reqwest::Client::new(),
+                "127.0.0.1:5000".into(),
+                Scheme::Default,
+                policy,
+            )
+            .unwrap(),
             name: "a".into(),
             auth: Arc::new(Auth::basic("Basic c2VjcmV0".into())),
         };
