@@ -356,4 +356,36 @@ mod tests {
         assert!(err.contains("/nonexistent/ca.pem"), "{err}");
         assert!(!err.contains('\n'), "{err}");
     }
+
+    #[tokio::test]
+    async fn an_https_request_answered_in_plain_http_is_told_apart() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let client = TlsOptions::default()
+            .client_for("127.0.0.1", Scheme::Default)
+            .unwrap();
+        let err = client
+            .get(format!("https://127.0.0.1:{port}/v2/"))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(is_plain_http_answer(&err), "{err:?}");
+        // Any other failure to connect is not that.
+        let closed = client
+            .get("https://127.0.0.1:1/v2/")
+            .send()
+            .await
+            .unwrap_err();
+        assert!(!is_plain_http_answer(&closed), "{closed:?}");
+    }
 }
