@@ -409,6 +409,7 @@ fn run(cli: Cli) -> Result<()> {
     let guest = Guest::load(cli.guest.as_deref(), cli.guest_digest.as_deref())?;
     let daemon = cli.docker_context;
     match cli.command {
+        // Answered above, without loading the guest.
         Command::Completions { .. } | Command::Man => {}
         Command::Push {
             source,
