@@ -29,6 +29,9 @@ impl CleanEnv {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("docker")).unwrap();
         std::fs::create_dir_all(dir.path().join("certs.d")).unwrap();
+        // REGISTRY_AUTH_FILE names it, and a named auth file must exist; tests that need one
+        // write theirs over it.
+        std::fs::write(dir.path().join("auth.json"), r#"{"auths": {}}"#).unwrap();
         Self { dir }
     }
 

@@ -264,7 +264,8 @@ impl Pushed {
         describe(&self.output)
     }
 
-    /// Asserts success and returns the manifest digest, checked against stdout and --digest-file.
+    /// Asserts success and returns the manifest digest, checked against stdout (`DEST@DIGEST`,
+    /// DEST canonical) and --digest-file.
     pub fn expect_success(&self, dest: &str) -> String {
         assert!(
             self.output.status.success(),
@@ -281,7 +282,7 @@ impl Pushed {
         );
         assert_eq!(
             self.stdout.trim(),
-            format!("{dest}@{digest}"),
+            format!("{}@{digest}", canonical(dest)),
             "stdout must be DEST@DIGEST, matching --digest-file\n{}",
             self.describe()
         );
@@ -324,6 +325,22 @@ impl Pushed {
         // Shown with `--nocapture`.
         eprintln!("{}", lines[0]);
         lines[0].to_string()
+    }
+}
+
+/// A destination as ocipush prints it: without `docker://`, with its tag (`latest` by default).
+pub fn canonical(dest: &str) -> String {
+    if let Some(layout) = dest.strip_prefix("oci:") {
+        return match layout.contains(':') {
+            true => dest.to_string(),
+            false => format!("{dest}:latest"),
+        };
+    }
+    let dest = dest.strip_prefix("docker://").unwrap_or(dest);
+    let last = dest.rsplit('/').next().unwrap_or(dest);
+    match last.contains(':') {
+        true => dest.to_string(),
+        false => format!("{dest}:latest"),
     }
 }
 
