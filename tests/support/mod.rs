@@ -10,6 +10,7 @@
 pub mod daemon_proxy;
 pub mod faults;
 pub mod home;
+pub mod published;
 pub mod registry;
 pub mod slow_link;
 pub mod tls_daemon;
@@ -286,6 +287,7 @@ impl Pushed {
             "stdout must be DEST@DIGEST, matching --digest-file\n{}",
             self.describe()
         );
+        published::parse_published(dest, &digest);
         digest
     }
 
