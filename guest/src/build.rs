@@ -7,7 +7,7 @@ use anyhow::Result;
 use crate::digest::Digest;
 use crate::ports::{Cache, Destinations, ProgressSink, ReadExport};
 use crate::progress::Event;
-use crate::push::{check_destination, push, PushRequest, Pushed, Settings};
+use crate::push::{check_destinations, push, PushRequest, Pushed, Settings};
 
 /// What to build.
 #[derive(Clone, Debug)]
@@ -51,7 +51,7 @@ pub fn build_and_push<S: ReadExport + ImageBuilder>(
 ) -> Result<Built> {
     // What would stop the push stops the build from starting.
     if let Some(destination) = &request.destination {
-        check_destination(destination, &request.settings)?;
+        check_destinations(std::slice::from_ref(destination), &request.settings)?;
     }
     let id = daemon.build(&request.build, &mut |line| {
         progress.report(Event::BuildOutput(line))
@@ -66,7 +66,7 @@ pub fn build_and_push<S: ReadExport + ImageBuilder>(
         Some(destination) => Some(push(
             &PushRequest {
                 source: id.to_string(),
-                destination: destination.clone(),
+                destinations: vec![destination.clone()],
                 settings: request.settings.clone(),
             },
             daemon,

@@ -32,7 +32,7 @@ impl Guest for Component {
         let run = || {
             let request = push::PushRequest {
                 source: request.source,
-                destination: request.destination,
+                destinations: request.destinations,
                 settings: settings(request.settings)?,
             };
             let mut source = HostSource::open(&request.source)?;

@@ -2,9 +2,9 @@
 //! and in-memory capabilities (a source, a registry, a file, a cache, a progress sink).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use anyhow::{bail, Result};
 
@@ -279,6 +279,31 @@ pub struct Log {
     pub misreport_blob_sizes: bool,
     /// A blob it takes and then loses.
     pub loses: Option<Digest>,
+    /// Refuses every blob written to it, as a read-only registry does.
+    pub read_only: bool,
+    /// With `MemoryRegistries`: where this repository is, and the journal of every
+    /// repository's calls in order, each prefixed with where it went.
+    pub journal: Option<(String, Rc<RefCell<Vec<String>>>)>,
+    /// With `MemoryRegistries`: its registry, and the repositories a mount can take from.
+    pub peers: Option<(String, Weak<RefCell<BTreeMap<String, MemoryRegistry>>>)>,
+}
+
+impl Log {
+    /// Records a call, and journals it where there is a journal.
+    fn call(&mut self, call: String) {
+        if let Some((location, journal)) = &self.journal {
+            journal.borrow_mut().push(format!("{location}: {call}"));
+        }
+        self.calls.push(call);
+    }
+
+    fn refuse_if_read_only(&mut self) -> Result<()> {
+        if self.read_only {
+            self.call("refused".into());
+            bail!("the registry refused the upload: it is read-only");
+        }
+        Ok(())
+    }
 }
 
 /// A registry in memory, shared by its clones: each destination it opens is itself.
@@ -297,9 +322,53 @@ impl Destinations for MemoryRegistry {
     fn open(&mut self, destination: &Destination) -> Result<Self> {
         self.0
             .borrow_mut()
-            .calls
-            .push(format!("open {}", destination.location()));
+            .call(format!("open {}", destination.location()));
         Ok(self.clone())
+    }
+}
+
+/// Repositories in memory, each its own `MemoryRegistry` by location (`host/name`, or
+/// `oci:DIR`), with one journal of every call in the order made, and mounts between
+/// repositories of one registry.
+#[derive(Clone, Default)]
+pub struct MemoryRegistries {
+    pub repositories: Rc<RefCell<BTreeMap<String, MemoryRegistry>>>,
+    pub journal: Rc<RefCell<Vec<String>>>,
+}
+
+impl MemoryRegistries {
+    /// The repository at `destination`'s location, made empty the first time it is named.
+    pub fn at(&self, destination: &str) -> MemoryRegistry {
+        let destination = Destination::parse(destination).unwrap();
+        let location = destination.location();
+        let mut repositories = self.repositories.borrow_mut();
+        let repository = repositories.entry(location.clone()).or_default();
+        let mut log = repository.0.borrow_mut();
+        log.journal = Some((location, self.journal.clone()));
+        if let Destination::Registry(target) = &destination {
+            log.peers = Some((target.registry.clone(), Rc::downgrade(&self.repositories)));
+        }
+        drop(log);
+        repository.clone()
+    }
+
+    /// Every call to every repository so far, in order, each as `LOCATION: CALL`.
+    pub fn journal(&self) -> Vec<String> {
+        self.journal.borrow().clone()
+    }
+}
+
+impl Destinations for MemoryRegistries {
+    type Repository = MemoryRegistry;
+    fn open(&mut self, destination: &Destination) -> Result<MemoryRegistry> {
+        let location = destination.location();
+        let text = match destination {
+            Destination::Registry(_) => location.clone(),
+            Destination::Layout(layout) => format!("oci:{}", layout.path),
+        };
+        let repository = self.at(&text);
+        repository.0.borrow_mut().call(format!("open {location}"));
+        Ok(repository)
     }
 }
 
@@ -310,18 +379,34 @@ impl BlobSink for MemoryRegistry {
         let extra = u64::from(log.misreport_blob_sizes);
         Ok(log.blobs.get(digest).map(|b| b.len() as u64 + extra))
     }
+    /// Mounts only from a repository of the same `MemoryRegistries` registry that holds it.
     fn mount_blob(&mut self, digest: &Digest, source: &str) -> Result<bool> {
-        let mut log = self.0.borrow_mut();
-        log.calls.push(format!("mount {digest} from {source}"));
-        Ok(false)
+        let peers = self.0.borrow().peers.clone();
+        self.0
+            .borrow_mut()
+            .call(format!("mount {digest} from {source}"));
+        let held = peers.and_then(|(registry, peers)| {
+            let peers = peers.upgrade()?;
+            let peers = peers.borrow();
+            let peer = peers.get(&format!("{registry}/{source}"))?;
+            let bytes = peer.0.borrow().blobs.get(digest).cloned();
+            bytes
+        });
+        let mounted = held.is_some();
+        if let Some(bytes) = held {
+            self.0.borrow_mut().blobs.insert(digest.clone(), bytes);
+        }
+        Ok(mounted)
     }
     fn put_blob(&mut self, digest: &Digest, data: &[u8]) -> Result<()> {
         let mut log = self.0.borrow_mut();
-        log.calls.push(format!("blob {digest}"));
+        log.refuse_if_read_only()?;
+        log.call(format!("blob {digest}"));
         log.blobs.insert(digest.clone(), data.to_vec());
         Ok(())
     }
     fn start_layer(&mut self, _encoding: &Encoding) -> Result<MemoryUpload> {
+        self.0.borrow_mut().refuse_if_read_only()?;
         Ok(MemoryUpload {
             log: self.0.clone(),
             data: Vec::new(),
@@ -330,7 +415,7 @@ impl BlobSink for MemoryRegistry {
     }
     fn put_manifest(&mut self, reference: &str, media_type: &str, body: &[u8]) -> Result<Digest> {
         let mut log = self.0.borrow_mut();
-        log.calls.push(format!("manifest {reference} {media_type}"));
+        log.call(format!("manifest {reference} {media_type}"));
         log.manifest = Some(body.to_vec());
         log.manifests
             .insert(Digest::of(body).to_string(), body.to_vec());
@@ -343,7 +428,7 @@ impl BlobSink for MemoryRegistry {
     }
     fn get_manifest(&mut self, reference: &str) -> Result<Option<Vec<u8>>> {
         let mut log = self.0.borrow_mut();
-        log.calls.push(format!("get {reference}"));
+        log.call(format!("get {reference}"));
         Ok(log.manifests.get(reference).cloned())
     }
 }
@@ -368,7 +453,7 @@ impl LayerUpload for MemoryUpload {
         let digest = Digest::of(&self.data);
         let size = self.data.len() as u64;
         let mut log = self.log.borrow_mut();
-        log.calls.push(format!("layer {digest}"));
+        log.call(format!("layer {digest}"));
         if log.loses.as_ref() != Some(&digest) {
             log.blobs
                 .insert(digest.clone(), std::mem::take(&mut self.data));
@@ -380,7 +465,7 @@ impl LayerUpload for MemoryUpload {
 impl Drop for MemoryUpload {
     fn drop(&mut self) {
         if !self.done {
-            self.log.borrow_mut().calls.push("cancelled".into());
+            self.log.borrow_mut().call("cancelled".into());
         }
     }
 }

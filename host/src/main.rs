@@ -68,7 +68,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Push an image from the Docker daemon, containers-storage, a tarball or an OCI layout to
-    /// a registry or an OCI layout.
+    /// one or more registries and OCI layouts. With several destinations the image is exported
+    /// once, each repository gets each blob once, and the tags are written, in the order given,
+    /// only once every destination holds every blob: one failing leaves no tag anywhere.
     Push {
         /// The image: in the Docker daemon (--context, DOCKER_HOST, DOCKER_CONTEXT, the current
         /// Docker context, else the usual sockets), name:tag, name@digest or image ID; in
@@ -77,15 +79,18 @@ enum Command {
         /// docker-archive:PATH[:NAME:TAG or :@N when it holds several]; or an OCI image layout
         /// directory, oci:DIR[:TAG] (TAG needed when it holds several).
         source: String,
-        /// Where to push: host[:port]/repository[:tag] (a registry; loopback hosts get plain HTTP
-        /// unless they ask for HTTPS, all others HTTPS), or oci:DIR[:TAG] (an OCI image layout
-        /// directory, created if missing; the tag defaults to latest).
-        destination: String,
+        /// Where to push, one or more: host[:port]/repository[:tag] (a registry; loopback hosts
+        /// get plain HTTP unless they ask for HTTPS, all others HTTPS), or oci:DIR[:TAG] (an OCI
+        /// image layout directory, created if missing; the tag defaults to latest). Each gets
+        /// the same manifest and one DEST@DIGEST line on stdout.
+        #[arg(required = true, num_args = 1.., value_name = "DEST")]
+        destinations: Vec<String>,
         #[command(flatten)]
         options: PushOptions,
     },
     /// Push one image per platform and an image index naming them (a multi-platform image):
-    /// each image's manifest is written by digest, the index under DEST's tag, last.
+    /// each image's manifest is written by digest, the index under DEST's tag, last. One
+    /// destination (several are for push).
     Index {
         /// Where the index goes: host[:port]/repository[:tag].
         destination: String,
@@ -111,7 +116,8 @@ enum Command {
         /// A build argument KEY=VALUE (for ARG); repeatable.
         #[arg(long = "build-arg", value_name = "KEY=VALUE")]
         build_args: Vec<String>,
-        /// Push the built image there (as `ocipush push`), with the options below.
+        /// Push the built image there (as `ocipush push`, one destination), with the options
+        /// below.
         #[arg(long, value_name = "DEST")]
         push: Option<String>,
         #[command(flatten)]
@@ -413,14 +419,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Completions { .. } | Command::Man => {}
         Command::Push {
             source,
-            destination,
+            destinations,
             options,
         } => publish(
             &rt,
             &guest,
             daemon,
             Work::Push(Images::One(&source)),
-            &destination,
+            &destinations,
             options,
             verbosity,
         )?,
@@ -433,7 +439,7 @@ fn run(cli: Cli) -> Result<()> {
             &guest,
             daemon,
             Work::Push(Images::Index(&sources)),
-            &destination,
+            std::slice::from_ref(&destination),
             options,
             verbosity,
         )?,
@@ -470,7 +476,7 @@ fn run(cli: Cli) -> Result<()> {
                 &guest,
                 daemon,
                 Work::Build(&request, push.is_some()),
-                &destination,
+                std::slice::from_ref(&destination),
                 options,
                 verbosity,
             )?
@@ -498,13 +504,14 @@ enum Work<'a> {
     Build(&'a BuildRequest, bool),
 }
 
-/// Runs the guest on one image, an index or a build, and reports what was published.
+/// Runs the guest on one image, an index or a build, and reports what was published: one
+/// `DEST@DIGEST` line per destination, in the order given.
 fn publish(
     rt: &tokio::runtime::Runtime,
     guest: &Guest,
     docker_context: Option<String>,
     work: Work<'_>,
-    destination: &str,
+    destinations: &[String],
     options: PushOptions,
     verbosity: progress::Verbosity,
 ) -> Result<()> {
@@ -518,22 +525,15 @@ fn publish(
         CompressionArg::None => (Compression::None, 0),
     };
     let cli_credential = match options.username {
-        // Parsed as the guest parses it, so the credential goes to the registry the guest will
-        // open; a bad destination is refused here, before any traffic.
-        Some(username) => match Destination::parse(destination)? {
-            Destination::Registry(target) => Some(credentials::Credential::new(
-                &target.registry,
-                &username,
-                &read_password()?,
-            )),
-            Destination::Layout(_) => anyhow::bail!(
-                "--username is for registries: destination {destination} is an OCI layout directory"
-            ),
-        },
+        Some(username) => Some(credentials::Credential::new(
+            &username_registry(destinations)?,
+            &username,
+            &read_password()?,
+        )),
         None => None,
     };
     let job = Job {
-        destination,
+        destinations,
         settings: PublishSettings {
             compression,
             level: options.compression_level.unwrap_or(default_level),
@@ -585,8 +585,36 @@ fn publish(
         std::fs::write(&path, &pushed.digest)
             .with_context(|| format!("writing the digest to {}", path.display()))?;
     }
-    println!("{}@{}", canonical(destination)?, pushed.digest);
+    for destination in destinations {
+        println!("{}@{}", canonical(destination)?, pushed.digest);
+    }
     Ok(())
+}
+
+/// The registry `--username` is for: the one the registry destinations name. Parsed as the
+/// guest parses them, so the credential goes to the registry the guest will open; a bad
+/// destination is refused here, before any traffic.
+fn username_registry(destinations: &[String]) -> Result<String> {
+    let mut registries: Vec<String> = Vec::new();
+    for destination in destinations {
+        if let Destination::Registry(target) = Destination::parse(destination)? {
+            if !registries.contains(&target.registry) {
+                registries.push(target.registry);
+            }
+        }
+    }
+    match &registries[..] {
+        [registry] => Ok(registry.clone()),
+        [] if destinations.len() == 1 => anyhow::bail!(
+            "--username is for registries: destination {} is an OCI layout directory",
+            destinations[0]
+        ),
+        [] => anyhow::bail!("--username is for registries: every destination is an OCI layout directory"),
+        [..] => anyhow::bail!(
+            "--username is for one registry, but the destinations are on {}: give the credentials in an auth file (--authfile) instead",
+            registries.join(" and ")
+        ),
+    }
 }
 
 /// A destination as stdout names it, so scripts can use it as it is: without `docker://`, and

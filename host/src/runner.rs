@@ -35,7 +35,8 @@ use crate::tls::TlsOptions;
 /// The guest component built from `guest/` by build.rs.
 pub static GUEST_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ocipush_guest.wasm"));
 
-/// The WIT package this host offers; guests built for any 0.3.x run here.
+/// The WIT package this host offers; guests built for any release of its minor version run
+/// here.
 pub const PACKAGE: &str = "ocipush:core";
 /// From `wit/ocipush.wit` itself (build.rs reads its `package` line).
 pub const PACKAGE_VERSION: &str = env!("OCIPUSH_WIT_VERSION");
@@ -90,7 +91,8 @@ pub enum Images<'a> {
 
 /// What to push, where, and how.
 pub struct Job<'a> {
-    pub destination: &'a str,
+    /// One or more (only a push takes several; an index and a build take the first).
+    pub destinations: &'a [String],
     /// Compression, format, annotations and verification, as the guest takes them.
     pub settings: PublishSettings,
     /// How long the guest may compute without calling the host before it is stopped.
@@ -104,7 +106,14 @@ pub struct Job<'a> {
     pub docker_context: Option<String>,
 }
 
-/// Pushes `images` (from the daemon, a tarball or an OCI layout) to `job.destination` through
+impl Job<'_> {
+    /// The one destination of an index or a build.
+    fn destination(&self) -> &str {
+        self.destinations.first().map_or("", String::as_str)
+    }
+}
+
+/// Pushes `images` (from the daemon, a tarball or an OCI layout) to `job.destinations` through
 /// `guest`.
 pub fn push(
     rt: Handle,
@@ -134,7 +143,7 @@ pub fn push(
                 store,
                 &PushRequest {
                     source: source.to_string(),
-                    destination: job.destination.to_string(),
+                    destinations: job.destinations.to_vec(),
                     settings: job.settings.clone(),
                 },
             ),
@@ -142,7 +151,7 @@ pub fn push(
                 store,
                 &IndexRequest {
                     sources: sources.to_vec(),
-                    destination: job.destination.to_string(),
+                    destination: job.destination().to_string(),
                     settings: job.settings.clone(),
                 },
             ),
@@ -151,7 +160,7 @@ pub fn push(
 }
 
 /// Builds an image from `request.context` with the daemon, through `guest`, and pushes it to
-/// `job.destination` when `push` is set. The host builds from that one directory only.
+/// `job.destination()` when `push` is set. The host builds from that one directory only.
 pub fn build(
     rt: Handle,
     progress: Progress,
@@ -169,7 +178,7 @@ pub fn build(
             store,
             &BuildPushRequest {
                 build: request.clone(),
-                destination: push.then(|| job.destination.to_string()),
+                destination: push.then(|| job.destination().to_string()),
                 settings: job.settings.clone(),
             },
         )
@@ -193,8 +202,10 @@ fn run_guest<T>(
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     Pusher::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
 
-    if let Ok(Destination::Layout(target)) = Destination::parse(job.destination) {
-        sandbox.layout = Some(target.path);
+    for destination in job.destinations {
+        if let Ok(Destination::Layout(target)) = Destination::parse(destination) {
+            sandbox.layouts.push(target.path);
+        }
     }
     let state = HostState {
         rt: Runtime::new(rt),
@@ -475,22 +486,22 @@ mod tests {
         let push = names(&["push"]);
         let ok = names(&[
             "wasi:io/streams@0.2.6",
-            "ocipush:core/docker@0.3.0",
-            "ocipush:core/registry@0.3.7",
+            "ocipush:core/docker@0.4.0",
+            "ocipush:core/registry@0.4.7",
         ]);
         check_contract("g", &ok, &push).unwrap();
-        for other in ["0.2.0", "0.4.0"] {
+        for other in ["0.3.0", "0.5.0"] {
             let guest = names(&[&format!("ocipush:core/docker@{other}")]);
             let err = check_contract("g", &guest, &push).unwrap_err().to_string();
             assert!(
                 err.contains(&format!("ocipush:core@{other}"))
-                    && err.contains("ocipush:core@0.3.0"),
+                    && err.contains("ocipush:core@0.4.0"),
                 "{err}"
             );
         }
         assert_eq!(
             contract_version(ok.iter().map(String::as_str)).as_deref(),
-            Some("0.3.0")
+            Some("0.4.0")
         );
     }
 
@@ -507,7 +518,7 @@ mod tests {
         let guest = Guest::load(None, None).unwrap();
         let text = describe(&guest, None).unwrap();
         assert!(text.contains(&guest.digest), "{text}");
-        assert!(text.contains("ocipush:core/registry@0.3.0"), "{text}");
+        assert!(text.contains("ocipush:core/registry@0.4.0"), "{text}");
         assert!(text.contains("\n  push\n"), "{text}");
         assert!(Guest::load(None, Some(&guest.digest)).is_ok());
         let wrong = format!("sha256:{}", "0".repeat(64));

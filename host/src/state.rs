@@ -65,8 +65,8 @@ pub struct Sandbox {
     pub archive: Option<String>,
     /// An OCI layout directory to push from.
     pub layout_source: Option<String>,
-    /// The OCI layout directory to push to.
-    pub layout: Option<String>,
+    /// The OCI layout directories to push to.
+    pub layouts: Vec<String>,
     /// A directory to build from (`ocipush build`).
     pub build_context: Option<PathBuf>,
 }

@@ -521,7 +521,7 @@ async function main() {
     try {
       pushed = guest.push({
         source: SOURCE,
-        destination: DESTINATION,
+        destinations: [DESTINATION],
         settings: {
           compression: "none",
           level: 0,

@@ -1,12 +1,14 @@
-//! The push pipeline: one image, or several under one index, from a source to a registry or
-//! layout. `prepare` makes every check that can refuse a push before any traffic and opens the
-//! destination; then, per image, `reuse` asks what the destination already holds, `stream`
-//! exports and uploads the rest, and `publish` writes the manifests and the tag.
+//! The push pipeline: one image, or several under one index, from a source to registries or
+//! layouts. `prepare` makes every check that can refuse a push before any traffic and opens the
+//! destinations (`targets`: each repository once); then, per image, `reuse` asks what each
+//! repository already holds, `stream` exports once and uploads the rest to each repository
+//! that lacks it, and `publish` writes the manifests and, last, the tags.
 
 mod publication;
 mod publish;
 mod reuse;
 mod stream;
+mod targets;
 
 use anyhow::{bail, Result};
 
@@ -14,6 +16,7 @@ pub use publication::{Chosen, Pushed, Settings};
 
 use publication::{Image, Publication, Stored};
 use reuse::Held;
+use targets::Targets;
 
 use crate::limits;
 use crate::model::ImageSummary;
@@ -24,7 +27,9 @@ use crate::reference::{Destination, Source};
 /// What to push, where, and how to encode and describe it.
 pub struct PushRequest {
     pub source: String,
-    pub destination: String,
+    /// One or more destinations: each gets the same manifest, tagged in this order once every
+    /// one holds every blob.
+    pub destinations: Vec<String>,
     pub settings: Settings,
 }
 
@@ -35,7 +40,7 @@ pub struct IndexRequest {
     pub settings: Settings,
 }
 
-/// Pushes one image from `source` to the registry or layout `request.destination` names.
+/// Pushes one image from `source` to the registries and layouts `request.destinations` name.
 pub fn push(
     request: &PushRequest,
     source: &mut impl ReadExport,
@@ -45,7 +50,7 @@ pub fn push(
 ) -> Result<Pushed> {
     let plan = Plan {
         sources: std::slice::from_ref(&request.source),
-        destination: &request.destination,
+        destinations: &request.destinations,
         settings: &request.settings,
         index: false,
     };
@@ -69,7 +74,7 @@ pub fn push_index(
 ) -> Result<Pushed> {
     let plan = Plan {
         sources: &request.sources,
-        destination: &request.destination,
+        destinations: std::slice::from_ref(&request.destination),
         settings: &request.settings,
         index: true,
     };
@@ -84,10 +89,14 @@ pub fn push_index(
     publication.tag(index)
 }
 
-/// Parses a destination and refuses settings its manifest format cannot say: what would stop
-/// a push, checked before anything else starts (a build, an export).
-pub fn check_destination(destination: &str, settings: &Settings) -> Result<Destination> {
-    let parsed = Destination::parse(destination)?;
+/// Parses the destinations (one or more, none named twice) and refuses settings the manifest
+/// format cannot say: what would stop a push, checked before anything else starts (a build,
+/// an export).
+pub fn check_destinations(
+    destinations: &[String],
+    settings: &Settings,
+) -> Result<Vec<Destination>> {
+    let parsed = targets::parse(destinations)?;
     settings
         .format
         .check(&settings.encoding, &settings.annotations)?;
@@ -97,7 +106,7 @@ pub fn check_destination(destination: &str, settings: &Settings) -> Result<Desti
 /// What a push or an index push asks for, as `prepare` checks it.
 struct Plan<'a> {
     sources: &'a [String],
-    destination: &'a str,
+    destinations: &'a [String],
     settings: &'a Settings,
     /// An index: one image per platform, under one tag.
     index: bool,
@@ -127,9 +136,16 @@ fn prepare<'a, S: ReadExport, D: Destinations>(
         }
     }
     let settings = plan.settings;
-    let destination = check_destination(plan.destination, settings)?;
-    if plan.index && matches!(destination, Destination::Layout(_)) {
-        bail!("destination {}: an index goes to a registry (OCI layout directories take single images)", plan.destination);
+    let parsed = check_destinations(plan.destinations, settings)?;
+    if plan.index {
+        if let Some((name, _)) = plan
+            .destinations
+            .iter()
+            .zip(&parsed)
+            .find(|(_, d)| matches!(d, Destination::Layout(_)))
+        {
+            bail!("destination {name}: an index goes to a registry (OCI layout directories take single images)");
+        }
     }
     if plan.index && plan.sources.is_empty() {
         bail!("an index needs at least one source image");
@@ -146,11 +162,10 @@ fn prepare<'a, S: ReadExport, D: Destinations>(
             summary,
         });
     }
-    let repository = destinations.open(&destination)?;
+    let targets = Targets::open(parsed, destinations)?;
     let publication = Publication {
         settings,
-        destination,
-        repository,
+        targets,
         source,
         cache,
         progress,
@@ -179,9 +194,10 @@ fn one_per_platform(earlier: &[Image], name: &str, summary: &ImageSummary) -> Re
 }
 
 impl<S: ReadExport, R: BlobSink> Publication<'_, S, R> {
-    /// Puts an image's config and layers in the destination: none to send if it holds them
-    /// all or can mount them from repositories they were pushed to (the export is the slow
-    /// part); otherwise one pass over the export.
+    /// Puts an image's config and layers in every repository of the push: none to send if
+    /// they hold them all or can mount them from repositories they were pushed to (the export
+    /// is the slow part); otherwise one pass over the export, each layer sent to each
+    /// repository that lacks it.
     fn store(&mut self, image: &Image) -> Result<Stored> {
         self.progress.report(Event::Started {
             image: image.name.clone(),
@@ -213,7 +229,7 @@ mod tests {
     fn request() -> PushRequest {
         PushRequest {
             source: "app:1".into(),
-            destination: "127.0.0.1:5000/team/app:1.0".into(),
+            destinations: vec!["127.0.0.1:5000/team/app:1.0".into()],
             settings: settings(),
         }
     }
@@ -379,7 +395,7 @@ mod tests {
     fn a_bad_destination_is_refused_before_any_traffic() {
         let f = fixture();
         let request = PushRequest {
-            destination: "127.0.0.1:5000/App".into(),
+            destinations: vec!["127.0.0.1:5000/App".into()],
             ..request()
         };
         refused_before_traffic(&request, Memory::new(classic_export(&f), summary(&f)));

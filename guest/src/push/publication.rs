@@ -1,15 +1,17 @@
 //! The context every stage of a push works in, and what the stages hand each other: one
-//! `Publication` (the request's settings, the destination and the repository opened there, the
-//! source, the cache, progress) in place of argument lists.
+//! `Publication` (the request's settings, the destinations and the repositories opened there,
+//! the source, the cache, progress) in place of argument lists.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
+use super::targets::Targets;
 use crate::digest::Digest;
 use crate::manifest::{parse_annotation, Format};
 use crate::model::{
     Annotations, Blob, Change, Compression, Encoding, ImageSummary, Layer, OwnManifest,
 };
-use crate::ports::{BlobSink, Cache, ProgressSink};
+use crate::ports::{Cache, ProgressSink};
+#[cfg(test)]
 use crate::reference::Destination;
 
 /// How images are published: layer encoding, manifest format, annotations, and whether to read
@@ -90,9 +92,8 @@ pub struct Image {
 /// One push: what it was asked, where it goes, and the capabilities it goes through.
 pub struct Publication<'a, S, R> {
     pub settings: &'a Settings,
-    pub destination: Destination,
-    /// The repository (or layout directory) opened at the destination.
-    pub repository: R,
+    /// The destinations, and the repositories (or layout directories) opened there.
+    pub targets: Targets<R>,
     pub source: &'a mut S,
     pub cache: &'a mut dyn Cache,
     pub progress: &'a mut dyn ProgressSink,
@@ -113,28 +114,33 @@ pub struct Stored {
     pub own: Option<OwnManifest>,
 }
 
-/// A layer the destination holds already, found before the export.
+/// A layer some repository of the push holds already, found before the export.
 pub struct Present {
     pub blob: Blob,
+    /// Per repository of the push (`Targets::sinks`), how it holds the blob; `None` where it
+    /// lacks it.
+    pub held: Vec<Option<Found>>,
+}
+
+/// How a repository came to hold a blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
     /// The repository it was mounted from; `None` when the destination held it.
     pub mounted_from: Option<String>,
 }
 
-impl<S, R: BlobSink> Publication<'_, S, R> {
-    /// Whether the destination holds `blob`. A digest fixes the size: a registry that reports
-    /// another size for it is broken or lying, which fails the push rather than being papered
-    /// over.
-    pub fn holds(&mut self, blob: &Blob) -> Result<bool> {
-        match self.repository.blob_size(&blob.digest)? {
-            None => Ok(false),
-            Some(size) if size == blob.size => Ok(true),
-            Some(size) => bail!(
-                "{} reports blob {} as {size} bytes, but it is {} bytes",
-                self.destination.location(),
-                blob.digest,
-                blob.size
-            ),
-        }
+impl Present {
+    /// Whether every repository of the push holds it: then it is not uploaded at all.
+    pub fn everywhere(&self) -> bool {
+        self.held.iter().all(Option::is_some)
+    }
+
+    /// The repository a mount brought it from, if one did.
+    pub fn mounted_from(&self) -> Option<String> {
+        self.held
+            .iter()
+            .flatten()
+            .find_map(|found| found.mounted_from.clone())
     }
 }
 
@@ -157,8 +163,7 @@ impl<'a> Publication<'a, crate::testing::Memory, crate::testing::MemoryRegistry>
     ) -> Self {
         Self {
             settings,
-            destination: Destination::parse(destination).unwrap(),
-            repository: h.registry.clone(),
+            targets: Targets::one(Destination::parse(destination).unwrap(), h.registry.clone()),
             source: &mut h.source,
             cache: &mut h.cache,
             progress: &mut h.events,

@@ -11,6 +11,7 @@
 use anyhow::{bail, Context, Result};
 
 use super::publication::{Image, Publication, Pushed, Stored};
+use super::targets::Sink;
 use crate::cache;
 use crate::config;
 use crate::digest::Digest;
@@ -48,10 +49,12 @@ impl<S, R: BlobSink> Publication<'_, S, R> {
             own,
         } = stored;
         // Where these blobs now are: a later push to another repository can mount them from
-        // here.
-        if let Destination::Registry(target) = &self.destination {
-            for blob in std::iter::once(&config.blob).chain(layers.iter().map(|l| &l.blob)) {
-                cache::remember_home(self.cache, &blob.digest, &target.repository_url());
+        // there.
+        for sink in &self.targets.sinks {
+            if let Destination::Registry(target) = &sink.destination {
+                for blob in std::iter::once(&config.blob).chain(layers.iter().map(|l| &l.blob)) {
+                    cache::remember_home(self.cache, &blob.digest, &target.repository_url());
+                }
             }
         }
         if let Some(own) = own {
@@ -111,11 +114,13 @@ impl<S, R: BlobSink> Publication<'_, S, R> {
         }
         let Document { media_type, body } = manifest.document;
         let digest = Digest::of(&body);
-        let written = self.write_manifest(digest.as_str(), &media_type, &body)?;
-        self.progress.report(Event::ManifestDone {
-            reference: digest.to_string(),
-            digest: written,
-        });
+        for sink in &mut self.targets.sinks {
+            let written = sink.write_manifest(digest.as_str(), &media_type, &body)?;
+            self.progress.report(Event::ManifestDone {
+                reference: digest.to_string(),
+                digest: written,
+            });
+        }
         let own_type = media_type != self.settings.format.manifest_media_type();
         Ok(Entry(PlatformManifest {
             digest,
@@ -135,59 +140,71 @@ impl<S, R: BlobSink> Publication<'_, S, R> {
         })
     }
 
-    /// Writes a manifest or index under the destination's tag: the write that publishes a
-    /// push, so it comes last. Asked to verify, a registry first gets the manifest by digest
-    /// and it is read back before the tag names it, so a push that fails verification leaves
-    /// no tag. (An OCI layout gets the tag first and is read back after: a manifest written
-    /// there by digest would become an index entry of its own.)
+    /// Writes a manifest or index under each destination's tag, in the order given: the
+    /// writes that publish a push, so they come last, once every repository holds every blob.
+    /// With several destinations, or asked to verify, each registry repository first gets the
+    /// manifest by digest (read back when asked) before any tag is written, so that a
+    /// repository that refuses it, or fails verification, leaves no tag anywhere. (An OCI
+    /// layout gets the tag first and is read back after: a manifest written there by digest
+    /// would become an index entry of its own.)
     pub fn tag(&mut self, document: Document) -> Result<Pushed> {
         let Document { media_type, body } = document;
+        let digest = Digest::of(&body);
         let asked = self.settings.verify;
-        let before_tagging = asked && matches!(self.destination, Destination::Registry(_));
-        let checked = if before_tagging {
-            let digest = self.write_manifest(Digest::of(&body).as_str(), &media_type, &body)?;
-            Some(verify(
-                &mut self.repository,
-                &self.destination,
-                &digest,
-                "before writing",
-            )?)
-        } else {
-            None
-        };
-        let tag = self.destination.tag().to_string();
-        let digest = self.write_manifest(&tag, &media_type, &body)?;
-        self.progress.report(Event::ManifestDone {
-            reference: tag,
-            digest: digest.clone(),
-        });
-        if asked {
-            let (manifests, blobs) = match checked {
-                Some(checked) => checked,
-                None => verify(
-                    &mut self.repository,
-                    &self.destination,
-                    &digest,
-                    "after writing",
-                )?,
-            };
-            self.progress.report(Event::Verified {
-                digest: digest.clone(),
-                manifests,
-                blobs,
+        let by_digest = asked || self.targets.tags.len() > 1;
+        let mut checked = Vec::with_capacity(self.targets.sinks.len());
+        for sink in &mut self.targets.sinks {
+            let registry = matches!(sink.destination, Destination::Registry(_));
+            if by_digest && registry {
+                sink.write_manifest(digest.as_str(), &media_type, &body)?;
+            }
+            checked.push(if asked && registry {
+                Some(sink.verify(&digest, "before writing")?)
+            } else {
+                None
             });
+        }
+        for (destination, at) in &self.targets.tags {
+            let sink = &mut self.targets.sinks[*at];
+            let tag = destination.tag().to_string();
+            let written = sink.write_manifest(&tag, &media_type, &body);
+            let written = match self.targets.tags.len() {
+                1 => written?,
+                _ => written
+                    .with_context(|| format!("destination {}:{tag}", destination.location()))?,
+            };
+            self.progress.report(Event::ManifestDone {
+                reference: tag,
+                digest: written,
+            });
+        }
+        if asked {
+            for (sink, checked) in self.targets.sinks.iter_mut().zip(checked) {
+                let (manifests, blobs) = match checked {
+                    Some(checked) => checked,
+                    None => sink.verify(&digest, "after writing")?,
+                };
+                self.progress.report(Event::Verified {
+                    digest: digest.clone(),
+                    manifests,
+                    blobs,
+                });
+            }
         }
         Ok(Pushed {
             digest,
-            repository: self.destination.location(),
+            repository: self.targets.sinks[0].destination.location(),
         })
     }
+}
 
+impl<R: BlobSink> Sink<R> {
     /// Writes a manifest or index under `reference` and checks the digest the registry
     /// reports.
     fn write_manifest(&mut self, reference: &str, media_type: &str, body: &[u8]) -> Result<Digest> {
         limits::check_manifest_size(body)?;
-        let digest = self.repository.put_manifest(reference, media_type, body)?;
+        let put = self.repository.put_manifest(reference, media_type, body);
+        let digest = self.named(put)?;
         if digest != Digest::of(body) {
             bail!(
                 "{} stored the manifest as {digest}, which is not the digest of what was sent ({})",
@@ -196,6 +213,11 @@ impl<S, R: BlobSink> Publication<'_, S, R> {
             );
         }
         Ok(digest)
+    }
+
+    /// Reads back what was written here by digest (`verify`).
+    fn verify(&mut self, digest: &Digest, when: &str) -> Result<(u32, u32)> {
+        verify(&mut self.repository, &self.destination, digest, when)
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 
-use super::publication::{Config, Present, Publication, Stored};
+use super::publication::{Config, Found, Present, Publication, Stored};
 use crate::cache;
 use crate::digest::Digest;
 use crate::model::{Blob, ImageSummary, Layer};
@@ -22,24 +22,19 @@ pub enum Held {
     Some(HashMap<Digest, Present>),
 }
 
-/// How a blob came to be in the destination.
-struct Found {
-    /// The repository it was mounted from; `None` when the destination held it.
-    mounted_from: Option<String>,
-}
-
 impl<S, R: BlobSink> Publication<'_, S, R> {
-    /// Asks the destination once which of the image's blobs it holds: those the cache names a
-    /// blob for (and for the config, holds its bytes, checked against its digest) that are found
-    /// (a HEAD with the size recorded) or mounted from another repository of the registry they
-    /// were pushed to. The blobs are content-addressed and were recorded only after verified
-    /// uploads, so with all of them there the manifest is the one a full push writes.
+    /// Asks each repository of the push once which of the image's blobs it holds: those the
+    /// cache names a blob for (and for the config, holds its bytes, checked against its
+    /// digest) that are found (a HEAD with the size recorded) or mounted from another
+    /// repository of the same registry, one of this push that holds it or one the cache says
+    /// it was pushed to. The blobs are content-addressed and were recorded only after verified
+    /// uploads, so with all of them everywhere the manifest is the one a full push writes.
     pub fn held(&mut self, image: &ImageSummary) -> Result<Held> {
-        // The config first: without it there, the export cannot be skipped.
+        // The config first: without it everywhere, the export cannot be skipped.
         let mut config = None;
         if let Some(blob) = cache::image_config(self.cache, image) {
             if let Some(bytes) = cache::config_bytes(self.cache, &blob) {
-                if self.find_or_mount(&blob)?.is_some() {
+                if self.find_or_mount(&blob)?.iter().all(Option::is_some) {
                     config = Some(Config { blob, bytes });
                 }
             }
@@ -51,10 +46,10 @@ impl<S, R: BlobSink> Publication<'_, S, R> {
         let mut layers = Vec::with_capacity(image.diff_ids.len());
         let mut mounted_from = Vec::with_capacity(image.diff_ids.len());
         for diff_id in &image.diff_ids {
-            let Some(layer) = present.get(diff_id) else {
+            let Some(layer) = present.get(diff_id).filter(|p| p.everywhere()) else {
                 return Ok(Held::Some(present));
             };
-            mounted_from.push(&layer.mounted_from);
+            mounted_from.push(layer.mounted_from());
             layers.push(Layer {
                 diff_id: diff_id.clone(),
                 blob: layer.blob.clone(),
@@ -67,7 +62,7 @@ impl<S, R: BlobSink> Publication<'_, S, R> {
                 diff_id: layer.diff_id.clone(),
                 digest: layer.blob.digest.clone(),
                 size: layer.blob.size,
-                mounted_from: from.clone(),
+                mounted_from: from,
             });
         }
         self.progress
@@ -80,47 +75,66 @@ impl<S, R: BlobSink> Publication<'_, S, R> {
         }))
     }
 
-    /// The layers of `image` the destination holds (or was made to hold, by a mount), by diff
-    /// ID, as far as the cache knows the blobs this encoding makes of them.
+    /// The layers of `image` that some repository of the push holds (or was made to hold, by
+    /// a mount), by diff ID, as far as the cache knows the blobs this encoding makes of them.
     fn present_layers(&mut self, image: &ImageSummary) -> Result<HashMap<Digest, Present>> {
         let mut present = HashMap::new();
         for diff_id in &image.diff_ids {
             let Some(blob) = cache::layer_blob(self.cache, diff_id, &self.settings.encoding) else {
                 continue;
             };
-            if let Some(Found { mounted_from }) = self.find_or_mount(&blob)? {
-                present.insert(diff_id.clone(), Present { blob, mounted_from });
+            let held = self.find_or_mount(&blob)?;
+            if held.iter().any(Option::is_some) {
+                present.insert(diff_id.clone(), Present { blob, held });
             }
         }
         Ok(present)
     }
 
-    /// Whether the destination holds `blob` (a HEAD with the recorded size), or can be made to
-    /// by mounting it from a repository of the same registry that the cache says it was pushed
-    /// to. Each mount the registry declines (Harbor answers 401) only means trying the next,
-    /// then uploading.
-    fn find_or_mount(&mut self, blob: &Blob) -> Result<Option<Found>> {
-        if self.holds(blob)? {
-            return Ok(Some(Found { mounted_from: None }));
+    /// Per repository of the push, whether it holds `blob` (a HEAD with the recorded size), or
+    /// can be made to by mounting it from another repository of the same registry: first one
+    /// of this push that holds it, then those the cache says it was pushed to. Each mount the
+    /// registry declines (Harbor answers 401) only means trying the next, then uploading.
+    fn find_or_mount(&mut self, blob: &Blob) -> Result<Vec<Option<Found>>> {
+        let sinks = &mut self.targets.sinks;
+        let mut held = Vec::with_capacity(sinks.len());
+        for sink in sinks.iter_mut() {
+            held.push(sink.holds(blob)?.then_some(Found { mounted_from: None }));
         }
-        let Destination::Registry(target) = &self.destination else {
-            return Ok(None);
-        };
-        let (registry, repository) = (target.registry.clone(), target.repository.clone());
-        for home in cache::homes(self.cache, &blob.digest) {
-            let Some(source) = home
-                .strip_prefix(&format!("{registry}/"))
-                .filter(|s| *s != repository)
-            else {
+        for at in 0..sinks.len() {
+            let Destination::Registry(target) = &sinks[at].destination else {
                 continue;
             };
-            if self.repository.mount_blob(&blob.digest, source)? && self.holds(blob)? {
-                return Ok(Some(Found {
-                    mounted_from: Some(source.to_string()),
-                }));
+            if held[at].is_some() {
+                continue;
+            }
+            let (registry, repository) = (target.registry.clone(), target.repository.clone());
+            let mut sources: Vec<String> = sinks
+                .iter()
+                .zip(&held)
+                .filter(|(sink, found)| found.is_some() && sink.registry() == Some(&registry))
+                .filter_map(|(sink, _)| match &sink.destination {
+                    Destination::Registry(other) => Some(other.repository.clone()),
+                    Destination::Layout(_) => None,
+                })
+                .collect();
+            for home in cache::homes(self.cache, &blob.digest) {
+                if let Some(source) = home.strip_prefix(&format!("{registry}/")) {
+                    if !sources.iter().any(|s| s == source) {
+                        sources.push(source.to_string());
+                    }
+                }
+            }
+            for source in sources.into_iter().filter(|s| *s != repository) {
+                if sinks[at].mount(blob, &source)? {
+                    held[at] = Some(Found {
+                        mounted_from: Some(source),
+                    });
+                    break;
+                }
             }
         }
-        Ok(None)
+        Ok(held)
     }
 }
 
@@ -168,7 +182,7 @@ mod tests {
         assert_eq!(present.len(), 1);
         let first = &present[&h.f.diff_ids[0]];
         assert_eq!(first.blob.digest, h.f.diff_ids[0]);
-        assert_eq!(first.mounted_from, None);
+        assert_eq!(first.held, vec![Some(Found { mounted_from: None })]);
         // Another encoding's blobs are other blobs: none of these is known for it.
         let zstd = Settings {
             encoding: crate::model::Encoding::new(crate::model::Compression::Zstd, 3).unwrap(),

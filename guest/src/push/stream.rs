@@ -8,12 +8,11 @@ use std::io::Read;
 use anyhow::{bail, Context, Result};
 
 use super::publication::{Config, Present, Publication, Stored};
+use super::targets::{Sink, Uploads};
 use crate::cache;
 use crate::digest::{Digest, Hasher};
 use crate::model::{Blob, Encoding, ImageSummary, Layer, SavedImage};
-use crate::ports::{
-    BlobSink, Cache, LayerEntry, LayerUpload, ProgressSink, Publish, ReadExport, CHUNK_SIZE,
-};
+use crate::ports::{BlobSink, Cache, LayerEntry, ProgressSink, Publish, ReadExport, CHUNK_SIZE};
 use crate::progress::{Event, LayerBytes, LayerRef};
 
 impl<S: ReadExport, R: BlobSink> Publication<'_, S, R> {
@@ -60,14 +59,14 @@ impl<S: ReadExport, R: BlobSink> Publication<'_, S, R> {
         })
     }
 
-    /// Puts the config in the destination, unless it holds it.
+    /// Puts the config in each repository of the push that does not hold it.
     fn upload_config(&mut self, bytes: &[u8]) -> Result<Blob> {
         let config = Blob {
             digest: Digest::of(bytes),
             size: bytes.len() as u64,
         };
-        if !self.holds(&config)? {
-            self.repository.put_blob(&config.digest, bytes)?;
+        for sink in &mut self.targets.sinks {
+            sink.put_blob(&config, bytes)?;
         }
         self.progress
             .report(Event::ConfigDone(config.digest.clone()));
@@ -102,7 +101,7 @@ impl<S: ReadExport, R: BlobSink> Publication<'_, S, R> {
         present: &HashMap<Digest, Present>,
     ) -> Result<(SavedImage, HashMap<Digest, LayerRef>)> {
         let mut publisher = Publisher {
-            repository: &mut self.repository,
+            sinks: &mut self.targets.sinks,
             image,
             encoding: &self.settings.encoding,
             progress: &mut *self.progress,
@@ -137,30 +136,49 @@ impl std::error::Error for Misnamed {}
 
 /// Publishes the layers of an export as they pass.
 struct Publisher<'a, R: BlobSink> {
-    repository: &'a mut R,
+    /// The repositories of the push.
+    sinks: &'a mut [Sink<R>],
     image: &'a ImageSummary,
     encoding: &'a Encoding,
     progress: &'a mut dyn ProgressSink,
     cache: &'a mut dyn Cache,
-    /// Layers the destination holds: not uploaded again.
+    /// Layers some repositories hold: not uploaded to those again.
     present: &'a HashMap<Digest, Present>,
     /// Blobs stored as the export held them, by digest: where they were in the export.
     stored: HashMap<Digest, LayerRef>,
 }
 
 impl<R: BlobSink> Publish for Publisher<'_, R> {
-    /// Streams one layer to the registry, hashing it on the way, and commits it only once its
-    /// diff ID proves to be one the image lists; otherwise the upload is dropped, which
-    /// cancels it. A layer the destination holds, by what its entry hashed to before, is only
-    /// hashed (`check_present`).
+    /// Streams one layer to each repository that lacks it, hashing it on the way, and commits
+    /// it only once its diff ID proves to be one the image lists; otherwise the uploads are
+    /// dropped, which cancels them. A layer every repository holds, by what its entry hashed
+    /// to before, is only hashed (`check_present`).
     fn layer(&mut self, entry: LayerEntry<'_>) -> Result<Layer> {
         let (name, size) = (entry.name.clone(), entry.size);
+        let present = self.present;
         let promised = cache::entry_diff_id(self.cache, &name, size)
-            .filter(|diff_id| self.present.contains_key(diff_id));
-        if let Some(promised) = promised {
-            return self.check_present(entry, promised);
+            .and_then(|diff_id| present.get(&diff_id).map(|p| (diff_id, p)));
+        let lacking: Vec<usize> = match promised {
+            Some((promised, present)) if present.everywhere() => {
+                return self.check_present(entry, promised);
+            }
+            Some((_, present)) => (0..self.sinks.len())
+                .filter(|&at| present.held[at].is_none())
+                .collect(),
+            None => (0..self.sinks.len()).collect(),
+        };
+        let (layer, uploads, diff_id) = self.stream(entry, self.encoding, &lacking)?;
+        if let Some((promised, _)) = &promised {
+            if promised != &diff_id {
+                // The repositories that hold the promised layer may lack this one.
+                return Err(Misnamed {
+                    entry: name,
+                    expected: promised.clone(),
+                    hashed: diff_id,
+                }
+                .into());
+            }
         }
-        let (layer, upload, diff_id) = self.stream(entry, self.encoding)?;
         let Some(position) = self.image.diff_ids.iter().position(|d| d == &diff_id) else {
             bail!(
                 "digest mismatch: layer {} of the export hashes to {diff_id}, which is not a diff ID of image {}",
@@ -168,7 +186,10 @@ impl<R: BlobSink> Publish for Publisher<'_, R> {
                 self.image.id
             );
         };
-        let blob = upload.finish()?;
+        let blob = uploads.finish()?;
+        if let Some((_, present)) = promised {
+            self.same_as_held(&diff_id, present, &blob)?;
+        }
         cache::remember_entry(self.cache, &name, size, &diff_id);
         self.progress.report(Event::LayerDone {
             layer,
@@ -187,7 +208,8 @@ impl<R: BlobSink> Publish for Publisher<'_, R> {
     /// Streams an already compressed layer to the registry as it is, and commits it only if
     /// it hashes to the digest that names it.
     fn blob(&mut self, entry: LayerEntry<'_>, digest: &Digest) -> Result<Blob> {
-        let (layer, upload, hashed) = self.stream(entry, &Encoding::as_is())?;
+        let every: Vec<usize> = (0..self.sinks.len()).collect();
+        let (layer, upload, hashed) = self.stream(entry, &Encoding::as_is(), &every)?;
         if &hashed != digest {
             bail!(
                 "digest mismatch: blob {} of the export hashes to {hashed}",
@@ -223,7 +245,7 @@ impl<R: BlobSink> Publisher<'_, R> {
             diff_id: hashed.clone(),
             digest: present.blob.digest.clone(),
             size: present.blob.size,
-            mounted_from: present.mounted_from.clone(),
+            mounted_from: present.mounted_from(),
         });
         Ok(Layer {
             diff_id: hashed,
@@ -232,13 +254,37 @@ impl<R: BlobSink> Publisher<'_, R> {
         })
     }
 
-    /// Streams an entry whole into a new upload encoded as `encoding`, reporting progress;
-    /// returns the upload, still to finish, and the digest of the bytes streamed.
+    /// A layer some repositories held (the blob the cache named) and the others were just
+    /// sent must be one blob, or the manifest would name a blob one of them lacks. Should
+    /// the encoder no longer give that blob, the cache learns the new one and the push stops
+    /// before any tag: the next push sends it everywhere.
+    fn same_as_held(&mut self, diff_id: &Digest, present: &Present, stored: &Blob) -> Result<()> {
+        if &present.blob == stored {
+            return Ok(());
+        }
+        cache::remember_layer(self.cache, diff_id, self.encoding, stored);
+        let holder = present
+            .held
+            .iter()
+            .position(Option::is_some)
+            .map_or_else(String::new, |at| self.sinks[at].destination.location());
+        bail!(
+            "layer {diff_id} encodes to {} now, but {holder} holds it as {} from an earlier push: no tag was written; push again to send it as {} everywhere",
+            stored.digest,
+            present.blob.digest,
+            stored.digest
+        )
+    }
+
+    /// Streams an entry whole into a new upload encoded as `encoding` in each repository `at`
+    /// names, reporting progress; returns the uploads, still to finish, and the digest of the
+    /// bytes streamed.
     fn stream(
         &mut self,
         entry: LayerEntry<'_>,
         encoding: &Encoding,
-    ) -> Result<(LayerRef, R::Upload, Digest)> {
+        at: &[usize],
+    ) -> Result<(LayerRef, Uploads<R::Upload>, Digest)> {
         let layer = LayerRef {
             index: entry.index,
             entry: entry.name.clone(),
@@ -250,7 +296,7 @@ impl<R: BlobSink> Publisher<'_, R> {
             total: entry.size,
         };
         self.progress.report(Event::LayerStarted(bytes(0, 0)));
-        let mut upload = self.repository.start_layer(encoding)?;
+        let mut upload = Uploads::start(self.sinks, at, encoding)?;
         let mut done = 0u64;
         let progress = &mut *self.progress;
         let hashed = pass(entry.data, &entry.name, entry.size, |chunk| {
@@ -323,7 +369,7 @@ mod tests {
             first.clone(),
             Present {
                 blob: blob.clone(),
-                mounted_from: None,
+                held: vec![Some(crate::push::publication::Found { mounted_from: None })],
             },
         )]);
         let registry = h.registry.clone();

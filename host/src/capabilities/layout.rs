@@ -26,8 +26,8 @@ impl Host for HostState {
     }
 
     fn open(&mut self, path: String) -> Result<Resource<Directory>, HostError> {
-        let destination = self.sandbox.layout.as_deref();
-        only_named(destination, &path, "open OCI layout", "destination")?;
+        let destinations = self.sandbox.layouts.iter().map(String::as_str);
+        only_named(destinations, &path, "open OCI layout", "destination")?;
         Ok(self.table.push(Directory::open(Path::new(&path))?)?)
     }
 }

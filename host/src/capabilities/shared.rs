@@ -47,14 +47,14 @@ impl fmt::Display for NotNamed {
     }
 }
 
-/// Lets the guest reach `path` only when it is exactly what the user named (`named`).
-pub fn only_named(
-    named: Option<&str>,
+/// Lets the guest reach `path` only when it is exactly what the user named (one of `named`).
+pub fn only_named<'a>(
+    named: impl IntoIterator<Item = &'a str>,
     path: &str,
     action: &'static str,
     role: &'static str,
 ) -> Result<(), HostError> {
-    if named == Some(path) {
+    if named.into_iter().any(|n| n == path) {
         return Ok(());
     }
     Err(HostError::message(NotNamed {

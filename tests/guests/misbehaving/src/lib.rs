@@ -19,8 +19,8 @@ struct Misbehaving;
 
 impl Guest for Misbehaving {
     fn push(request: PushRequest) -> Result<PushResult, String> {
-        let (host, path) = request
-            .destination
+        let destination = request.destinations.first().ok_or("no destination")?;
+        let (host, path) = destination
             .split_once('/')
             .ok_or("destination has no repository")?;
         let repository = path
@@ -54,7 +54,7 @@ impl Guest for Misbehaving {
         let source = request.sources.first().cloned().unwrap_or_default();
         Self::push(PushRequest {
             source,
-            destination: request.destination,
+            destinations: vec![request.destination],
             settings: request.settings,
         })
     }
