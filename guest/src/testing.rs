@@ -285,7 +285,7 @@ pub struct Log {
     /// repository's calls in order, each prefixed with where it went.
     pub journal: Option<(String, Rc<RefCell<Vec<String>>>)>,
     /// With `MemoryRegistries`: its registry, and the repositories a mount can take from.
-    pub peers: Option<(String, Weak<RefCell<BTreeMap<String, MemoryRegistry>>>)>,
+    pub peers: Option<(String, Weak<Repositories>)>,
 }
 
 impl Log {
@@ -327,12 +327,15 @@ impl Destinations for MemoryRegistry {
     }
 }
 
+/// The repositories of `MemoryRegistries`, by location.
+pub type Repositories = RefCell<BTreeMap<String, MemoryRegistry>>;
+
 /// Repositories in memory, each its own `MemoryRegistry` by location (`host/name`, or
 /// `oci:DIR`), with one journal of every call in the order made, and mounts between
 /// repositories of one registry.
 #[derive(Clone, Default)]
 pub struct MemoryRegistries {
-    pub repositories: Rc<RefCell<BTreeMap<String, MemoryRegistry>>>,
+    pub repositories: Rc<Repositories>,
     pub journal: Rc<RefCell<Vec<String>>>,
 }
 
