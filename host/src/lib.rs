@@ -19,6 +19,7 @@ pub mod files;
 pub mod interrupt;
 pub mod layout;
 pub mod limits;
+pub mod memory;
 pub mod progress;
 pub mod registries_conf;
 pub mod registry;

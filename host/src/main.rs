@@ -246,6 +246,7 @@ fn init_logging(cli: &Cli) {
 }
 
 fn main() -> ExitCode {
+    ocipush::memory::configure();
     // A usage error exits here, with 2.
     let cli = Cli::parse();
     init_logging(&cli);

@@ -15,8 +15,9 @@ use crate::interrupt::{Interrupted, Runtime};
 
 /// Export chunks handed to the guest are gathered to about this size.
 const CHUNK: usize = 1 << 20;
-/// Chunks read ahead of the guest: bounds the export's memory to a few MiB.
-const READ_AHEAD: usize = 4;
+/// Chunks read ahead of the guest: bounds the export's memory to a few MiB (two keep the
+/// guest fed: it takes one chunk per crossing).
+const READ_AHEAD: usize = 2;
 
 /// A running export.
 pub struct ExportStream {
@@ -71,10 +72,21 @@ struct Chunks {
 }
 
 impl Chunks {
-    /// Adds `bytes`; false when the guest is gone and the pump should stop.
-    async fn push(&mut self, bytes: &[u8]) -> bool {
-        self.chunk.extend_from_slice(bytes);
-        self.chunk.len() < CHUNK || self.tx.send(Ok(self.chunk.split().freeze())).await.is_ok()
+    /// Adds `bytes`; false when the guest is gone and the pump should stop. Each chunk is
+    /// allocated once at its full size and sent when full, never grown by doubling.
+    async fn push(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            let take = bytes.len().min(CHUNK - self.chunk.len());
+            self.chunk.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.chunk.len() == CHUNK {
+                let full = std::mem::replace(&mut self.chunk, BytesMut::with_capacity(CHUNK));
+                if self.tx.send(Ok(full.freeze())).await.is_err() {
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// Sends what is left, then `end`'s error if the export failed.

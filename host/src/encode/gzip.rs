@@ -126,8 +126,9 @@ impl<W: FnMut(Vec<u8>) -> io::Result<()>> ParallelGzip<W> {
     fn dispatch(&mut self) -> io::Result<()> {
         self.started = true;
         let data = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
-        // Bound the work queued ahead (and so memory): two blocks per worker in flight.
-        while self.in_flight >= 2 * self.workers.len() {
+        // Bound the work queued ahead (and so memory: a block in and a member out each): one
+        // block per worker and one waiting keep every worker busy.
+        while self.in_flight > self.workers.len() {
             self.collect_one()?;
         }
         let job = Job {
@@ -182,6 +183,8 @@ fn gzip_member(compressor: &mut Compressor, data: &[u8]) -> io::Result<Vec<u8>> 
         .gzip_compress(data, &mut out)
         .map_err(|e| io::Error::other(format!("gzip: {e:?}")))?;
     out.truncate(size);
+    // A member may wait for earlier ones: hold only its bytes, not the bound.
+    out.shrink_to_fit();
     Ok(out)
 }
 

@@ -137,7 +137,10 @@ impl Pipeline {
         let (input, chunks) = mpsc::sync_channel::<Vec<u8>>(INPUT_QUEUE);
         let (tell, produced) = watch::channel(Produced::default());
         let encoder = std::thread::spawn(move || {
-            let encoded = encode(chunks, &file, &tell, codec)?;
+            let encoded = encode(chunks, &file, &tell, codec);
+            // The layer's buffers, freed on this thread and its workers, go back now.
+            crate::memory::release();
+            let encoded = encoded?;
             if let Some(path) = sync {
                 file.sync_all()
                     .map_err(|error| Error::Sync { path, error })?;

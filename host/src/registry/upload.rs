@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
 use reqwest::{Method, StatusCode, Url};
 use tokio::sync::watch;
@@ -31,7 +30,7 @@ use crate::encode::{self, Codec, Encoded, Pipeline, Produced};
 use crate::interrupt::Runtime;
 
 /// The chunk size used unless `--chunk-size` says otherwise: large enough that a chunk's
-/// round trip costs little, small enough to hold in memory while it is in flight.
+/// round trip costs little. A chunk is read from the spool as it is sent, never held whole.
 pub const DEFAULT_CHUNK_SIZE: u64 = 16 << 20;
 /// The smallest chunk the sender falls back to when a registry refuses chunks as too large.
 pub const MIN_CHUNK_SIZE: u64 = 256 << 10;
@@ -264,25 +263,28 @@ impl Sender {
         }
     }
 
-    /// Sends `offset..end` of the spool as one chunk.
+    /// Sends `offset..end` of the spool as one chunk, read from the spool piece by piece as
+    /// the HTTP client takes them: a chunk never sits in memory whole.
     async fn patch(&self, location: Url, offset: u64, end: u64) -> Chunk {
-        let mut bytes = vec![0u8; (end - offset) as usize];
-        if let Err(e) = self.spool.read_exact_at(&mut bytes, offset) {
-            return Chunk::Refused(Error::Spool {
-                doing: "reading a layer back from its spool",
-                error: e,
-            });
-        }
-        let bytes = Bytes::from(bytes);
-        let sent = self.sent.clone();
-        let pieces: Vec<io::Result<Bytes>> = (0..bytes.len())
-            .step_by(SEND_PIECE)
-            .map(|at| Ok(bytes.slice(at..(at + SEND_PIECE).min(bytes.len()))))
-            .collect();
+        let (spool, sent) = (self.spool.clone(), self.sent.clone());
+        let unreadable: Arc<Mutex<Option<io::Error>>> = Arc::default();
+        let failed_read = unreadable.clone();
         // Counted as the HTTP client takes each piece to write it to the socket.
-        let body = futures_util::stream::iter(pieces).inspect(move |piece| {
-            if let Ok(piece) = piece {
-                sent.fetch_add(piece.len() as u64, Ordering::Relaxed);
+        let body = futures_util::stream::unfold(offset, move |at| {
+            let (spool, sent, failed_read) = (spool.clone(), sent.clone(), failed_read.clone());
+            async move {
+                let len = end.saturating_sub(at).min(SEND_PIECE as u64) as usize;
+                if len == 0 {
+                    return None;
+                }
+                let mut piece = vec![0u8; len];
+                if let Err(e) = spool.read_exact_at(&mut piece, at) {
+                    let kept = io::Error::new(e.kind(), e.to_string());
+                    *failed_read.lock().unwrap() = Some(kept);
+                    return Some((Err(e), end));
+                }
+                sent.fetch_add(len as u64, Ordering::Relaxed);
+                Some((Ok(Bytes::from(piece)), at + len as u64))
             }
         });
         let request = self
@@ -299,6 +301,12 @@ impl Sender {
         let response = match request.send().await {
             Ok(response) => response,
             Err(e) => {
+                if let Some(error) = unreadable.lock().unwrap().take() {
+                    return Chunk::Refused(Error::Spool {
+                        doing: "reading a layer back from its spool",
+                        error,
+                    });
+                }
                 let failure = self.api.client.transport(&what, &e);
                 let retryable = !Transport::of(&e).certificate;
                 return match retry::decide(Outcome::Failed { retryable }, 0, retries, false) {
