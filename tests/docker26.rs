@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 
@@ -430,6 +430,12 @@ impl Platform {
 /// An OCI archive (as `docker load` reads) of `name:1`: an index of a linux/amd64 and a
 /// linux/arm64 manifest. Returns (archive, index digest, platforms).
 fn two_platform_archive(name: &str) -> (Vec<u8>, String, Vec<Platform>) {
+    two_platform_archive_holding(name, &["amd64", "arm64"])
+}
+
+/// `two_platform_archive` holding the content (manifest, config, layer) of the `held`
+/// platforms only, the others' index entries kept: what an image pulled for one platform is.
+fn two_platform_archive_holding(name: &str, held: &[&str]) -> (Vec<u8>, String, Vec<Platform>) {
     let platforms = vec![Platform::new("amd64"), Platform::new("arm64")];
     let manifests: Vec<Value> = platforms
         .iter()
@@ -466,7 +472,7 @@ fn two_platform_archive(name: &str) -> (Vec<u8>, String, Vec<Platform>) {
         tar.file(&format!("blobs/sha256/{}", sha256_hex(bytes)), 0o644, bytes);
     };
     put(&index);
-    for p in &platforms {
+    for p in platforms.iter().filter(|p| held.contains(&p.arch)) {
         put(&p.layer);
         put(&p.config);
         put(&p.manifest);
@@ -526,4 +532,238 @@ fn containerd_store_of_docker_26_loads_a_two_platform_oci_archive_as_its_index()
     let config = registry_config(&s.registry, &repo, &digest(&amd64.config));
     assert_eq!(config["architecture"], "amd64");
     copy_to_oci_layout_and_verify(&reference, &amd64_digest, &diff_ids);
+}
+
+/// `docker load`s a two-platform image holding the content of the `held` platforms into the
+/// containerd store as `NAME:1`; returns (tag, index digest = image ID, platforms, the archive).
+fn load_two_platforms(
+    d: &Docker26,
+    name: &str,
+    held: &[&str],
+    dir: &Path,
+) -> (String, String, Vec<Platform>, std::path::PathBuf) {
+    let (archive, index_digest, platforms) = two_platform_archive_holding(name, held);
+    let path = dir.join(format!("{name}.tar"));
+    std::fs::write(&path, archive).unwrap();
+    d.docker_ok(&["load", "-q", "-i", path.to_str().unwrap()]);
+    let tag = format!("{name}:1");
+    assert_eq!(d.inspect(&tag)["Id"], index_digest.as_str());
+    (tag, index_digest, platforms, path)
+}
+
+/// The index the registry holds at REPO@INDEX is the image's, byte for byte (parsed with
+/// oci-spec: each platform's manifest by digest, in order), and `skopeo copy --all` reads every
+/// platform back, verifying each digest; each platform's config is its own and its layer
+/// gunzips to its diff ID.
+fn check_index_pushed(registry: &str, repo: &str, index_digest: &str, platforms: &[Platform]) {
+    let (status, bytes) = registry_get(
+        registry,
+        repo,
+        &format!("manifests/{index_digest}"),
+        Some(OCI_INDEX),
+    );
+    assert_eq!(status, 200, "{registry}/{repo}@{index_digest}");
+    assert_eq!(digest(&bytes), index_digest, "the index, byte for byte");
+    let index = oci_spec::image::ImageIndex::from_reader(&bytes[..])
+        .unwrap_or_else(|e| panic!("the pushed index does not parse as an OCI index: {e}"));
+    let entries = index.manifests();
+    assert_eq!(entries.len(), platforms.len());
+    for (entry, p) in entries.iter().zip(platforms) {
+        assert_eq!(entry.digest().to_string(), digest(&p.manifest));
+        assert_eq!(entry.size(), p.manifest.len() as u64);
+        let platform = entry.platform().as_ref().unwrap();
+        assert_eq!(platform.architecture().to_string(), p.arch);
+        assert_eq!(platform.os().to_string(), "linux");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    run_ok(Command::new("skopeo").args([
+        "copy",
+        "--all",
+        "--quiet",
+        "--src-tls-verify=false",
+        &format!("docker://{registry}/{repo}@{index_digest}"),
+        &format!("oci:{}:x", layout.display()),
+    ]));
+    let top: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    assert_eq!(top["manifests"][0]["digest"], index_digest, "{top}");
+    for p in platforms {
+        assert_eq!(
+            blob(&layout, &digest(&p.manifest)),
+            p.manifest,
+            "{}",
+            p.arch
+        );
+        assert_eq!(blob(&layout, &digest(&p.config)), p.config, "{}", p.arch);
+        let mut tar = Vec::new();
+        flate2::read::MultiGzDecoder::new(&blob(&layout, &digest(&p.layer))[..])
+            .read_to_end(&mut tar)
+            .unwrap();
+        assert_eq!(digest(&tar), p.diff_id, "{}'s layer", p.arch);
+    }
+}
+
+/// A push that must be refused before any upload: one line naming the platform the source
+/// lacks and suggesting the one it holds, no tag, and none of the image's blobs in the
+/// registry.
+fn assert_refused_with_no_upload(pushed: &Pushed, registry: &str, repo: &str, p: &[Platform]) {
+    let line = pushed.expect_failure();
+    assert!(
+        line.contains("not the content of linux/arm64")
+            && line.ends_with("push what it holds with --platform linux/amd64"),
+        "{line}"
+    );
+    assert_eq!(tags(registry, repo), Vec::<String>::new(), "no tag");
+    for p in p {
+        for bytes in [&p.layer, &p.config, &p.manifest] {
+            let (status, _) =
+                registry_get(registry, repo, &format!("blobs/{}", digest(bytes)), None);
+            assert_eq!(status, 404, "{} blob {} uploaded", p.arch, digest(bytes));
+        }
+    }
+}
+
+/// A two-platform image in the containerd store (ID = its index's digest): pushed whole, the
+/// registry digest is the image ID and every platform reads back; `--platform linux/arm64`
+/// puts the arm64 manifest under the tag; the same image with only linux/amd64's content (as a
+/// pull for one platform leaves it) is refused with no upload, and goes with
+/// `--platform linux/amd64`.
+#[test]
+fn containerd_store_pushes_a_two_platform_image_whole_or_one_platform_and_refuses_a_missing_one() {
+    let s = services();
+    let d = Docker26::containerd();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("DOCKER_HOST", d.host.as_str())];
+    let name = unique("d26-platforms");
+    let (tag, index_digest, platforms, _) =
+        load_two_platforms(&d, &name, &["amd64", "arm64"], dir.path());
+    let repo = format!("docker26/{name}");
+
+    let dest = format!("{}/{repo}:1", s.registry);
+    let pushed = push_args(&tag, &dest, "none", &["--verify"], &env).expect_success(&dest);
+    assert_eq!(pushed, index_digest, "registry digest = image ID");
+    check_index_pushed(&s.registry, &repo, &index_digest, &platforms);
+
+    let arm_dest = format!("{}/{repo}:arm64", s.registry);
+    let arm = push_args(
+        &tag,
+        &arm_dest,
+        "none",
+        &["--platform", "linux/arm64"],
+        &env,
+    )
+    .expect_success(&arm_dest);
+    let arm64 = &platforms[1];
+    assert_eq!(
+        arm,
+        digest(&arm64.manifest),
+        "the arm64 manifest, byte for byte"
+    );
+    let m = skopeo_raw_manifest(&arm_dest);
+    assert_eq!(m["config"]["digest"], digest(&arm64.config), "{m}");
+    copy_to_oci_layout_and_verify(&arm_dest, &arm, std::slice::from_ref(&arm64.diff_id));
+
+    let half = unique("d26-half");
+    let (half_tag, _, half_platforms, _) = load_two_platforms(&d, &half, &["amd64"], dir.path());
+    let half_repo = format!("docker26/{half}");
+    let half_dest = format!("{}/{half_repo}:1", s.registry);
+    let refused = push_args(&half_tag, &half_dest, "none", &[], &env);
+    assert_refused_with_no_upload(&refused, &s.registry, &half_repo, &half_platforms);
+    let refused = push_args(
+        &half_tag,
+        &half_dest,
+        "none",
+        &["--platform", "linux/arm64"],
+        &env,
+    );
+    assert_refused_with_no_upload(&refused, &s.registry, &half_repo, &half_platforms);
+    let amd = push_args(
+        &half_tag,
+        &half_dest,
+        "none",
+        &["--platform", "linux/amd64"],
+        &env,
+    )
+    .expect_success(&half_dest);
+    assert_eq!(amd, digest(&half_platforms[0].manifest));
+}
+
+/// The same from files: the daemon's `docker save` of a two-platform image (`docker-archive:`,
+/// its `index.json` naming the index, its `manifest.json` one platform) and the OCI layout the
+/// image was made as (`oci:`): pushed whole (the index's digest), one platform, and the
+/// one-platform copy refused with no upload.
+#[test]
+fn docker_archive_and_oci_layout_of_a_two_platform_image_push_whole_or_one_platform() {
+    let s = services();
+    let d = Docker26::containerd();
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("d26-files");
+    let (tag, index_digest, platforms, loaded) =
+        load_two_platforms(&d, &name, &["amd64", "arm64"], dir.path());
+    let half = unique("d26-files-half");
+    let (half_tag, _, half_platforms, half_loaded) =
+        load_two_platforms(&d, &half, &["amd64"], dir.path());
+
+    let unpack = |archive: &Path, into: &str| {
+        let layout = dir.path().join(into);
+        std::fs::create_dir(&layout).unwrap();
+        run_ok(Command::new("tar").args([
+            "-xf",
+            archive.to_str().unwrap(),
+            "-C",
+            layout.to_str().unwrap(),
+        ]));
+        format!("oci:{}:1", layout.display())
+    };
+    let saved = dir.path().join("saved.tar");
+    d.save(&tag, &saved);
+    let half_saved = dir.path().join("half-saved.tar");
+    d.save(&half_tag, &half_saved);
+    let sources = [
+        (
+            format!("docker-archive:{}", saved.display()),
+            format!("docker-archive:{}", half_saved.display()),
+        ),
+        (
+            unpack(&loaded, "layout"),
+            unpack(&half_loaded, "half-layout"),
+        ),
+    ];
+    for (kind, (whole, one_platform)) in ["archive", "layout"].iter().zip(sources) {
+        let repo = format!("docker26/{name}-{kind}");
+        let dest = format!("{}/{repo}:1", s.registry);
+        let pushed = push_args(&whole, &dest, "none", &["--verify"], NO_ENV).expect_success(&dest);
+        assert_eq!(
+            pushed, index_digest,
+            "{kind}: the image's index, byte for byte"
+        );
+        check_index_pushed(&s.registry, &repo, &index_digest, &platforms);
+
+        let arm_dest = format!("{}/{repo}:arm64", s.registry);
+        let arm = push_args(
+            &whole,
+            &arm_dest,
+            "none",
+            &["--platform", "linux/arm64"],
+            NO_ENV,
+        )
+        .expect_success(&arm_dest);
+        assert_eq!(arm, digest(&platforms[1].manifest), "{kind}");
+
+        let half_repo = format!("docker26/{half}-{kind}");
+        let half_dest = format!("{}/{half_repo}:1", s.registry);
+        let refused = push_args(&one_platform, &half_dest, "none", &[], NO_ENV);
+        assert_refused_with_no_upload(&refused, &s.registry, &half_repo, &half_platforms);
+        let amd = push_args(
+            &one_platform,
+            &half_dest,
+            "none",
+            &["--platform", "linux/amd64"],
+            NO_ENV,
+        )
+        .expect_success(&half_dest);
+        assert_eq!(amd, digest(&half_platforms[0].manifest), "{kind}");
+    }
 }

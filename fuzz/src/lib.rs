@@ -12,7 +12,7 @@ use ocipush_guest::archive::Archive;
 use ocipush_guest::cache;
 use ocipush_guest::digest::Digest;
 use ocipush_guest::layout::Layout;
-use ocipush_guest::model::{Blob, Compression, Encoding, ImageSummary, Layer};
+use ocipush_guest::model::{Blob, Compression, Encoding, IdKind, ImageSummary, Layer, Named};
 use ocipush_guest::ports::{
     Cache, ImageSource, LayerEntry, LayoutFiles, Publish, RandomAccess, ReadExport,
 };
@@ -56,6 +56,8 @@ fn image(config: &[u8]) -> ImageSummary {
         diff_ids: LAYERS.iter().map(|l| Digest::of(l)).collect(),
         size: LAYERS.iter().map(|l| l.len() as u64).sum(),
         platform: None,
+        id_kind: IdKind::Config,
+        within: None,
     }
 }
 
@@ -214,6 +216,20 @@ fn pushes_as_inspected(mut source: impl ImageSource, name: &str) -> bool {
     let Ok(image) = source.inspect(name) else {
         return false;
     };
+    // A multi-platform image: each platform the source holds whole reads as its own image.
+    if let Ok(Named::Index(index)) = source.survey(&image) {
+        for entry in &index.platforms {
+            let Some(platform) = entry.summary(&index.own.digest) else {
+                continue;
+            };
+            if let Ok(saved) = source.read_export(&platform, &mut Drain) {
+                assert_eq!(Digest::of(&saved.config), platform.id);
+                let diff_ids: Vec<_> = saved.layers.into_iter().map(|l| l.diff_id).collect();
+                assert_eq!(diff_ids, platform.diff_ids);
+            }
+        }
+        return true;
+    }
     let Ok(saved) = source.read_export(&image, &mut Drain) else {
         return false;
     };

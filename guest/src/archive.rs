@@ -7,6 +7,12 @@
 //! is then a `docker save` stream of that one image, cut from the file: its layers, its config
 //! and a `manifest.json` naming only it, which the same reader as the daemon's export
 //! (`save.rs`) verifies layer by layer. Layers of other images in the file are never read.
+//!
+//! A Docker >= 25 tarball of a multi-platform image (containerd store) names, in `index.json`,
+//! the image's index, and in `manifest.json` only one platform's image. When the image chosen
+//! is named by such an index, the image is that index: its platforms, and what the file holds
+//! of each, are read from the small blobs before any upload, and each platform's export is cut
+//! from the file on its own.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -16,10 +22,13 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::config;
 use crate::digest::Digest;
-use crate::model::ImageSummary;
+use crate::manifest::{DOCKER_MANIFEST_LIST, OCI_INDEX};
+use crate::model::{Blob, IdKind, ImageSummary, SourceIndex, Within};
+use crate::platforms::{self, Holdings};
 use crate::ports::{ImageSource, RandomAccess};
 use crate::savefile::{
-    entry_path, follow_links, take_export, CutExport, Export, SaveManifest, SaveWriter,
+    entry_path, follow_links, platform_export, take_export, CutExport, Export, SaveManifest,
+    SaveWriter,
 };
 
 /// How many entries an archive may have: a bound on the index's memory.
@@ -40,6 +49,22 @@ pub struct Archive<F> {
     reference: Option<String>,
     /// What `inspect` found, for `export`.
     chosen: Option<CutExport>,
+    /// The multi-platform image `inspect` found, and the tar's entries its exports are cut from.
+    multi: Option<(SourceIndex, HashMap<String, Entry>)>,
+}
+
+/// The entries of `index.json` or an index, as far as finding an image's index needs.
+#[derive(serde::Deserialize)]
+struct Listing {
+    #[serde(default)]
+    manifests: Vec<Listed>,
+}
+
+#[derive(serde::Deserialize)]
+struct Listed {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    digest: String,
 }
 
 /// An entry of the tarball, by its normalized path.
@@ -56,7 +81,68 @@ impl<F: RandomAccess> Archive<F> {
             path: path.to_string(),
             reference: reference.map(str::to_string),
             chosen: None,
+            multi: None,
         }
+    }
+
+    /// The small blob `digest` (at most `OCI_MANIFEST_LIMIT` bytes), checked against it; `None`
+    /// when the archive holds no such blob, or a larger one.
+    fn small_blob(
+        &self,
+        index: &HashMap<String, Entry>,
+        digest: &Digest,
+    ) -> Result<Option<Vec<u8>>> {
+        let path = format!("blobs/sha256/{}", digest.hex());
+        match index.get(&path) {
+            Some(Entry::File { size, .. }) if *size <= OCI_MANIFEST_LIMIT => {}
+            _ => return Ok(None),
+        }
+        let bytes = self.read_small(index, &path)?;
+        if &Digest::of(&bytes) != digest {
+            bail!(
+                "digest mismatch: archive {}: {path} hashes to {}",
+                self.path,
+                Digest::of(&bytes)
+            );
+        }
+        Ok(Some(bytes))
+    }
+
+    /// The index, among those `index.json` names, that names a manifest of the image whose
+    /// config is `config`: what Docker >= 25 writes for a multi-platform image.
+    fn index_naming(
+        &self,
+        index: &HashMap<String, Entry>,
+        config: &Digest,
+    ) -> Result<Option<Digest>> {
+        if !index.contains_key("index.json") {
+            return Ok(None);
+        }
+        let listing = |bytes: &[u8]| serde_json::from_slice::<Listing>(bytes).ok();
+        let top = listing(&self.read_small(index, "index.json")?)
+            .with_context(|| format!("archive {}: index.json is not an image index", self.path))?;
+        for entry in top.manifests {
+            if entry.media_type != OCI_INDEX && entry.media_type != DOCKER_MANIFEST_LIST {
+                continue;
+            }
+            let digest = Digest::parse(&entry.digest, "an index.json entry's digest")?;
+            let Some(children) = self.small_blob(index, &digest)?.and_then(|b| listing(&b)) else {
+                continue;
+            };
+            for child in children.manifests {
+                let Ok(child) = Digest::parse(&child.digest, "an index entry's digest") else {
+                    continue;
+                };
+                let Some(manifest) = self.small_blob(index, &child)? else {
+                    continue;
+                };
+                let json = serde_json::from_slice::<serde_json::Value>(&manifest);
+                if json.is_ok_and(|m| m["config"]["digest"] == config.as_str()) {
+                    return Ok(Some(digest));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Every entry of the tar, from its headers.
@@ -229,6 +315,25 @@ impl<F: RandomAccess + 'static> ImageSource for Archive<F> {
                 self.path, manifest.config
             )
         })?;
+        if let Some(id) = self.index_naming(&index, &Digest::of(&config))? {
+            let label = format!("archive {}", self.path);
+            let blobs = TarBlobs {
+                archive: self,
+                index: &index,
+            };
+            let multi = platforms::index_of(&id, &blobs, &label)?
+                .with_context(|| format!("{label}: {id} is not an index"))?;
+            self.multi = Some((multi, index));
+            // The platforms' own summaries come from the index; this one only names it.
+            return Ok(ImageSummary {
+                id,
+                diff_ids,
+                size: 0,
+                platform: None,
+                id_kind: IdKind::Manifest,
+                within: None,
+            });
+        }
         let cut = self.cut(&index, manifest, config, diff_ids)?;
         let summary = cut.summary.clone();
         self.chosen = Some(cut);
@@ -238,6 +343,51 @@ impl<F: RandomAccess + 'static> ImageSource for Archive<F> {
     fn export(&mut self, image: &str) -> Result<Export> {
         let label = format!("archive {}", self.path);
         take_export(&mut self.chosen, image, "archive", &label)
+    }
+
+    fn export_platform(&mut self, within: &Within) -> Result<Export> {
+        let label = format!("archive {}", self.path);
+        let (multi, index) = self
+            .multi
+            .as_ref()
+            .with_context(|| format!("{label} was exported before it was inspected"))?;
+        let blobs = TarBlobs {
+            archive: self,
+            index,
+        };
+        let small = |d: &Digest| {
+            blobs
+                .small(d)?
+                .with_context(|| format!("{label} has no blob {d}"))
+        };
+        let layer = |blob: &Blob| -> Result<(Rc<dyn RandomAccess>, u64)> {
+            let (_, offset, _) =
+                self.resolve(index, &format!("blobs/sha256/{}", blob.digest.hex()))?;
+            Ok((self.file.clone(), offset))
+        };
+        let parts = platform_export(within, &multi.own.media_type, small, layer)?;
+        Ok(Export::new(&label, parts))
+    }
+
+    fn inspected_index(&mut self) -> Option<SourceIndex> {
+        self.multi.as_ref().map(|(multi, _)| multi.clone())
+    }
+}
+
+/// The blobs of an archive, by digest, from its entries.
+struct TarBlobs<'a, F> {
+    archive: &'a Archive<F>,
+    index: &'a HashMap<String, Entry>,
+}
+
+impl<F: RandomAccess> Holdings for TarBlobs<'_, F> {
+    fn small(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
+        self.archive.small_blob(self.index, digest)
+    }
+
+    fn holds(&self, blob: &Blob) -> Result<bool> {
+        let path = format!("blobs/sha256/{}", blob.digest.hex());
+        Ok(matches!(self.index.get(&path), Some(Entry::File { size, .. }) if *size == blob.size))
     }
 }
 
@@ -276,6 +426,8 @@ impl<F: RandomAccess + 'static> Archive<F> {
             size: stream.size(),
             // From the config itself: the tarball's word is the config.
             platform: config::platform(&config).ok(),
+            id_kind: IdKind::Config,
+            within: None,
         };
         stream.file(&config_path, config)?;
         let parts = stream.finish(&config_path, manifest.repo_tags.unwrap_or_default())?;

@@ -68,6 +68,7 @@ pub fn build_and_push<S: ReadExport + ImageBuilder>(
                 source: id.to_string(),
                 destinations: vec![destination.clone()],
                 settings: request.settings.clone(),
+                platforms: Vec::new(),
             },
             daemon,
             destinations,

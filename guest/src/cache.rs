@@ -12,6 +12,25 @@ use crate::digest::Digest;
 use crate::model::{Blob, Encoding, ImageSummary};
 use crate::ports::Cache;
 
+fn manifest_key(id: &Digest) -> String {
+    format!("manifest-id/v1/{}", id.hex())
+}
+
+/// Whether image ID `id` names an image manifest, not an index, as an earlier look over its
+/// export proved: the entry holds the manifest's bytes, which must hash to `id` and name no
+/// manifests, so a damaged or forged entry proves nothing. Spares a push of a single-platform
+/// image from Docker's containerd store the look over its export.
+pub fn names_manifest(cache: &mut dyn Cache, id: &Digest) -> bool {
+    cache
+        .get(&manifest_key(id))
+        .is_some_and(|bytes| &Digest::of(&bytes) == id && !crate::platforms::is_index(&bytes))
+}
+
+/// Records that image ID `id` names the image manifest `bytes`.
+pub fn remember_manifest(cache: &mut dyn Cache, id: &Digest, bytes: &[u8]) {
+    cache.put(&manifest_key(id), bytes);
+}
+
 /// One layer's published blob, as stored.
 #[derive(Serialize, Deserialize)]
 struct LayerEntry {

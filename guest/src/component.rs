@@ -12,7 +12,7 @@ use crate::build;
 use crate::digest::Digest;
 use crate::layout::Layout;
 use crate::manifest;
-use crate::model::{self, Blob, Encoding, ImageSummary};
+use crate::model::{self, Blob, Encoding, IdKind, ImageSummary, SourceIndex, Within};
 use crate::ports::{
     BlobSink, Cache, Destinations, ImageSource, LayerUpload, LayoutFiles, ProgressSink,
     RandomAccess, CHUNK_SIZE,
@@ -23,7 +23,9 @@ use crate::reference::{Destination, Source};
 
 wit_bindgen::generate!({ world: "pusher", path: "../wit" });
 
-use ocipush::core::{archive, cache, credentials, docker, layout, progress as wit, registry};
+use ocipush::core::{
+    archive, cache, credentials, docker, layout, progress as wit, registry, types,
+};
 
 struct Component;
 
@@ -34,6 +36,7 @@ impl Guest for Component {
                 source: request.source,
                 destinations: request.destinations,
                 settings: settings(request.settings)?,
+                platforms: platforms(request.platforms)?,
             };
             let mut source = HostSource::open(&request.source)?;
             push::push(
@@ -97,6 +100,20 @@ impl Component {
             }),
         })
     }
+}
+
+/// The platforms a host asks for, checked as `--platform` is.
+fn platforms(platforms: Vec<types::Platform>) -> Result<Vec<model::Platform>> {
+    platforms
+        .into_iter()
+        .map(|p| {
+            let text = match p.variant {
+                Some(variant) => format!("{}/{}/{variant}", p.os, p.architecture),
+                None => format!("{}/{}", p.os, p.architecture),
+            };
+            crate::platforms::parse_platform(&text)
+        })
+        .collect()
 }
 
 fn settings(settings: PublishSettings) -> Result<push::Settings> {
@@ -178,6 +195,22 @@ impl ImageSource for HostSource {
             Self::Layout(layout) => Box::new(layout.export(image)?),
         })
     }
+
+    fn export_platform(&mut self, within: &Within) -> Result<Box<dyn Read>> {
+        Ok(match self {
+            Self::Daemon(_) => Box::new(Daemon.export_platform(within)?),
+            Self::Archive(archive) => Box::new(archive.export_platform(within)?),
+            Self::Layout(layout) => Box::new(layout.export_platform(within)?),
+        })
+    }
+
+    fn inspected_index(&mut self) -> Option<SourceIndex> {
+        match self {
+            Self::Daemon(_) => None,
+            Self::Archive(archive) => archive.inspected_index(),
+            Self::Layout(layout) => layout.inspected_index(),
+        }
+    }
 }
 
 impl LayoutFiles for layout::Reader {
@@ -237,7 +270,13 @@ impl ImageSource for Daemon {
             architecture: p.architecture,
             variant: p.variant,
         });
-        ImageSummary::parse(&summary.id, &summary.diff_ids, summary.size, platform)
+        let mut parsed =
+            ImageSummary::parse(&summary.id, &summary.diff_ids, summary.size, platform)?;
+        parsed.id_kind = match summary.id_kind {
+            types::IdKind::Config => IdKind::Config,
+            types::IdKind::Manifest => IdKind::Manifest,
+        };
+        Ok(parsed)
     }
 
     fn export(&mut self, image: &str) -> Result<HostStream> {
@@ -490,6 +529,7 @@ impl ProgressSink for HostProgress {
                         model::Change::Compression => wit::ManifestChange::Compression,
                         model::Change::Format => wit::ManifestChange::Format,
                         model::Change::Annotations => wit::ManifestChange::Annotations,
+                        model::Change::Platforms => wit::ManifestChange::Platforms,
                     },
                 })
             }

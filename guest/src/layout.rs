@@ -7,6 +7,10 @@
 //! IDs. The export is then the image in Docker >= 25's `docker save` dialect, cut from the
 //! blobs: the reader (`save.rs`) stores compressed layers as they are, each checked against its
 //! digest, and encodes uncompressed ones (named by their diff IDs) as a daemon's layers are.
+//!
+//! An entry that is an index (OCI image index or Docker manifest list) is a multi-platform
+//! image: each manifest it names is read with its config, and each layer looked for, before any
+//! upload; each platform's export is then cut from its blobs on its own.
 
 use std::rc::Rc;
 
@@ -15,9 +19,11 @@ use serde::Deserialize;
 
 use crate::config;
 use crate::digest::Digest;
-use crate::model::ImageSummary;
+use crate::manifest::{DOCKER_MANIFEST_LIST, OCI_INDEX};
+use crate::model::{Blob, IdKind, ImageSummary, SourceIndex, Within};
+use crate::platforms::{self, Holdings};
 use crate::ports::{ImageSource, LayoutFiles, RandomAccess};
-use crate::savefile::{take_export, CutExport, Export, SaveWriter};
+use crate::savefile::{platform_export, take_export, CutExport, Export, SaveWriter};
 
 /// The most bytes `index.json`, a manifest or a config may have.
 const METADATA_LIMIT: u64 = 16 << 20;
@@ -34,6 +40,8 @@ pub struct Layout<F> {
     path: String,
     tag: Option<String>,
     chosen: Option<CutExport>,
+    /// The multi-platform image `inspect` found.
+    multi: Option<SourceIndex>,
 }
 
 #[derive(Deserialize)]
@@ -80,6 +88,7 @@ impl<F: LayoutFiles + 'static> Layout<F> {
             path: path.to_string(),
             tag: tag.map(str::to_string),
             chosen: None,
+            multi: None,
         }
     }
 
@@ -164,9 +173,25 @@ impl<F: LayoutFiles + 'static> ImageSource for Layout<F> {
             format!("OCI layout {}: index.json is not an image index", self.path)
         })?;
         let descriptor = self.choose(index)?;
+        if descriptor.media_type == OCI_INDEX || descriptor.media_type == DOCKER_MANIFEST_LIST {
+            let (id, _) = self.read_verified(&descriptor, "index")?;
+            let label = format!("OCI layout {}", self.path);
+            let multi = platforms::index_of(&id, &LayoutBlobs(&*self.files), &label)?
+                .with_context(|| format!("{label}: {id} is not an index"))?;
+            self.multi = Some(multi);
+            // The platforms' own summaries come from the index; this one only names it.
+            return Ok(ImageSummary {
+                id,
+                diff_ids: Vec::new(),
+                size: 0,
+                platform: None,
+                id_kind: IdKind::Manifest,
+                within: None,
+            });
+        }
         if !MANIFEST_TYPES.contains(&descriptor.media_type.as_str()) {
             bail!(
-                "OCI layout {}: {} is a {}, not an image manifest (multi-platform sources are not read by this version)",
+                "OCI layout {}: {} is a {}, neither an image manifest nor an index",
                 self.path,
                 descriptor.digest,
                 descriptor.media_type
@@ -205,6 +230,8 @@ impl<F: LayoutFiles + 'static> ImageSource for Layout<F> {
             diff_ids,
             size: stream.size(),
             platform: config::platform(&config).ok(),
+            id_kind: IdKind::Config,
+            within: None,
         };
         stream.file(&blob_path(&config_digest), config)?;
         stream.file(&blob_path(&manifest_digest), manifest_bytes)?;
@@ -219,5 +246,75 @@ impl<F: LayoutFiles + 'static> ImageSource for Layout<F> {
     fn export(&mut self, image: &str) -> Result<Export> {
         let label = format!("OCI layout {}", self.path);
         take_export(&mut self.chosen, image, "layout", &label)
+    }
+
+    fn export_platform(&mut self, within: &Within) -> Result<Export> {
+        let label = format!("OCI layout {}", self.path);
+        let multi = self
+            .multi
+            .as_ref()
+            .with_context(|| format!("{label} was exported before it was inspected"))?;
+        let blobs = LayoutBlobs(&*self.files);
+        let small = |d: &Digest| {
+            blobs
+                .small(d)?
+                .with_context(|| format!("{label} has no blob {d}"))
+        };
+        let layer = |blob: &Blob| -> Result<(Rc<dyn RandomAccess>, u64)> {
+            let file = BlobFile {
+                files: self.files.clone(),
+                digest: blob.digest.clone(),
+                size: blob.size,
+            };
+            Ok((Rc::new(file), 0))
+        };
+        let parts = platform_export(within, &multi.own.media_type, small, layer)?;
+        Ok(Export::new(&label, parts))
+    }
+
+    fn inspected_index(&mut self) -> Option<SourceIndex> {
+        self.multi.clone()
+    }
+}
+
+/// The blobs of a layout, by digest. The host's reads cannot say a blob is absent other than
+/// by failing, so a blob that cannot be read counts as one the layout lacks: the platform it
+/// belongs to is then refused, named, before any upload.
+struct LayoutBlobs<'a, F>(&'a F);
+
+impl<F: LayoutFiles> Holdings for LayoutBlobs<'_, F> {
+    fn small(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
+        let mut bytes = Vec::new();
+        loop {
+            let Ok(chunk) = self.0.read_blob(digest, bytes.len() as u64, 1 << 20) else {
+                return Ok(None);
+            };
+            if chunk.is_empty() {
+                break;
+            }
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() as u64 > METADATA_LIMIT {
+                return Ok(None);
+            }
+        }
+        if &Digest::of(&bytes) != digest {
+            bail!(
+                "digest mismatch: blob {digest} of the OCI layout hashes to {}",
+                Digest::of(&bytes)
+            );
+        }
+        Ok(Some(bytes))
+    }
+
+    fn holds(&self, blob: &Blob) -> Result<bool> {
+        // Its last byte is there, and nothing after it.
+        let last = match blob.size {
+            0 => Ok(Vec::new()),
+            size => self.0.read_blob(&blob.digest, size - 1, 1),
+        };
+        let after = self.0.read_blob(&blob.digest, blob.size, 1);
+        Ok(
+            matches!((last, after), (Ok(l), Ok(a)) if l.len() == blob.size.min(1) as usize && a.is_empty()),
+        )
     }
 }

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod manifest;
 pub mod model;
 pub mod own;
+pub mod platforms;
 pub mod ports;
 pub mod progress;
 pub mod push;

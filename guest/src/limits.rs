@@ -59,6 +59,8 @@ mod tests {
             diff_ids: vec![Digest::of(b"layer"); n],
             size: 0,
             platform: None,
+            id_kind: crate::model::IdKind::Config,
+            within: None,
         };
         assert!(check_layer_count("app:1", &image(LAYER_LIMIT)).is_ok());
         let err = check_layer_count("app:1", &image(LAYER_LIMIT + 1)).unwrap_err();

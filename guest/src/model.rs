@@ -20,6 +20,80 @@ pub struct ImageSummary {
     pub size: u64,
     /// The platform the source says the image is for (from its config), when it says.
     pub platform: Option<Platform>,
+    /// What the ID is the digest of: an image whose ID names a manifest may be a
+    /// multi-platform image, which the push looks over before any upload.
+    pub id_kind: IdKind,
+    /// When the image is one platform of a multi-platform image: which blobs of the
+    /// multi-platform image's export are this platform's.
+    pub within: Option<Within>,
+}
+
+/// What an image ID is the digest of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdKind {
+    /// The config: Docker's classic store, podman, and the images read from files here.
+    Config,
+    /// A manifest or an index (Docker's containerd image store); only the export says which.
+    Manifest,
+}
+
+/// One platform's part of a multi-platform image's export.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Within {
+    /// The multi-platform image's ID (its index's digest): what is exported.
+    pub index: Digest,
+    /// The platform's manifest as the index names it.
+    pub manifest: Blob,
+    /// The config and layer blobs the manifest names: the rest of the export is skipped.
+    pub config: Blob,
+    pub layers: Vec<Blob>,
+}
+
+impl Within {
+    /// Every blob of the export that belongs to this platform, the index included.
+    pub fn blobs(&self) -> impl Iterator<Item = &Digest> {
+        [&self.index, &self.manifest.digest, &self.config.digest]
+            .into_iter()
+            .chain(self.layers.iter().map(|l| &l.digest))
+    }
+}
+
+/// What an image ID proved to name, once the source was looked at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Named {
+    /// Its config: the image is the one the source described.
+    Config,
+    /// An image manifest, these bytes (which hash to the ID): a single-platform image.
+    Manifest(Vec<u8>),
+    /// An index: a multi-platform image.
+    Index(SourceIndex),
+}
+
+/// A multi-platform image as its source holds it: the index its ID names, byte for byte (its
+/// digest checked), and each manifest the index names, with what the source holds of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceIndex {
+    pub own: OwnManifest,
+    pub platforms: Vec<PlatformEntry>,
+    /// Manifests the index names for no platform (`unknown/unknown`: build attestations).
+    pub others: Vec<Digest>,
+}
+
+/// One manifest an index names, for one platform.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlatformEntry {
+    pub platform: Platform,
+    pub manifest: Blob,
+    /// The blobs of this platform, when the source holds every one; else the first missing.
+    pub held: Result<Held, Digest>,
+}
+
+/// A platform's image, all of whose blobs the source holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub config: Blob,
+    pub diff_ids: Vec<Digest>,
+    pub layers: Vec<Blob>,
 }
 
 impl ImageSummary {
@@ -38,6 +112,8 @@ impl ImageSummary {
                 .collect::<Result<_>>()?,
             size,
             platform,
+            id_kind: IdKind::Config,
+            within: None,
         })
     }
 }
@@ -72,7 +148,8 @@ pub struct SavedImage {
 }
 
 /// An image manifest as the source holds it, checked against its digest, and naming exactly
-/// the config and layer blobs the push stored (digest, size and media type of each).
+/// the config and layer blobs the push stored (digest, size and media type of each); or an
+/// index as the source holds it, checked against its digest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwnManifest {
     pub digest: Digest,
@@ -90,6 +167,9 @@ pub enum Change {
     Format,
     /// Annotations to add.
     Annotations,
+    /// Not every platform of a multi-platform image (`--platform`): a new index names those
+    /// chosen.
+    Platforms,
 }
 
 /// The platform an image runs on, as an index names it.

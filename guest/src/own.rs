@@ -14,7 +14,7 @@ use anyhow::{bail, Result};
 use serde::Deserialize;
 
 use crate::digest::Digest;
-use crate::manifest::{DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
+use crate::manifest::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
 use crate::model::{Layer, OwnManifest};
 
 /// The parts of a manifest (or index) compared here.
@@ -126,7 +126,8 @@ fn named_by_index(metadata: &HashMap<String, Vec<u8>>) -> Option<Vec<Digest>> {
         else {
             continue;
         };
-        if entry.media_type.as_deref() == Some(OCI_INDEX) {
+        let media_type = entry.media_type.as_deref();
+        if media_type == Some(OCI_INDEX) || media_type == Some(DOCKER_MANIFEST_LIST) {
             let nested = metadata
                 .get(&format!("blobs/sha256/{}", digest.hex()))
                 .filter(|body| Digest::of(body) == digest)

@@ -7,7 +7,7 @@ use std::io::Read;
 use anyhow::Result;
 
 use crate::digest::Digest;
-use crate::model::{Blob, Encoding, ImageSummary, Layer, SavedImage};
+use crate::model::{Blob, Encoding, ImageSummary, Layer, Named, SavedImage, SourceIndex, Within};
 use crate::progress::Event;
 use crate::reference::Destination;
 
@@ -21,6 +21,16 @@ pub trait ImageSource {
     fn inspect(&mut self, image: &str) -> Result<ImageSummary>;
     /// The image's `docker save` stream.
     fn export(&mut self, image: &str) -> Result<Self::Export>;
+    /// The stream one platform of a multi-platform image is read from: by default the whole
+    /// image's export, of which the reader takes only that platform's blobs.
+    fn export_platform(&mut self, within: &Within) -> Result<Self::Export> {
+        self.export(within.index.as_str())
+    }
+    /// The multi-platform image the last `inspect` found, when the source read its index then
+    /// (tarballs and layouts, read at random); `None` leaves it to a look over the export.
+    fn inspected_index(&mut self) -> Option<SourceIndex> {
+        None
+    }
 }
 
 /// A source whose exports are read as they pass: each layer handed to `publish`, the whole
@@ -32,6 +42,10 @@ pub trait ReadExport: ImageSource {
         image: &ImageSummary,
         publish: &mut impl Publish,
     ) -> Result<SavedImage>;
+    /// What `image`'s ID names: for an index (a multi-platform image), from what `inspect`
+    /// read, or else from a look over its export that keeps only the small files. Uploads
+    /// nothing.
+    fn survey(&mut self, image: &ImageSummary) -> Result<Named>;
 }
 
 /// What the caller does with layers as they pass in the export stream. Each entry must be read

@@ -14,6 +14,16 @@
 //! to hash and upload as it passes, and only small metadata files are kept. Because
 //! `manifest.json` may come last, layers are matched to the image by their computed diff IDs,
 //! and the final order is checked against the config once the stream has ended.
+//!
+//! A multi-platform image (Docker >= 25's containerd store: the image ID names an index) is
+//! read twice or more. Docker writes its export's entries sorted by name, so the index
+//! (`blobs/sha256/<ID>`) may come after layers, and `index.json` comes after every blob; and
+//! the daemon's inspect does not say whether the ID names an index or a manifest (Docker
+//! Engine API 1.45 has no descriptor in the answer). So, before any upload, `survey` looks
+//! over the export keeping only the small blobs (index, manifests, configs) and every blob's
+//! size, which is all the completeness check needs; it stops as soon as the ID's own blob
+//! proves to be a single manifest. Then each chosen platform is read from an export of its own
+//! in which every other platform's blob is skipped unread (`Within`).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -22,8 +32,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::config;
 use crate::digest::Digest;
-use crate::model::{Blob, ImageSummary, Layer, SavedImage};
+use crate::model::{Blob, IdKind, ImageSummary, Layer, Named, SavedImage, Within};
 use crate::own;
+use crate::platforms::{self, Holdings};
 use crate::ports::{ImageSource, LayerEntry, Publish, ReadExport};
 use crate::savefile::{entry_path, follow_links, normalize, SaveManifest};
 
@@ -38,9 +49,88 @@ impl<S: ImageSource> ReadExport for S {
         image: &ImageSummary,
         publish: &mut impl Publish,
     ) -> Result<SavedImage> {
-        // By ID, so inspect and export see one image.
-        let export = self.export(image.id.as_str())?;
+        let export = match &image.within {
+            Some(within) => self.export_platform(within)?,
+            // By ID, so inspect and export see one image.
+            None => self.export(image.id.as_str())?,
+        };
         read_export(export, image, publish)
+    }
+
+    fn survey(&mut self, image: &ImageSummary) -> Result<Named> {
+        if let Some(index) = self.inspected_index() {
+            return Ok(Named::Index(index));
+        }
+        if image.id_kind == IdKind::Config || image.within.is_some() {
+            return Ok(Named::Config);
+        }
+        survey(self.export(image.id.as_str())?, &image.id)
+    }
+}
+
+/// The largest blob `survey` reads: indexes, manifests and configs are far smaller.
+const SMALL_BLOB_LIMIT: u64 = 1 << 20;
+
+/// Looks over the export of the image whose ID is `id`, keeping only its small blobs and the
+/// sizes of all: the multi-platform image it is when `id` names an index; the manifest as soon
+/// as `id`'s blob proves to be one (the rest of the stream is left unread).
+pub fn survey(stream: impl Read, id: &Digest) -> Result<Named> {
+    let mut held = Surveyed::default();
+    let mut archive = tar::Archive::new(stream);
+    for entry in archive.entries().context("reading the export stream")? {
+        let mut entry = entry.context("reading the export stream")?;
+        let (name, link) = entry_path(&entry);
+        let digest = name
+            .strip_prefix("blobs/sha256/")
+            .and_then(Digest::from_hex);
+        let (Some(digest), None) = (digest, link) else {
+            continue;
+        };
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let size = entry.size();
+        held.sizes.insert(digest.clone(), size);
+        if size > SMALL_BLOB_LIMIT {
+            continue;
+        }
+        held.small_bytes += size;
+        if held.small_bytes > METADATA_TOTAL_LIMIT {
+            bail!("the export's small blobs add up to more than {METADATA_TOTAL_LIMIT} bytes");
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        entry
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("reading {name} from the export"))?;
+        if Digest::of(&bytes) != digest {
+            bail!(
+                "digest mismatch: the export's {name} hashes to {}",
+                Digest::of(&bytes)
+            );
+        }
+        if &digest == id && !platforms::is_index(&bytes) {
+            return Ok(Named::Manifest(bytes));
+        }
+        held.small.insert(digest, bytes);
+    }
+    let index = platforms::index_of(id, &held, "the export")?;
+    Ok(index.map_or(Named::Config, Named::Index))
+}
+
+/// What `survey` saw of an export: small blobs, checked, and every blob's size.
+#[derive(Default)]
+struct Surveyed {
+    small: HashMap<Digest, Vec<u8>>,
+    sizes: HashMap<Digest, u64>,
+    small_bytes: u64,
+}
+
+impl Holdings for Surveyed {
+    fn small(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
+        Ok(self.small.get(digest).cloned())
+    }
+    fn holds(&self, blob: &Blob) -> Result<bool> {
+        Ok(self.sizes.get(&blob.digest) == Some(&blob.size))
     }
 }
 
@@ -95,6 +185,9 @@ impl Entries {
             let (name, link) = entry_path(&entry);
             if let Some(target) = link {
                 self.links.insert(name, target);
+                continue;
+            }
+            if image.within.as_ref().is_some_and(|w| elsewhere(&name, w)) {
                 continue;
             }
             if entry.header().entry_type().is_file() {
@@ -328,12 +421,29 @@ fn classify(name: &str, diff_ids: &[Digest]) -> EntryKind {
     }
 }
 
+/// Whether the entry `name` is a blob of another platform than `within`'s, in the export of a
+/// multi-platform image: skipped unread.
+fn elsewhere(name: &str, within: &Within) -> bool {
+    name.strip_prefix("blobs/sha256/")
+        .and_then(Digest::from_hex)
+        .is_some_and(|digest| !within.blobs().any(|b| b == &digest))
+}
+
 /// Picks the `manifest.json` entry for the image: the only one, or the one whose config is the
-/// image ID.
+/// image ID. For one platform of a multi-platform image (which `manifest.json` may not list),
+/// the one its manifest implies.
 fn find_manifest(
     metadata: &HashMap<String, Vec<u8>>,
     image: &ImageSummary,
 ) -> Result<SaveManifest> {
+    if let Some(within) = &image.within {
+        let path = |d: &Digest| format!("blobs/sha256/{}", d.hex());
+        return Ok(SaveManifest {
+            config: path(&within.config.digest),
+            layers: within.layers.iter().map(|l| path(&l.digest)).collect(),
+            repo_tags: None,
+        });
+    }
     let bytes = metadata
         .get("manifest.json")
         .context("the export has no manifest.json")?;

@@ -10,7 +10,8 @@ use std::rc::Rc;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::model::ImageSummary;
+use crate::digest::Digest;
+use crate::model::{Blob, ImageSummary, Within};
 use crate::ports::RandomAccess;
 
 /// How many symlinks deep a layer path may be.
@@ -194,6 +195,39 @@ impl SaveWriter {
     }
 }
 
+/// The export of one platform of a multi-platform image, cut from a tarball's or layout's
+/// pieces in Docker >= 25's dialect: its layers (`layer` says where each one's bytes are), its
+/// config and manifest, the index, and an `index.json` naming the index (of `index_type`), so
+/// that the reader finds the platform's own manifest as in a daemon's export. `small` gives a
+/// small blob's bytes.
+pub fn platform_export(
+    within: &Within,
+    index_type: &str,
+    small: impl Fn(&Digest) -> Result<Vec<u8>>,
+    layer: impl Fn(&Blob) -> Result<(Rc<dyn RandomAccess>, u64)>,
+) -> Result<Vec<Part>> {
+    let path = |d: &Digest| format!("blobs/sha256/{}", d.hex());
+    let mut stream = SaveWriter::default();
+    for blob in &within.layers {
+        let (file, offset) = layer(blob)?;
+        stream.layer(&path(&blob.digest), file, offset, blob.size)?;
+    }
+    let config = path(&within.config.digest);
+    stream.file(&config, small(&within.config.digest)?)?;
+    stream.file(
+        &path(&within.manifest.digest),
+        small(&within.manifest.digest)?,
+    )?;
+    let index = small(&within.index)?;
+    let listing = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": index_type, "digest": within.index.as_str(), "size": index.len()}],
+    }))?;
+    stream.file(&path(&within.index), index)?;
+    stream.file("index.json", listing)?;
+    stream.finish(&config, Vec::new())
+}
+
 /// An image's export as a source's `inspect` cut it, for its `export` to hand out once.
 pub struct CutExport {
     pub summary: ImageSummary,
@@ -228,6 +262,16 @@ pub struct Export {
     /// Where it comes from, for messages.
     label: String,
     parts: VecDeque<Part>,
+}
+
+impl Export {
+    /// The stream of `parts`, from the source `label` names.
+    pub fn new(label: &str, parts: Vec<Part>) -> Self {
+        Self {
+            label: label.to_string(),
+            parts: parts.into(),
+        }
+    }
 }
 
 impl Read for Export {

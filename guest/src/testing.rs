@@ -9,7 +9,7 @@ use std::rc::{Rc, Weak};
 use anyhow::{bail, Result};
 
 use crate::digest::Digest;
-use crate::model::{Blob, Encoding, ImageSummary, Layer, Platform};
+use crate::model::{Blob, Encoding, IdKind, ImageSummary, Layer, Platform};
 use crate::ports::{
     BlobSink, Cache, Destinations, ImageSource, LayerEntry, LayerUpload, ProgressSink, Publish,
     RandomAccess,
@@ -79,6 +79,8 @@ pub fn summary(f: &Fixture) -> ImageSummary {
             architecture: "amd64".into(),
             variant: None,
         }),
+        id_kind: IdKind::Config,
+        within: None,
     }
 }
 
@@ -139,6 +141,81 @@ pub fn containerd_export(f: &Fixture) -> (Vec<u8>, Vec<u8>) {
         Item::File("manifest.json", &manifest),
     ]);
     (export, own)
+}
+
+/// Two platforms of one image as Docker >= 25's containerd store exports them: the fixture
+/// (linux/amd64) and its arm64 twin, each with "compressed" layers of its own (a prefix per
+/// platform) and an indented manifest, under one index that the image ID names. Without
+/// `arm_held`, only the index entry of arm64 is there (an image pulled for one platform).
+/// Returns the export, the index, and each platform's manifest.
+pub fn two_platform_export(arm_held: bool) -> (Vec<u8>, Vec<u8>, [Vec<u8>; 2]) {
+    let blob = |d: &Digest| format!("blobs/sha256/{}", d.hex());
+    let descriptor = |media_type: &str, bytes: &[u8]| serde_json::json!({"mediaType": media_type, "digest": Digest::of(bytes).as_str(), "size": bytes.len()});
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut manifests = Vec::new();
+    let mut entries = Vec::new();
+    for (f, prefix, variant) in [
+        (fixture(), "gz", None),
+        (arm_fixture(), "gzarm", Some("v8")),
+    ] {
+        let compressed: Vec<Vec<u8>> = f
+            .layers
+            .iter()
+            .map(|l| [prefix.as_bytes(), &l[..]].concat())
+            .collect();
+        let manifest = serde_json::to_vec_pretty(&serde_json::json!({
+            "mediaType": crate::manifest::OCI_MANIFEST,
+            "schemaVersion": 2,
+            "config": descriptor(crate::manifest::OCI_CONFIG, &f.config),
+            "layers": compressed.iter().map(|c| descriptor(DOCKER_LAYER_GZIP, c)).collect::<Vec<_>>(),
+        }))
+        .unwrap();
+        let mut entry = descriptor(crate::manifest::OCI_MANIFEST, &manifest);
+        let config: serde_json::Value = serde_json::from_slice(&f.config).unwrap();
+        entry["platform"] = serde_json::json!({"os": "linux", "architecture": config["architecture"], "variant": variant});
+        entries.push(entry);
+        if variant.is_none() || arm_held {
+            for bytes in compressed
+                .into_iter()
+                .chain([f.config.clone(), manifest.clone()])
+            {
+                files.push((blob(&Digest::of(&bytes)), bytes));
+            }
+        }
+        manifests.push(manifest);
+    }
+    let index = serde_json::to_vec_pretty(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": crate::manifest::OCI_INDEX,
+        "manifests": entries,
+    }))
+    .unwrap();
+    files.push((blob(&Digest::of(&index)), index.clone()));
+    // Sorted by name, as Docker writes them: the index among the blobs, index.json after.
+    files.sort();
+    let listing = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [descriptor(crate::manifest::OCI_INDEX, &index)],
+    }))
+    .unwrap();
+    let f = fixture();
+    let amd_layers: Vec<String> = f
+        .layers
+        .iter()
+        .map(|l| blob(&Digest::of(&[b"gz", &l[..]].concat())))
+        .collect();
+    let manifest_json = manifest_json(
+        &blob(&f.id),
+        &amd_layers.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let mut items: Vec<Item> = files
+        .iter()
+        .map(|(name, bytes)| Item::File(name, bytes))
+        .collect();
+    items.push(Item::File("index.json", &listing));
+    items.push(Item::File("manifest.json", &manifest_json));
+    let [amd, arm]: [Vec<u8>; 2] = manifests.try_into().unwrap();
+    (tar(&items), index, [amd, arm])
 }
 
 /// A cache in memory.
@@ -524,6 +601,22 @@ impl Harness {
         let mut h = Self::of(f);
         h.source = Memory::new(export, image);
         (h, own)
+    }
+
+    /// The two-platform image of `two_platform_export` in Docker's containerd store, which says
+    /// its ID names a manifest or index and reports the amd64 image. Returns the harness, the
+    /// index, and each platform's manifest.
+    pub fn two_platforms(arm_held: bool) -> (Self, Vec<u8>, [Vec<u8>; 2]) {
+        let f = fixture();
+        let (export, index, manifests) = two_platform_export(arm_held);
+        let image = ImageSummary {
+            id: Digest::of(&index),
+            id_kind: IdKind::Manifest,
+            ..summary(&f)
+        };
+        let mut h = Self::of(f);
+        h.source = Memory::new(export, image);
+        (h, index, manifests)
     }
 
     pub fn of(f: Fixture) -> Self {

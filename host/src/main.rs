@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
 use ocipush::bindings::ocipush::core::docker::BuildRequest;
 use ocipush::bindings::ocipush::core::registry::Compression;
+use ocipush::bindings::ocipush::core::types::Platform;
 use ocipush::bindings::{ChosenSettings, ManifestFormat, PublishSettings};
 use ocipush::registries_conf::RegistriesConf;
 use ocipush::runner::{self, Guest, Images, Job};
@@ -85,6 +86,13 @@ enum Command {
         /// the same manifest and one DEST@DIGEST line on stdout.
         #[arg(required = true, num_args = 1.., value_name = "DEST")]
         destinations: Vec<String>,
+        /// The platforms to push of a multi-platform image (one whose ID names an index, or a
+        /// tarball or layout holding one): os/arch[/variant], repeatable or comma-separated.
+        /// Default: every platform, under the image's own index. One platform puts its
+        /// manifest under the tag; several, a new index of them. A platform the source holds
+        /// only the index entry of is refused before any upload.
+        #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+        platforms: Vec<String>,
         #[command(flatten)]
         options: PushOptions,
     },
@@ -421,12 +429,25 @@ fn run(cli: Cli) -> Result<()> {
         Command::Push {
             source,
             destinations,
+            platforms,
             options,
         } => publish(
             &rt,
             &guest,
             daemon,
-            Work::Push(Images::One(&source)),
+            Work::Push(Images::One {
+                source: &source,
+                // Checked here, so a typo is one line before any traffic.
+                platforms: &ocipush_guest::platforms::parse_platforms(&platforms)
+                    .context("--platform")?
+                    .into_iter()
+                    .map(|p| Platform {
+                        os: p.os,
+                        architecture: p.architecture,
+                        variant: p.variant,
+                    })
+                    .collect::<Vec<_>>(),
+            }),
             &destinations,
             options,
             verbosity,

@@ -20,6 +20,7 @@ use wasmtime_wasi::WasiCtx;
 use ocipush_guest::reference::{Destination, Source};
 
 use crate::bindings::ocipush::core::docker::BuildRequest;
+use crate::bindings::ocipush::core::types::Platform;
 use crate::bindings::{
     BuildPushRequest, BuildResult, IndexRequest, PublishSettings, PushRequest, PushResult, Pusher,
 };
@@ -83,8 +84,13 @@ impl Guest {
 
 /// The images a job pushes.
 pub enum Images<'a> {
-    /// One image, its manifest under the destination's tag.
-    One(&'a str),
+    /// One image, its manifest under the destination's tag; or the platforms chosen (all when
+    /// none) of a multi-platform image, under its index or a new one (one platform: its
+    /// manifest).
+    One {
+        source: &'a str,
+        platforms: &'a [Platform],
+    },
     /// One image per platform, and an index naming them under the tag.
     Index(&'a [String]),
 }
@@ -125,7 +131,7 @@ pub fn push(
     // Only a single image may come from a tarball or a layout: an index's sources are in the
     // daemon.
     let mut sandbox = Sandbox::default();
-    if let Images::One(source) = images {
+    if let Images::One { source, .. } = images {
         match Source::parse(source) {
             Ok(Source::Archive { path, .. }) => sandbox.archive = Some(path),
             Ok(Source::Layout { path, .. }) => sandbox.layout_source = Some(path),
@@ -139,12 +145,13 @@ pub fn push(
         job,
         sandbox,
         |pusher, store| match images {
-            Images::One(source) => pusher.call_push(
+            Images::One { source, platforms } => pusher.call_push(
                 store,
                 &PushRequest {
                     source: source.to_string(),
                     destinations: job.destinations.to_vec(),
                     settings: job.settings.clone(),
+                    platforms: platforms.to_vec(),
                 },
             ),
             Images::Index(sources) => pusher.call_push_index(
@@ -489,22 +496,22 @@ mod tests {
         let push = names(&["push"]);
         let ok = names(&[
             "wasi:io/streams@0.2.6",
-            "ocipush:core/docker@0.4.0",
-            "ocipush:core/registry@0.4.7",
+            "ocipush:core/docker@0.5.0",
+            "ocipush:core/registry@0.5.7",
         ]);
         check_contract("g", &ok, &push).unwrap();
-        for other in ["0.3.0", "0.5.0"] {
+        for other in ["0.4.0", "0.6.0"] {
             let guest = names(&[&format!("ocipush:core/docker@{other}")]);
             let err = check_contract("g", &guest, &push).unwrap_err().to_string();
             assert!(
                 err.contains(&format!("ocipush:core@{other}"))
-                    && err.contains("ocipush:core@0.4.0"),
+                    && err.contains("ocipush:core@0.5.0"),
                 "{err}"
             );
         }
         assert_eq!(
             contract_version(ok.iter().map(String::as_str)).as_deref(),
-            Some("0.4.0")
+            Some("0.5.0")
         );
     }
 
@@ -521,7 +528,7 @@ mod tests {
         let guest = Guest::load(None, None).unwrap();
         let text = describe(&guest, None).unwrap();
         assert!(text.contains(&guest.digest), "{text}");
-        assert!(text.contains("ocipush:core/registry@0.4.0"), "{text}");
+        assert!(text.contains("ocipush:core/registry@0.5.0"), "{text}");
         assert!(text.contains("\n  push\n"), "{text}");
         assert!(Guest::load(None, Some(&guest.digest)).is_ok());
         let wrong = format!("sha256:{}", "0".repeat(64));

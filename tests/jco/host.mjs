@@ -213,6 +213,8 @@ function dockerOverTarball(tarball, imageId) {
             // The daemon's figure is only the expected total for progress: the layer tars' sizes
             // are as good here.
             size: BigInt(manifest[0].Layers.reduce((sum, layer) => sum + tar.size(layer), 0)),
+            // A docker save tarball's image ID is its config's digest.
+            idKind: "config",
           };
         }
         return summary;
@@ -530,6 +532,7 @@ async function main() {
           verify: false,
           chosen: { compression: true, format: false },
         },
+        platforms: [],
       });
     } catch (e) {
       fail(e.payload ?? e.message);

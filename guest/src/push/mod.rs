@@ -1,6 +1,7 @@
 //! The push pipeline: one image, or several under one index, from a source to registries or
-//! layouts. `prepare` makes every check that can refuse a push before any traffic and opens the
-//! destinations (`targets`: each repository once); then, per image, `reuse` asks what each
+//! layouts. `prepare` makes every check that can refuse a push before any traffic (for a
+//! multi-platform source, which platforms go and that the source holds each whole) and opens
+//! the destinations (`targets`: each repository once); then, per image, `reuse` asks what each
 //! repository already holds, `stream` exports once and uploads the rest to each repository
 //! that lacks it, and `publish` writes the manifests and, last, the tags.
 
@@ -10,7 +11,7 @@ mod reuse;
 mod stream;
 mod targets;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 pub use publication::{Chosen, Pushed, Settings};
 
@@ -18,8 +19,10 @@ use publication::{Image, Publication, Stored};
 use reuse::Held;
 use targets::Targets;
 
+use crate::cache;
 use crate::limits;
-use crate::model::ImageSummary;
+use crate::model::{ImageSummary, Named, OwnManifest, Platform};
+use crate::platforms;
 use crate::ports::{BlobSink, Cache, Destinations, ProgressSink, ReadExport};
 use crate::progress::Event;
 use crate::reference::{Destination, Source};
@@ -31,6 +34,8 @@ pub struct PushRequest {
     /// one holds every blob.
     pub destinations: Vec<String>,
     pub settings: Settings,
+    /// The platforms to take from a multi-platform source; none means all of them.
+    pub platforms: Vec<Platform>,
 }
 
 /// Several images, one per platform, to publish under one tag as an image index.
@@ -53,13 +58,24 @@ pub fn push(
         destinations: &request.destinations,
         settings: &request.settings,
         index: false,
+        platforms: &request.platforms,
     };
-    let (mut publication, images) = prepare(&plan, source, destinations, cache, progress)?;
-    // One source, one image.
-    let image = &images[0];
-    let stored = publication.store(image)?;
-    let manifest = publication.manifest(image, stored)?;
-    publication.tag(manifest.document)
+    let (mut publication, images, shape) = prepare(&plan, source, destinations, cache, progress)?;
+    let Shape::Platforms { own, whole } = shape else {
+        // One image: the source's, or the one platform chosen of a multi-platform image.
+        let image = &images[0];
+        let stored = publication.store(image)?;
+        let manifest = publication.manifest(image, stored)?;
+        return publication.tag(manifest.document);
+    };
+    let mut entries = Vec::with_capacity(images.len());
+    for image in &images {
+        let stored = publication.store(image)?;
+        let manifest = publication.manifest(image, stored)?;
+        entries.push(publication.index_entry(image, manifest)?);
+    }
+    let index = publication.source_index(own, entries, whole)?;
+    publication.tag(index)
 }
 
 /// Pushes several images from the daemon and then an image index naming each image's manifest
@@ -77,8 +93,9 @@ pub fn push_index(
         destinations: std::slice::from_ref(&request.destination),
         settings: &request.settings,
         index: true,
+        platforms: &[],
     };
-    let (mut publication, images) = prepare(&plan, daemon, destinations, cache, progress)?;
+    let (mut publication, images, _) = prepare(&plan, daemon, destinations, cache, progress)?;
     let mut entries = Vec::with_capacity(images.len());
     for image in &images {
         let stored = publication.store(image)?;
@@ -110,17 +127,30 @@ struct Plan<'a> {
     settings: &'a Settings,
     /// An index: one image per platform, under one tag.
     index: bool,
+    /// The platforms to take from a multi-platform source (none: all).
+    platforms: &'a [Platform],
 }
 
-/// A push ready to go: its publication, and the images to publish, as their source described
-/// them.
-type Prepared<'a, S, R> = (Publication<'a, S, R>, Vec<Image>);
+/// What a push's images are published as.
+enum Shape {
+    /// Each image's manifest under the tag (one image), or an index of them built here
+    /// (`push_index`).
+    Images,
+    /// Platforms of one multi-platform source, under an index: the source's own (`whole`: every
+    /// platform it names was taken), or one built here naming those chosen.
+    Platforms { own: OwnManifest, whole: bool },
+}
+
+/// A push ready to go: its publication, the images to publish, as their source described
+/// them, and what they are published as.
+type Prepared<'a, S, R> = (Publication<'a, S, R>, Vec<Image>, Shape);
 
 /// Every check that can refuse a push before any traffic, then the destination opened: the
 /// destination and the settings its format can say, an index's sources (images in the
 /// daemon, at least one, one per platform, to a registry), and what the source says of each
-/// image (how many layers, which platform). The daemon gives the diff IDs up front: enough to
-/// find what the registry already has, and to verify each layer as it streams.
+/// image (how many layers, which platform; for a multi-platform source, the platforms chosen
+/// and that it holds each whole). The daemon gives the diff IDs up front: enough to find what
+/// the registry already has, and to verify each layer as it streams.
 fn prepare<'a, S: ReadExport, D: Destinations>(
     plan: &Plan<'a>,
     source: &'a mut S,
@@ -162,6 +192,27 @@ fn prepare<'a, S: ReadExport, D: Destinations>(
             summary,
         });
     }
+    let shape = match images.pop() {
+        Some(image) if !plan.index => {
+            let (chosen, shape) = platforms_of(image, plan.platforms, source, cache)?;
+            images = chosen;
+            shape
+        }
+        other => {
+            images.extend(other);
+            Shape::Images
+        }
+    };
+    if matches!(shape, Shape::Platforms { .. }) {
+        if let Some((name, _)) = plan
+            .destinations
+            .iter()
+            .zip(&parsed)
+            .find(|(_, d)| matches!(d, Destination::Layout(_)))
+        {
+            bail!("destination {name}: a multi-platform image goes to a registry (OCI layout directories take single images): choose one platform with --platform");
+        }
+    }
     let targets = Targets::open(parsed, destinations)?;
     let publication = Publication {
         settings,
@@ -170,7 +221,53 @@ fn prepare<'a, S: ReadExport, D: Destinations>(
         cache,
         progress,
     };
-    Ok((publication, images))
+    Ok((publication, images, shape))
+}
+
+/// The images a push of `image` publishes: the image itself, or the platforms `wanted` chooses
+/// (all when none) of the multi-platform image it proves to be. Its index is read before any
+/// upload (from what inspect read, or a look over the export, which an ID the cache proves to
+/// name a manifest is spared), and a platform the source does not hold whole is refused here.
+fn platforms_of(
+    image: Image,
+    wanted: &[Platform],
+    source: &mut impl ReadExport,
+    cache: &mut dyn Cache,
+) -> Result<(Vec<Image>, Shape)> {
+    let id = &image.summary.id;
+    let named = match cache::names_manifest(cache, id) {
+        true => Named::Config,
+        false => source.survey(&image.summary)?,
+    };
+    let index = match named {
+        Named::Index(index) => index,
+        single => {
+            if let Named::Manifest(bytes) = single {
+                cache::remember_manifest(cache, id, &bytes);
+            }
+            platforms::check_single(&image.summary, wanted, &image.name)?;
+            return Ok((vec![image], Shape::Images));
+        }
+    };
+    let selection = platforms::select(&index, wanted, &image.name)?;
+    let mut images = Vec::with_capacity(selection.entries.len());
+    for entry in &selection.entries {
+        let name = format!("{} ({})", image.name, entry.platform);
+        let summary = entry
+            .summary(&index.own.digest)
+            .with_context(|| format!("image {name}: the source does not hold it whole"))?;
+        limits::check_layer_count(&name, &summary)?;
+        images.push(Image { name, summary });
+    }
+    let shape = if images.len() == 1 && !selection.whole {
+        Shape::Images
+    } else {
+        Shape::Platforms {
+            own: index.own,
+            whole: selection.whole,
+        }
+    };
+    Ok((images, shape))
 }
 
 /// An index names one image per platform: the daemon says each image's platform before any
@@ -231,6 +328,7 @@ mod tests {
             source: "app:1".into(),
             destinations: vec!["127.0.0.1:5000/team/app:1.0".into()],
             settings: settings(),
+            platforms: Vec::new(),
         }
     }
 
@@ -791,6 +889,216 @@ mod tests {
             assert!(err.contains(error), "{err}");
             assert!(h.registry.0.borrow().manifest.is_none(), "{err}");
         }
+    }
+
+    /// The platforms named, as `--platform` gives them.
+    fn platforms_request(platforms: &[&str]) -> PushRequest {
+        PushRequest {
+            platforms: platforms
+                .iter()
+                .map(|p| crate::platforms::parse_platform(p).unwrap())
+                .collect(),
+            ..verifying()
+        }
+    }
+
+    /// The uploads and manifest writes a registry saw, in order (no HEADs, gets or opens).
+    fn writes(registry: &MemoryRegistry) -> Vec<String> {
+        let log = registry.0.borrow();
+        log.calls
+            .iter()
+            .filter(|c| {
+                ["layer ", "blob ", "manifest "]
+                    .iter()
+                    .any(|p| c.starts_with(p))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// A two-platform image of the containerd store goes whole: every platform's blobs, each
+    /// platform's own manifest by digest, then the daemon's own index under the tag, byte for
+    /// byte, so the registry digest is the image ID. The export is looked over once before any
+    /// upload, then read once per platform.
+    #[test]
+    fn a_multi_platform_image_goes_whole_with_its_own_index_tagged_last() {
+        let (mut h, index, [amd, arm]) = Harness::two_platforms(true);
+        let pushed = run(&mut h, &verifying()).unwrap();
+        assert_eq!(
+            pushed.digest, h.source.image.id,
+            "registry digest = image ID"
+        );
+        assert_eq!(h.registry.0.borrow().manifest.as_deref(), Some(&index[..]));
+        let writes = writes(&h.registry);
+        let manifests: Vec<&String> = writes
+            .iter()
+            .filter(|w| w.starts_with("manifest "))
+            .collect();
+        let index_type = crate::manifest::OCI_INDEX;
+        let manifest_type = crate::manifest::OCI_MANIFEST;
+        assert_eq!(
+            manifests,
+            [
+                &format!("manifest {} {manifest_type}", Digest::of(&amd)),
+                &format!("manifest {} {manifest_type}", Digest::of(&arm)),
+                &format!("manifest {} {index_type}", pushed.digest),
+                &format!("manifest 1.0 {index_type}"),
+            ]
+        );
+        // Blobs before the manifest that names them: arm64's after amd64's manifest.
+        let first_manifest = writes
+            .iter()
+            .position(|w| w.starts_with("manifest "))
+            .unwrap();
+        assert_eq!(
+            first_manifest, 3,
+            "amd64's two layers and config first: {writes:#?}"
+        );
+        assert_eq!(writes.len(), 3 + 1 + 3 + 1 + 2, "{writes:#?}");
+        assert_eq!(
+            h.source.exports, 3,
+            "a look over the export, then one per platform"
+        );
+        assert!(matches!(
+            h.events.0.last(),
+            Some(Event::Verified {
+                manifests: 3,
+                blobs: 6,
+                ..
+            })
+        ));
+        assert!(!h
+            .events
+            .0
+            .iter()
+            .any(|e| matches!(e, Event::ManifestRebuilt { .. })));
+
+        // Both platforms named are the whole image too.
+        let (mut h, index, _) = Harness::two_platforms(true);
+        let both = platforms_request(&["linux/arm64", "linux/amd64"]);
+        assert_eq!(run(&mut h, &both).unwrap().digest, Digest::of(&index));
+    }
+
+    /// A single-platform image of the containerd store (its ID names a manifest, which only the
+    /// export says) is looked over once before its first push; the cache, which keeps the
+    /// manifest's bytes (they prove what the ID names), spares the look over its next pushes.
+    #[test]
+    fn a_containerd_image_is_looked_over_before_its_first_push_only() {
+        let (mut h, own) = Harness::containerd();
+        h.source.image.id_kind = crate::model::IdKind::Manifest;
+        let first = run(&mut h, &request()).unwrap();
+        assert_eq!(first.digest, Digest::of(&own));
+        assert_eq!(
+            h.source.exports, 2,
+            "a look over the export, then the push's"
+        );
+        assert_eq!(run(&mut h, &request()).unwrap(), first);
+        assert_eq!(
+            h.source.exports, 3,
+            "the cache proves the ID names a manifest"
+        );
+        // A cache entry that is not the manifest proves nothing.
+        let key = format!("manifest-id/v1/{}", first.digest.hex());
+        h.cache.0.insert(key, b"{}".to_vec());
+        run(&mut h, &request()).unwrap();
+        assert_eq!(h.source.exports, 5);
+    }
+
+    /// One platform chosen: its own manifest under the tag, and nothing of the other platform
+    /// sent.
+    #[test]
+    fn one_platform_chosen_gives_its_own_manifest_under_the_tag() {
+        let (mut h, _, [amd, arm]) = Harness::two_platforms(true);
+        let pushed = run(&mut h, &platforms_request(&["linux/arm64"])).unwrap();
+        assert_eq!(pushed.digest, Digest::of(&arm));
+        let writes = writes(&h.registry);
+        let manifest_type = crate::manifest::OCI_MANIFEST;
+        assert_eq!(
+            writes
+                .iter()
+                .filter(|w| w.starts_with("manifest "))
+                .collect::<Vec<_>>(),
+            [
+                &format!("manifest {} {manifest_type}", pushed.digest),
+                &format!("manifest 1.0 {manifest_type}")
+            ]
+        );
+        let amd: serde_json::Value = serde_json::from_slice(&amd).unwrap();
+        for layer in amd["layers"].as_array().unwrap() {
+            let digest = layer["digest"].as_str().unwrap();
+            assert!(
+                !writes.iter().any(|w| w.contains(digest)),
+                "{digest} of amd64 sent"
+            );
+        }
+        assert_eq!(writes.len(), 3 + 2, "{writes:#?}");
+    }
+
+    /// A platform whose content the source lacks is refused before any traffic, naming it and
+    /// suggesting the platforms it holds, whether all were asked for or that one; the one it
+    /// holds goes.
+    #[test]
+    fn a_platform_the_source_holds_only_the_index_entry_of_is_refused_before_any_traffic() {
+        let expected = "image app:1: the source holds the index entry but not the content of linux/arm64/v8 (an image pulled for one platform keeps the whole index); push what it holds with --platform linux/amd64";
+        for request in [request(), platforms_request(&["linux/arm64"])] {
+            let (mut h, _, _) = Harness::two_platforms(false);
+            let err = run(&mut h, &request).unwrap_err().to_string();
+            assert_eq!(err, expected);
+            assert!(h.registry.0.borrow().calls.is_empty(), "{err}");
+            assert_eq!(h.source.exports, 1, "only the look over the export");
+        }
+        let (mut h, _, [amd, _]) = Harness::two_platforms(false);
+        let pushed = run(&mut h, &platforms_request(&["linux/amd64"])).unwrap();
+        assert_eq!(pushed.digest, Digest::of(&amd));
+        // A platform the image does not have, and one a single-platform image is not for.
+        let (mut h, _, _) = Harness::two_platforms(true);
+        let err = run(&mut h, &platforms_request(&["linux/s390x"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("image app:1 has no platform linux/s390x"),
+            "{err}"
+        );
+        assert!(h.registry.0.borrow().calls.is_empty(), "{err}");
+        let h = Harness::default();
+        let err = refused_before_traffic(&platforms_request(&["linux/arm64"]), h.source);
+        assert!(err.contains("is for linux/amd64 only"), "{err}");
+    }
+
+    /// What the user asked that the source's index does not say builds a new index naming the
+    /// platforms' manifests, said once.
+    #[test]
+    fn a_multi_platform_image_with_annotations_gets_a_new_index_and_says_so() {
+        let (mut h, index, _) = Harness::two_platforms(true);
+        let mut annotations = Annotations::new();
+        annotations.insert("org.example.k".into(), "v".into());
+        let request = PushRequest {
+            settings: Settings {
+                annotations,
+                ..settings()
+            },
+            ..request()
+        };
+        let pushed = run(&mut h, &request).unwrap();
+        assert_ne!(pushed.digest, Digest::of(&index));
+        let rebuilt: Vec<&Event> = h
+            .events
+            .0
+            .iter()
+            .filter(|e| matches!(e, Event::ManifestRebuilt { .. }))
+            .collect();
+        // Each platform's manifest, then the index.
+        assert_eq!(rebuilt.len(), 3, "{rebuilt:?}");
+        assert_eq!(
+            rebuilt[2],
+            &Event::ManifestRebuilt {
+                own: Digest::of(&index),
+                change: crate::model::Change::Annotations
+            }
+        );
+        let json = h.registry.manifest_json();
+        assert_eq!(json["annotations"]["org.example.k"], "v");
+        assert_eq!(json["manifests"][1]["platform"]["variant"], "v8");
     }
 
     fn index_request(sources: &[&str]) -> IndexRequest {

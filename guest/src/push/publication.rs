@@ -60,12 +60,16 @@ impl Settings {
         })
     }
 
-    /// What in these settings the source's own manifest `own` does not say: `None` when it is
-    /// published byte for byte.
+    /// What in these settings the source's own manifest (or index) `own` does not say: `None`
+    /// when it is published byte for byte.
     pub fn changes(&self, own: &OwnManifest) -> Option<Change> {
+        let ours = [
+            self.format.manifest_media_type(),
+            self.format.index_media_type(),
+        ];
         if self.chosen.compression {
             Some(Change::Compression)
-        } else if self.chosen.format && self.format.manifest_media_type() != own.media_type {
+        } else if self.chosen.format && !ours.contains(&own.media_type.as_str()) {
             Some(Change::Format)
         } else if !self.annotations.is_empty() {
             Some(Change::Annotations)

@@ -5,8 +5,8 @@
 //! lacks, and the tag is the write that publishes, so it comes last, after every manifest it
 //! names. The steps here enforce that order by what they take: `manifest` takes the `Stored`
 //! blobs (what `reuse` found or `stream` uploaded), `index_entry` an image's manifest, which it
-//! writes by digest, `index` only manifests so written, and `tag` only a manifest or index built
-//! here.
+//! writes by digest, `index` and `source_index` only manifests so written, and `tag` only a
+//! manifest or index built here.
 
 use anyhow::{bail, Context, Result};
 
@@ -17,7 +17,7 @@ use crate::config;
 use crate::digest::Digest;
 use crate::limits;
 use crate::manifest::{image_index, image_manifest, Format, PlatformManifest};
-use crate::model::Annotations;
+use crate::model::{Annotations, Change, OwnManifest};
 use crate::ports::BlobSink;
 use crate::progress::Event;
 use crate::reference::Destination;
@@ -102,11 +102,15 @@ impl<S, R: BlobSink> Publication<'_, S, R> {
     }
 
     /// Writes an image's manifest by its digest, for an index, with the platform from its
-    /// config: the source's answer only ordered the refusal of duplicates, and must agree.
+    /// config: the source's answer only ordered the refusal of duplicates, and must agree. A
+    /// platform of a multi-platform source keeps the platform its index states (which may say
+    /// more than the config, e.g. arm64's variant).
     pub fn index_entry(&mut self, image: &Image, manifest: ImageManifest) -> Result<Entry> {
         let name = &image.name;
-        let from_config =
-            config::platform(&manifest.config).with_context(|| format!("image {name}"))?;
+        let from_config = match (&image.summary.within, &image.summary.platform) {
+            (Some(_), Some(platform)) => platform.clone(),
+            _ => config::platform(&manifest.config).with_context(|| format!("image {name}"))?,
+        };
         if let Some(platform) = &image.summary.platform {
             if &from_config != platform {
                 bail!("image {name}: the daemon said it is for {platform} but its config says {from_config}");
@@ -138,6 +142,45 @@ impl<S, R: BlobSink> Publication<'_, S, R> {
             media_type: format.index_media_type().to_string(),
             body: image_index(format, &manifests, &self.settings.annotations)?,
         })
+    }
+
+    /// The index of a multi-platform source's platforms, `entries` (each written by digest):
+    /// the source's own, byte for byte, when every platform was taken and each one's own
+    /// manifest was published (the registry digest is then the image ID); otherwise one built
+    /// here naming `entries`, and one event saying why the source's was not kept.
+    pub fn source_index(
+        &mut self,
+        own: OwnManifest,
+        entries: Vec<Entry>,
+        whole: bool,
+    ) -> Result<Document> {
+        let change = match whole {
+            false => Some(Change::Platforms),
+            true => self.settings.changes(&own),
+        };
+        let names_entries = || {
+            let named: Option<Vec<String>> = serde_json::from_slice::<Named>(&own.body)
+                .ok()
+                .map(|n| n.manifests.into_iter().map(|m| m.digest).collect());
+            let written: Vec<String> = entries.iter().map(|e| e.0.digest.to_string()).collect();
+            named == Some(written)
+        };
+        match change {
+            None if names_entries() => {
+                return Ok(Document {
+                    media_type: own.media_type,
+                    body: own.body,
+                })
+            }
+            // A platform's manifest was built anew (its layers were not stored as the source
+            // holds them): no request changed it, so no event.
+            None => {}
+            Some(change) => self.progress.report(Event::ManifestRebuilt {
+                own: own.digest,
+                change,
+            }),
+        }
+        self.index(entries)
     }
 
     /// Writes a manifest or index under each destination's tag, in the order given: the
@@ -354,6 +397,40 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// Some platforms of a multi-platform source: a new index names them, and one event says
+    /// the source's own index was not kept, and why.
+    #[test]
+    fn a_choice_of_platforms_gets_a_new_index_and_says_so() {
+        let mut h = Harness::default();
+        let settings = Settings::for_tests();
+        let own = OwnManifest {
+            digest: Digest::of(b"index"),
+            media_type: crate::manifest::OCI_INDEX.into(),
+            body: b"index".to_vec(),
+        };
+        let arm = PlatformManifest {
+            digest: Digest::of(b"arm64 manifest"),
+            size: 14,
+            platform: crate::platforms::parse_platform("linux/arm64/v8").unwrap(),
+            media_type: None,
+        };
+        let mut publication = Publication::over(&mut h, &settings, "127.0.0.1:5000/team/app:1");
+        let arm_digest = arm.digest.clone();
+        let index = publication
+            .source_index(own.clone(), vec![Entry(arm)], false)
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&index.body).unwrap();
+        assert_eq!(json["manifests"][0]["digest"], arm_digest.as_str());
+        assert_eq!(json["manifests"][0]["platform"]["variant"], "v8");
+        assert_eq!(
+            h.events.0,
+            vec![Event::ManifestRebuilt {
+                own: own.digest,
+                change: Change::Platforms
+            }]
+        );
     }
 
     #[test]

@@ -242,6 +242,7 @@ mod tests {
             source: "app:1".into(),
             destinations: destinations.iter().map(|d| d.to_string()).collect(),
             settings: Settings::for_tests(),
+            platforms: Vec::new(),
         }
     }
 

@@ -12,7 +12,7 @@ use wasmtime::component::Resource;
 use crate::bindings::ocipush::core::docker::{
     BuildEvent, BuildRequest, Host, HostBuildJob, HostExportStream, ImageSummary,
 };
-use crate::bindings::ocipush::core::types::Platform;
+use crate::bindings::ocipush::core::types::{IdKind, Platform};
 use crate::daemon::build::{self, BuildJob, Spec, Step};
 use crate::daemon::export::{self, ExportStream};
 use crate::daemon::storage::{self, StorageImage};
@@ -80,7 +80,8 @@ impl Host for HostState {
             .rt
             .block_on(docker.inspect_image(&image))?
             .map_err(|e| self.daemon.describe(&image, e))?;
-        let summary = summary(&image, inspected)?;
+        let mut summary = summary(&image, inspected)?;
+        summary.id_kind = self.rt.block_on(id_kind(&docker))?;
         tracing::debug!(image, id = %summary.id, layers = summary.diff_ids.len(), size = summary.size, platform = ?summary.platform, "inspected");
         Ok(summary)
     }
@@ -120,6 +121,27 @@ impl HostState {
     }
 }
 
+/// What the daemon's image IDs are the digests of: manifests or indexes with the containerd
+/// image store (`/info`'s `DriverStatus` has `driver-type` `io.containerd.snapshotter.v1`),
+/// configs otherwise. An `/info` that fails counts as the containerd store: that costs the
+/// guest a look over the export, never an upload before it knows the image's platforms.
+async fn id_kind(docker: &bollard::Docker) -> IdKind {
+    let Ok(info) = docker.info().await else {
+        return IdKind::Manifest;
+    };
+    let containerd = info.driver_status.unwrap_or_default().iter().any(|pair| {
+        pair.first().map(String::as_str) == Some("driver-type")
+            && pair
+                .get(1)
+                .is_some_and(|v| v.starts_with("io.containerd.snapshotter"))
+    });
+    if containerd {
+        IdKind::Manifest
+    } else {
+        IdKind::Config
+    }
+}
+
 /// What the guest is told of an image in containers-storage.
 fn storage_summary(image: StorageImage) -> ImageSummary {
     let platform = match (image.os, image.architecture) {
@@ -135,6 +157,7 @@ fn storage_summary(image: StorageImage) -> ImageSummary {
         diff_ids: image.diff_ids,
         size: image.size,
         platform,
+        id_kind: IdKind::Config,
     }
 }
 
@@ -159,6 +182,8 @@ fn summary(image: &str, inspect: ImageInspect) -> Result<ImageSummary, Error> {
         diff_ids: inspect.root_fs.and_then(|r| r.layers).unwrap_or_default(),
         size: inspect.size.unwrap_or(0).max(0) as u64,
         platform,
+        // The caller asks the daemon which store it runs.
+        id_kind: IdKind::Config,
     })
 }
 

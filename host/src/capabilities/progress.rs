@@ -208,6 +208,7 @@ fn plain_line(event: &Event, layers: u32, encodings: &HashMap<String, Encoding>)
                 ManifestChange::Compression => "--compression",
                 ManifestChange::Format => "--format",
                 ManifestChange::Annotations => "--annotation",
+                ManifestChange::Platforms => "--platform",
             },
             r.source_manifest
         ),
@@ -222,6 +223,7 @@ fn change_name(change: ManifestChange) -> &'static str {
         ManifestChange::Compression => "compression",
         ManifestChange::Format => "format",
         ManifestChange::Annotations => "annotations",
+        ManifestChange::Platforms => "platforms",
     }
 }
 

@@ -56,6 +56,7 @@ impl Guest for Misbehaving {
             source,
             destinations: vec![request.destination],
             settings: request.settings,
+            platforms: Vec::new(),
         })
     }
 }
