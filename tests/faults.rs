@@ -81,7 +81,9 @@ fn a_connection_dropped_between_chunks_resumes_from_the_upload_status() {
         },
     );
     let repo = format!("faults/{name}");
-    let (pushed, events_seen, dest) = push_through(&proxy, &tag, &repo, &["--chunk-size", "2M"]);
+    // One upload at a time, so the requests after the drop are that upload's.
+    let (pushed, events_seen, dest) =
+        push_through(&proxy, &tag, &repo, &["--chunk-size", "2M", "--jobs", "1"]);
     expect_published(&pushed, &dest, &repo, &id, &diff_ids);
     let seen = proxy.seen();
     let dropped = seen
@@ -261,7 +263,8 @@ fn when_retries_run_out_the_push_fails_in_one_line_and_writes_no_tag() {
     );
     let repo = format!("faults/{name}");
     let dest = format!("{}/{repo}:v1", proxy.address);
-    let pushed = push_args(&tag, &dest, "none", &["--retries", "2"], &[]);
+    // One upload at a time, so the PATCHes counted are one layer's.
+    let pushed = push_args(&tag, &dest, "none", &["--retries", "2", "--jobs", "1"], &[]);
     let line = pushed.expect_failure();
     assert!(line.contains("gave up after 2 retries"), "{line}");
     let patches = proxy.seen().iter().filter(|s| s.method == "PATCH").count();
@@ -591,4 +594,70 @@ fn an_answer_with_a_huge_header_fails_the_push_in_one_line() {
     );
     assert_tag_absent(&services().registry, &repo, "v1");
     rerun_publishes(&tag, &repo, &id, &diff_ids);
+}
+
+/// Upload sessions (`…/blobs/uploads/<id>`) the proxy saw requests with `method` for, those
+/// answered with `status` only when given.
+fn sessions(seen: &[Seen], method: &str, status: Option<u16>) -> std::collections::HashSet<String> {
+    seen.iter()
+        .filter(|s| s.method == method && status.is_none_or(|st| s.status == st))
+        .filter(|s| s.path.contains("/blobs/uploads/") && !s.path.ends_with("/blobs/uploads/"))
+        .map(|s| s.path.clone())
+        .collect()
+}
+
+#[test]
+fn one_failed_upload_of_several_in_flight_ends_the_push_and_cancels_the_others() {
+    let name = unique("jobsfail");
+    let tag = format!("{name}:1");
+    let files: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| (format!("part{i}.bin"), random_bytes(3 << 20)))
+        .collect();
+    let files: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    build_image(&tag, None, &files);
+    let dir = tempfile::tempdir().unwrap();
+    let tarball = dir.path().join("image.tar");
+    docker_ok(&["save", "-o", tarball.to_str().unwrap(), &tag]);
+    // The fifth chunk: by then the first layer's upload is closed and still sending while
+    // the second streams.
+    let proxy = HttpFaultProxy::start(
+        &services().registry,
+        Faults {
+            refuse_patch: Some(5),
+            ..Faults::default()
+        },
+    );
+    let repo = format!("faults/{name}");
+    let dest = format!("{}/{repo}:v1", proxy.address);
+    let pushed = push_args(
+        &format!("docker-archive:{}", tarball.display()),
+        &dest,
+        "none",
+        &["--jobs", "3", "--chunk-size", "1M"],
+        &[],
+    );
+    let line = pushed.expect_failure();
+    assert!(line.contains("400"), "{line}");
+    assert_tag_absent(&services().registry, &repo, "v1");
+    let seen = proxy.seen();
+    let patched = sessions(&seen, "PATCH", None);
+    assert!(patched.len() >= 2, "several uploads in flight: {seen:#?}");
+    // Every session that was not committed was cancelled.
+    let committed = sessions(&seen, "PUT", Some(201));
+    let deleted = sessions(&seen, "DELETE", None);
+    for session in patched.difference(&committed) {
+        assert!(
+            deleted.contains(session),
+            "{session} not cancelled: {seen:#?}"
+        );
+    }
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.method == "PUT" && s.path.contains("/manifests/")),
+        "{seen:#?}"
+    );
 }

@@ -697,3 +697,97 @@ fn a_zstd_push_is_pulled_back_by_podman() {
         "podman's image ID is the config digest: {inspect}"
     );
 }
+
+/// The JSON progress events of a push, in order.
+fn json_events(pushed: &Pushed) -> Vec<Value> {
+    pushed
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect()
+}
+
+/// Whether a layer started streaming before the first layer was done: uploads overlapped.
+fn uploads_overlapped(events: &[Value]) -> bool {
+    let at = |name: &str, layer: u64| {
+        events
+            .iter()
+            .position(|e| e["event"] == name && e["layer"] == layer)
+    };
+    let (Some(second_started), Some(first_done)) = (at("layer-started", 2), at("layer-done", 1))
+    else {
+        panic!("no layer-started 2 or layer-done 1 in {events:#?}");
+    };
+    second_started < first_done
+}
+
+#[test]
+fn tarball_and_layout_sources_upload_several_layers_at_once() {
+    let s = services();
+    let name = unique("jobs");
+    let tag = format!("{name}:1");
+    let files: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| {
+            (
+                format!("part{i}.bin"),
+                random_bytes(1_500_000 + i * 100_000),
+            )
+        })
+        .collect();
+    let files: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    support::build_image(&tag, None, &files);
+    let (id, diff_ids) = (image_id(&tag), rootfs_layers(&tag));
+    assert_eq!(diff_ids.len(), 4);
+    let dir = tempfile::tempdir().unwrap();
+    let tarball = dir.path().join("image.tar");
+    docker_ok(&["save", "-o", tarball.to_str().unwrap(), &tag]);
+
+    // A tarball, three layers in flight: the same manifest as one at a time, read back whole.
+    let repo = format!("sources/{name}");
+    let source = format!("docker-archive:{}", tarball.display());
+    let one = format!("{}/{repo}-one:v1", s.registry);
+    // Each push with a cache of its own: nothing is mounted from the one before.
+    let caches: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cache = |i: usize| [("OCIPUSH_CACHE_DIR", caches[i].path().to_str().unwrap())];
+    let single = push_args(&source, &one, "json", &["--jobs", "1"], &cache(0));
+    let single_digest = single.expect_success(&one);
+    assert!(!uploads_overlapped(&json_events(&single)));
+    let three = format!("{}/{repo}:v1", s.registry);
+    let pushed = push_args(&source, &three, "json", &["--jobs", "3"], &cache(1));
+    let digest = pushed.expect_success(&three);
+    assert_eq!(digest, single_digest);
+    verify_pushed(&three, &digest, &id, &diff_ids);
+    let events = json_events(&pushed);
+    assert!(uploads_overlapped(&events), "{events:#?}");
+    // A layer still being sent keeps reporting its bytes while the next one streams.
+    let second_started = events
+        .iter()
+        .position(|e| e["event"] == "layer-started" && e["layer"] == 2)
+        .unwrap();
+    assert!(
+        events[second_started..]
+            .iter()
+            .any(|e| e["event"] == "layer-progress" && e["layer"] == 1),
+        "{events:#?}"
+    );
+    let done = events.iter().filter(|e| e["event"] == "layer-done").count();
+    assert_eq!(done, 4, "{events:#?}");
+
+    // An OCI layout of it (its gzip blobs pushed as they are), three at a time.
+    let layout = dir.path().join("layout");
+    let to_layout = format!("oci:{}:v1", layout.display());
+    push(&tag, &to_layout).expect_success(&to_layout);
+    let from_layout = format!("{}/{repo}-layout:v1", s.registry);
+    let pushed = push_args(
+        &to_layout,
+        &from_layout,
+        "json",
+        &["--jobs", "3"],
+        &cache(2),
+    );
+    assert_eq!(pushed.expect_success(&from_layout), digest);
+    verify_pushed(&from_layout, &digest, &id, &diff_ids);
+}

@@ -137,6 +137,7 @@ fn settings(settings: PublishSettings) -> Result<push::Settings> {
         compression: settings.chosen.compression,
         format: settings.chosen.format,
     };
+    checked.jobs = settings.jobs.max(1);
     Ok(checked)
 }
 
@@ -423,17 +424,28 @@ impl LayerUpload for Upload {
         }
     }
 
-    fn finish(self) -> Result<Blob> {
-        let blob = match &self {
-            Upload::Registry(u) => u.finish(),
-            Upload::Layout(u) => u.finish(),
-        }
-        .map_err(|e| anyhow!(e))?;
-        Ok(Blob {
-            digest: Digest::parse(&blob.digest, "the stored blob's digest")?,
-            size: blob.size,
+    fn close(&mut self) -> Result<Blob> {
+        stored(match self {
+            Upload::Registry(u) => u.close(),
+            Upload::Layout(u) => u.close(),
         })
     }
+
+    fn finish(self) -> Result<Blob> {
+        stored(match &self {
+            Upload::Registry(u) => u.finish(),
+            Upload::Layout(u) => u.finish(),
+        })
+    }
+}
+
+/// A blob as the host describes it, its digest checked.
+fn stored(blob: Result<ocipush::core::types::BlobDescriptor, String>) -> Result<Blob> {
+    let blob = blob.map_err(|e| anyhow!(e))?;
+    Ok(Blob {
+        digest: Digest::parse(&blob.digest, "the stored blob's digest")?,
+        size: blob.size,
+    })
 }
 
 struct HostCache;

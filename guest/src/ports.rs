@@ -99,7 +99,10 @@ pub trait LayerUpload {
     fn write(&mut self, data: &[u8]) -> Result<()>;
     /// Encoded bytes sent to the registry so far.
     fn sent(&self) -> u64;
-    /// Completes and commits the upload.
+    /// Ends the stream: the encoded blob, which the host goes on sending. It is not in the
+    /// destination until `finish` says so.
+    fn close(&mut self) -> Result<Blob>;
+    /// Completes (closing it if need be) and commits the upload.
     fn finish(self) -> Result<Blob>;
 }
 

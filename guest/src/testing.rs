@@ -528,6 +528,12 @@ impl LayerUpload for MemoryUpload {
     fn sent(&self) -> u64 {
         self.data.len() as u64
     }
+    fn close(&mut self) -> Result<Blob> {
+        Ok(Blob {
+            digest: Digest::of(&self.data),
+            size: self.data.len() as u64,
+        })
+    }
     fn finish(mut self) -> Result<Blob> {
         self.done = true;
         let digest = Digest::of(&self.data);

@@ -305,6 +305,8 @@ pub struct LayerFile {
     confirmed: Confirmed,
     /// Whether the blob was stored; then the temporary file is gone.
     done: bool,
+    /// What `close` encoded, still to be stored by `finish`.
+    closed: Option<Encoded>,
 }
 
 impl LayerFile {
@@ -321,6 +323,7 @@ impl LayerFile {
             blobs,
             confirmed: directory.confirmed.clone(),
             done: false,
+            closed: None,
         })
     }
 
@@ -345,13 +348,24 @@ impl LayerFile {
         }
     }
 
-    /// Ends the layer and stores it under the digest of its encoded bytes.
-    pub fn finish(&mut self) -> Result<Encoded, Error> {
+    /// Ends the layer: its encoded bytes are all in the temporary file, synced.
+    pub fn close(&mut self) -> Result<Encoded, Error> {
         let encoded = self
             .pipeline
             .finish()
             .ok_or(Error::Ended)?
             .map_err(Error::Encode)?;
+        self.closed = Some(encoded.clone());
+        Ok(encoded)
+    }
+
+    /// Ends the layer (unless `close` did) and stores it under the digest of its encoded bytes.
+    pub fn finish(&mut self) -> Result<Encoded, Error> {
+        let encoded = match self.closed.take() {
+            Some(encoded) => encoded,
+            None => self.close()?,
+        };
+        self.closed = None;
         let path = self
             .blobs
             .join(encoded.digest.trim_start_matches("sha256:"));

@@ -210,6 +210,17 @@ struct PushOptions {
     /// Smaller chunks are used on their own when a registry refuses large ones.
     #[arg(long, default_value_t = Size(registry::DEFAULT_CHUNK_SIZE), value_parser = parse_size, value_name = "SIZE")]
     chunk_size: Size,
+    /// How many layers may be uploading at once: the guest reads the next layer while the
+    /// ones it has read are still compressed and sent. Default: the number of cores, from 2
+    /// to 4 (each extra upload costs a sender and its spool on disk, not memory).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16))]
+    jobs: Option<u32>,
+}
+
+/// Layer uploads in flight unless `--jobs` says otherwise: one per core, at least two (so the
+/// next layer is read while the last one is sent) and at most four.
+fn default_jobs() -> u32 {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4) as u32)
 }
 
 #[derive(Subcommand)]
@@ -571,6 +582,7 @@ fn publish(
                 .collect::<Result<_>>()?,
             verify: options.verify,
             chosen,
+            jobs: options.jobs.unwrap_or_else(default_jobs),
         },
         compute_limit: std::time::Duration::from_secs(options.guest_cpu_limit),
         tls: tls::TlsOptions {

@@ -261,6 +261,7 @@ function registryOverLayout(outDir) {
     #fd;
     #hash = createHash("sha256");
     #written = 0n;
+    #closed = null;
     #repository;
     constructor(repository) {
       this.#repository = repository;
@@ -278,12 +279,22 @@ function registryOverLayout(outDir) {
     progress() {
       return { written: this.#written, sent: this.#written };
     }
+    /** Ends the stream; the blob is stored by `finish`. */
+    close() {
+      return result(() => this.#close());
+    }
+    #close() {
+      if (this.#closed) return this.#closed;
+      if (this.#fd === null) throw new Error("close of a finished or cancelled layer upload");
+      fs.closeSync(this.#fd);
+      this.#fd = null;
+      this.#closed = { digest: `sha256:${this.#hash.digest("hex")}`, size: this.#written };
+      return this.#closed;
+    }
     finish() {
       return result(() => {
-        if (this.#fd === null) throw new Error("finish of a finished or cancelled layer upload");
-        fs.closeSync(this.#fd);
-        this.#fd = null;
-        const digest = `sha256:${this.#hash.digest("hex")}`;
+        if (this.#tmp === null) throw new Error("finish of a finished or cancelled layer upload");
+        const { digest } = this.#close();
         fs.renameSync(this.#tmp, blobPath(digest));
         this.#tmp = null;
         this.#repository.confirm(digest);
@@ -530,6 +541,7 @@ async function main() {
           format: "oci",
           annotations: [],
           verify: false,
+          jobs: 2,
           chosen: { compression: true, format: false },
         },
         platforms: [],

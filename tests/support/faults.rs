@@ -19,6 +19,8 @@ pub struct Faults {
     /// Close the connection of the Nth PATCH (1-based) without forwarding any of it: the
     /// registry never sees the chunk, and its upload status still says where it was.
     pub drop_patch: Option<usize>,
+    /// Answer the Nth PATCH (1-based) with 400, unforwarded: a refusal that is not retried.
+    pub refuse_patch: Option<usize>,
     /// Forward only the first half of the Nth PATCH's body, then close both connections: the
     /// registry saw part of a chunk (distribution then forgets the upload session).
     pub cut_patch: Option<usize>,
@@ -331,6 +333,11 @@ fn serve(client: TcpStream, shared: &Shared, second: bool) -> std::io::Result<()
     if is_patch && faults.drop_patch == Some(patch_number) {
         record(seen);
         return client.shutdown(Shutdown::Both);
+    }
+    if is_patch && faults.refuse_patch == Some(patch_number) {
+        seen.status = 400;
+        record(seen);
+        return answer(&mut client, "400 Bad Request", "");
     }
     if faults.flaky > 0.0
         && (is_patch || !faults.flaky_patch_only)

@@ -27,6 +27,9 @@ pub struct Settings {
     /// Which of these the user chose rather than took by default: what decides whether the
     /// source's own manifest can be published unchanged.
     pub chosen: Chosen,
+    /// Layer uploads in flight at once (at least 1): one being written, the others closed
+    /// and still being sent by the host.
+    pub jobs: u32,
 }
 
 /// Settings the user gave explicitly (a level counts as choosing the compression).
@@ -57,6 +60,7 @@ impl Settings {
             annotations: checked,
             verify,
             chosen: Chosen::default(),
+            jobs: 1,
         })
     }
 

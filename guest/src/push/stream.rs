@@ -2,7 +2,7 @@
 //! the destination and committed only once it proves to be a layer of the image; then the
 //! config. What was verified is remembered in the cache.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 
 use anyhow::{bail, Context, Result};
@@ -108,8 +108,12 @@ impl<S: ReadExport, R: BlobSink> Publication<'_, S, R> {
             cache: &mut *self.cache,
             present,
             stored: HashMap::new(),
+            pending: VecDeque::new(),
+            jobs: self.settings.jobs.max(1) as usize,
         };
         let saved = self.source.read_export(image, &mut publisher)?;
+        // Every layer in the destination before the config and manifest that name them.
+        publisher.settle(0)?;
         Ok((saved, publisher.stored))
     }
 }
@@ -146,6 +150,23 @@ struct Publisher<'a, R: BlobSink> {
     present: &'a HashMap<Digest, Present>,
     /// Blobs stored as the export held them, by digest: where they were in the export.
     stored: HashMap<Digest, LayerRef>,
+    /// Uploads closed and still being sent by the host, oldest first. Dropped with the
+    /// publisher when the export fails, which cancels them.
+    pending: VecDeque<Pending<Uploads<R::Upload>>>,
+    /// Uploads in flight at once: the one being written and `jobs - 1` pending.
+    jobs: usize,
+}
+
+/// A closed upload the host is still sending.
+struct Pending<U> {
+    upload: U,
+    /// The blob `close` described, which the commit must confirm.
+    blob: Blob,
+    /// The layer's byte counts, for progress while it is sent.
+    bytes: LayerBytes,
+    /// What to report once it is committed: `LayerDone` for a layer this push encoded; none
+    /// for a blob stored as the export held it (reported once its place is known).
+    done: Option<Event>,
 }
 
 impl<R: BlobSink> Publish for Publisher<'_, R> {
@@ -167,7 +188,7 @@ impl<R: BlobSink> Publish for Publisher<'_, R> {
                 .collect(),
             None => (0..self.sinks.len()).collect(),
         };
-        let (layer, uploads, diff_id) = self.stream(entry, self.encoding, &lacking)?;
+        let (layer, mut uploads, diff_id) = self.stream(entry, self.encoding, &lacking)?;
         if let Some((promised, _)) = &promised {
             if promised != &diff_id {
                 // The repositories that hold the promised layer may lack this one.
@@ -186,18 +207,19 @@ impl<R: BlobSink> Publish for Publisher<'_, R> {
                 self.image.id
             );
         };
-        let blob = uploads.finish()?;
+        let blob = uploads.close()?;
         if let Some((_, present)) = promised {
             self.same_as_held(&diff_id, present, &blob)?;
         }
         cache::remember_entry(self.cache, &name, size, &diff_id);
-        self.progress.report(Event::LayerDone {
-            layer,
+        let done = Event::LayerDone {
+            layer: layer.clone(),
             diff_id: diff_id.clone(),
             position: position as u32 + 1,
             digest: blob.digest.clone(),
             size: blob.size,
-        });
+        };
+        self.defer(uploads, &blob, layer, size, Some(done))?;
         Ok(Layer {
             diff_id,
             blob,
@@ -208,24 +230,80 @@ impl<R: BlobSink> Publish for Publisher<'_, R> {
     /// Streams an already compressed layer to the registry as it is, and commits it only if
     /// it hashes to the digest that names it.
     fn blob(&mut self, entry: LayerEntry<'_>, digest: &Digest) -> Result<Blob> {
+        let size = entry.size;
         let every: Vec<usize> = (0..self.sinks.len()).collect();
-        let (layer, upload, hashed) = self.stream(entry, &Encoding::as_is(), &every)?;
+        let (layer, mut upload, hashed) = self.stream(entry, &Encoding::as_is(), &every)?;
         if &hashed != digest {
             bail!(
                 "digest mismatch: blob {} of the export hashes to {hashed}",
                 layer.entry
             );
         }
-        let blob = upload.finish()?;
+        let blob = upload.close()?;
         if &blob.digest != digest {
             bail!("the destination stored blob {digest} as {}", blob.digest);
         }
-        self.stored.insert(blob.digest.clone(), layer);
+        self.stored.insert(blob.digest.clone(), layer.clone());
+        self.defer(upload, &blob, layer, size, None)?;
         Ok(blob)
     }
 }
 
 impl<R: BlobSink> Publisher<'_, R> {
+    /// Keeps a closed upload in flight while the next layer is read, then finishes the oldest
+    /// until no more than `jobs - 1` are.
+    fn defer(
+        &mut self,
+        upload: Uploads<R::Upload>,
+        blob: &Blob,
+        layer: LayerRef,
+        total: u64,
+        done: Option<Event>,
+    ) -> Result<()> {
+        self.pending.push_back(Pending {
+            upload,
+            blob: blob.clone(),
+            bytes: LayerBytes {
+                layer,
+                done: total,
+                sent: 0,
+                total,
+            },
+            done,
+        });
+        self.settle(self.jobs - 1)
+    }
+
+    /// Finishes the oldest pending uploads until at most `left` remain, each confirmed in the
+    /// destination as the blob its `close` described.
+    fn settle(&mut self, left: usize) -> Result<()> {
+        while self.pending.len() > left {
+            let Some(pending) = self.pending.pop_front() else {
+                break;
+            };
+            let expected = pending.blob;
+            let blob = pending.upload.finish()?;
+            if blob != expected {
+                bail!(
+                    "the destination stored layer {} as {} ({} bytes), not as {} ({} bytes) as it was encoded",
+                    pending.bytes.layer.entry,
+                    blob.digest,
+                    blob.size,
+                    expected.digest,
+                    expected.size
+                );
+            }
+            self.progress.report(Event::LayerProgress(LayerBytes {
+                sent: blob.size,
+                ..pending.bytes
+            }));
+            if let Some(done) = pending.done {
+                self.progress.report(done);
+            }
+        }
+        Ok(())
+    }
+
     /// A layer the destination holds, if the entry is what its name promised: hashed whole,
     /// never uploaded. Anything else fails the export with `Misnamed`: its bytes are gone.
     fn check_present(&mut self, entry: LayerEntry<'_>, promised: Digest) -> Result<Layer> {
@@ -299,10 +377,18 @@ impl<R: BlobSink> Publisher<'_, R> {
         let mut upload = Uploads::start(self.sinks, at, encoding)?;
         let mut done = 0u64;
         let progress = &mut *self.progress;
+        let pending = &self.pending;
         let hashed = pass(entry.data, &entry.name, entry.size, |chunk| {
             upload.write(chunk)?;
             done += chunk.len() as u64;
             progress.report(Event::LayerProgress(bytes(done, upload.sent())));
+            // The layers still being sent move too.
+            for p in pending {
+                progress.report(Event::LayerProgress(LayerBytes {
+                    sent: p.upload.sent(),
+                    ..p.bytes.clone()
+                }));
+            }
             Ok(())
         })?;
         Ok((layer, upload, hashed))
@@ -403,6 +489,35 @@ mod tests {
             cache::image_config(&mut h.cache, &image).map(|c| c.digest),
             Some(config)
         );
+    }
+
+    /// With two jobs, the second layer streams while the first is still being sent: its
+    /// upload is finished (and reported done) only then; with one, each layer is done before
+    /// the next starts. Either way every layer is in the registry before the config.
+    #[test]
+    fn with_two_jobs_the_next_layer_streams_before_the_last_one_is_finished() {
+        for (jobs, overlapped) in [(1, false), (2, true)] {
+            let mut h = Harness::default();
+            let mut settings = Settings::for_tests();
+            settings.jobs = jobs;
+            let image = h.source.image.clone();
+            let registry = h.registry.clone();
+            Publication::over(&mut h, &settings, "127.0.0.1:5000/team/app:1")
+                .export_and_upload(&image, &HashMap::new())
+                .unwrap();
+            let at = |wanted: &dyn Fn(&Event) -> bool| h.events.0.iter().position(wanted).unwrap();
+            let second_started = at(&|e| matches!(e, Event::LayerStarted(b) if b.layer.index == 2));
+            let first_done =
+                at(&|e| matches!(e, Event::LayerDone { layer, .. } if layer.index == 1));
+            assert_eq!(second_started < first_done, overlapped, "jobs {jobs}");
+            let calls = registry.0.borrow().calls.clone();
+            let config = calls.iter().position(|c| c.starts_with("blob ")).unwrap();
+            let layers: Vec<usize> = (0..calls.len())
+                .filter(|&i| calls[i].starts_with("layer "))
+                .collect();
+            assert_eq!(layers.len(), 2, "{calls:?}");
+            assert!(layers.iter().all(|&i| i < config), "{calls:?}");
+        }
     }
 
     #[test]

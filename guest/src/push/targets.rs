@@ -188,29 +188,49 @@ impl<U: LayerUpload> Uploads<U> {
             .unwrap_or(0)
     }
 
+    /// Ends every upload: the blob each host encoded, while they go on sending it. The same
+    /// everywhere, as `finish` checks.
+    pub fn close(&mut self) -> Result<Blob> {
+        agreed(
+            self.each
+                .iter_mut()
+                .map(|(label, location, upload)| (location.clone(), named(label, upload.close()))),
+        )
+    }
+
     /// Commits every upload. The encoding is deterministic, so each repository must have
     /// stored the same blob; one that did not fails the push (its manifest would name a blob
     /// another repository lacks).
     pub fn finish(self) -> Result<Blob> {
-        let mut stored: Option<(String, Blob)> = None;
-        for (label, location, upload) in self.each {
-            let blob = named(&label, upload.finish())?;
-            match &stored {
-                None => stored = Some((location, blob)),
-                Some((first, same)) if *same != blob => bail!(
-                    "{location} stored a layer as {} ({} bytes) but {first} stored the same bytes as {} ({} bytes)",
-                    blob.digest,
-                    blob.size,
-                    same.digest,
-                    same.size
-                ),
-                Some(_) => {}
-            }
-        }
-        stored
-            .map(|(_, blob)| blob)
-            .context("a layer was streamed to no destination")
+        agreed(
+            self.each
+                .into_iter()
+                .map(|(label, location, upload)| (location, named(&label, upload.finish()))),
+        )
     }
+}
+
+/// The one blob every repository (by location) stored or encoded; the first error, or a
+/// repository whose blob differs, fails.
+fn agreed(each: impl Iterator<Item = (String, Result<Blob>)>) -> Result<Blob> {
+    let mut stored: Option<(String, Blob)> = None;
+    for (location, blob) in each {
+        let blob = blob?;
+        match &stored {
+            None => stored = Some((location, blob)),
+            Some((first, same)) if *same != blob => bail!(
+                "{location} stored a layer as {} ({} bytes) but {first} stored the same bytes as {} ({} bytes)",
+                blob.digest,
+                blob.size,
+                same.digest,
+                same.size
+            ),
+            Some(_) => {}
+        }
+    }
+    stored
+        .map(|(_, blob)| blob)
+        .context("a layer was streamed to no destination")
 }
 
 fn named<T>(label: &Option<String>, result: Result<T>) -> Result<T> {

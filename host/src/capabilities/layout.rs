@@ -121,6 +121,12 @@ impl HostLayerFile for HostState {
         Ok(UploadProgress { written, sent })
     }
 
+    fn close(&mut self, file: Resource<LayerFile>) -> Result<BlobDescriptor, HostError> {
+        let file = self.table.get_mut(&file)?;
+        let encoded = timed(&mut self.waits.finish, || file.close())?;
+        Ok(descriptor(encoded, &mut self.encodings))
+    }
+
     fn finish(&mut self, file: Resource<LayerFile>) -> Result<BlobDescriptor, HostError> {
         let file = self.table.get_mut(&file)?;
         let encoded = timed(&mut self.waits.finish, || file.finish())?;

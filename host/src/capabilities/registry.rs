@@ -92,8 +92,7 @@ impl HostRepository for HostState {
         let repository = self.table.get(&repository)?;
         let upload = LayerUpload::start(
             &self.rt,
-            repository.api.clone(),
-            repository.confirmed.clone(),
+            repository,
             codec(compression, level),
             self.transfer.chunk_size,
         )?;
@@ -136,6 +135,12 @@ impl HostLayerUpload for HostState {
     fn progress(&mut self, upload: Resource<LayerUpload>) -> wasmtime::Result<UploadProgress> {
         let (written, sent) = self.table.get(&upload)?.counts();
         Ok(UploadProgress { written, sent })
+    }
+
+    fn close(&mut self, upload: Resource<LayerUpload>) -> Result<BlobDescriptor, HostError> {
+        let upload = self.table.get_mut(&upload)?;
+        let encoded = timed(&mut self.waits.finish, || upload.close())?;
+        Ok(descriptor(encoded, &mut self.encodings))
     }
 
     fn finish(&mut self, upload: Resource<LayerUpload>) -> Result<BlobDescriptor, HostError> {

@@ -40,7 +40,7 @@ pub enum Codec {
 }
 
 /// The digest and size of the encoded bytes, and what they are.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Encoded {
     pub digest: String,
     pub size: u64,

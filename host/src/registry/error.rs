@@ -241,6 +241,9 @@ pub enum Error {
         registry: String,
         cause: String,
     },
+    /// A layer upload of the same repository failed with this, in the background or not: it
+    /// ends every other upload in flight, and the push, with its own words.
+    Shared(std::sync::Arc<Error>),
     Interrupted(Interrupted),
 }
 
@@ -381,6 +384,7 @@ impl fmt::Display for Error {
             Self::SenderDied { registry, cause } => {
                 write!(f, "the upload to registry {registry} was interrupted: {cause}")
             }
+            Self::Shared(first) => first.fmt(f),
             Self::Interrupted(interrupted) => interrupted.fmt(f),
         }
     }

@@ -42,6 +42,8 @@ pub struct Api {
 pub struct Repository {
     pub api: Api,
     pub confirmed: Confirmed,
+    /// The first failure of its layer uploads, which ends the others.
+    pub failed: super::upload::Failed,
 }
 
 impl Renew for Api {
@@ -377,6 +379,7 @@ impl Repository {
         Ok(Self {
             api,
             confirmed: Confirmed::default(),
+            failed: Default::default(),
         })
     }
 

@@ -12,7 +12,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use super::client::Renew;
 use super::error::{Error, Transport};
-use super::repository::Api;
+use super::repository::{Api, Repository};
 use super::retry::{self, Decision, Outcome};
 use crate::confirmed::Confirmed;
 use crate::encode::{self, Codec, Encoded, Pipeline, Produced};
@@ -40,29 +40,57 @@ const REFUSED_CHUNK_FALLBACK: u64 = 4 << 20;
 /// A chunk's body is handed to the HTTP client in pieces of this size, so `sent` moves smoothly.
 const SEND_PIECE: usize = 256 << 10;
 
+/// The first failure of any layer upload of one repository, which every later call on its
+/// uploads answers with: with several layers in flight, the one that failed ends the push
+/// whichever layer the guest is busy with.
+#[derive(Clone, Default)]
+pub struct Failed(Arc<Mutex<Option<Arc<Error>>>>);
+
+impl Failed {
+    /// The recorded failure, if there is one.
+    pub fn check(&self) -> Result<(), Error> {
+        match &*self.0.lock().unwrap() {
+            Some(first) => Err(Error::Shared(first.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Records `error` unless an earlier failure is recorded; returns it, shared.
+    fn record(&self, error: Error) -> Error {
+        let mut slot = self.0.lock().unwrap();
+        let first = slot.get_or_insert_with(|| Arc::new(error)).clone();
+        Error::Shared(first)
+    }
+}
+
 /// One layer upload in flight.
 pub struct LayerUpload {
     pipeline: Pipeline,
     sender: Option<tokio::task::JoinHandle<Result<(), Error>>>,
+    /// Once closed: the sending of what is left and the commit, in the background.
+    commit: Option<tokio::task::JoinHandle<Result<Encoded, Error>>>,
     /// Encoded bytes the registry acknowledged, plus those of the chunk in flight.
     sent: Arc<AtomicU64>,
     /// The upload session's current URL: each answer names the next one.
     session: Arc<Mutex<Url>>,
     api: Api,
     confirmed: Confirmed,
+    failed: Failed,
     rt: Runtime,
-    committed: bool,
+    /// Set by the commit, wherever it runs: a committed upload is not cancelled.
+    committed: Arc<AtomicBool>,
 }
 
 impl LayerUpload {
     /// Opens an upload session and starts its encoder and its sender.
     pub fn start(
         rt: &Runtime,
-        api: Api,
-        confirmed: Confirmed,
+        repository: &Repository,
         codec: Codec,
         chunk_size: u64,
     ) -> Result<Self, Error> {
+        repository.failed.check()?;
+        let api = repository.api.clone();
         let location = rt.block_on(api.start_upload())??;
         let spool = tempfile::tempfile()
             .map(Arc::new)
@@ -86,25 +114,32 @@ impl LayerUpload {
         Ok(Self {
             pipeline,
             sender: Some(sender),
+            commit: None,
             sent,
             session,
             api,
-            confirmed,
+            confirmed: repository.confirmed.clone(),
+            failed: repository.failed.clone(),
             rt: rt.clone(),
-            committed: false,
+            committed: Arc::default(),
         })
     }
 
     pub fn write(&mut self, data: Vec<u8>) -> Result<(), Error> {
+        self.failed.check()?;
         if self.sender.as_ref().is_some_and(|s| s.is_finished()) {
             // The sender gave up (the registry refused, or retries ran out): say why now
             // rather than after the rest of the layer.
-            return Err(self.failure(None));
+            let failure = self.failure(None);
+            return Err(self.failed.record(failure));
         }
         match self.pipeline.write(data) {
             Ok(()) => Ok(()),
             Err(encode::Closed::Ended) => Err(Error::Ended),
-            Err(encode::Closed::Stopped) => Err(self.failure(None)),
+            Err(encode::Closed::Stopped) => {
+                let failure = self.failure(None);
+                Err(self.failed.record(failure))
+            }
         }
     }
 
@@ -138,49 +173,81 @@ impl LayerUpload {
         }
     }
 
-    /// Ends the layer, waits for the registry to hold every byte, and commits it under the
-    /// digest of the encoded bytes; a committed layer is confirmed.
-    pub fn finish(&mut self) -> Result<Encoded, Error> {
+    /// Ends the layer and waits for the encoder only: returns what it encoded, while the rest
+    /// is sent and the blob committed in the background (`finish` waits for that).
+    pub fn close(&mut self) -> Result<Encoded, Error> {
+        self.failed.check()?;
         let encoded = match self.pipeline.finish() {
             None => return Err(Error::Ended),
             Some(Ok(encoded)) => encoded,
-            Some(Err(e)) => return Err(self.failure(Some(Err(e)))),
-        };
-        let sender = self.sender.as_mut().ok_or(Error::Ended)?;
-        // On a signal the sender stays, for dropping the upload to stop it.
-        let sent = self.rt.block_on(sender)?;
-        self.sender = None;
-        match sent {
-            Ok(result) => result?,
-            Err(e) => {
-                return Err(Error::SenderDied {
-                    registry: self.api.client.registry.clone(),
-                    cause: e.to_string(),
-                })
+            Some(Err(e)) => {
+                let failure = self.failure(Some(Err(e)));
+                return Err(self.failed.record(failure));
             }
+        };
+        let sender = self.sender.take().ok_or(Error::Ended)?;
+        let (api, session) = (self.api.clone(), self.session.clone());
+        let (confirmed, failed, committed) = (
+            self.confirmed.clone(),
+            self.failed.clone(),
+            self.committed.clone(),
+        );
+        let described = encoded.clone();
+        self.commit = Some(self.rt.spawn(async move {
+            let done = async {
+                match sender.await {
+                    Ok(sent) => sent?,
+                    Err(e) => {
+                        return Err(Error::SenderDied {
+                            registry: api.client.registry.clone(),
+                            cause: e.to_string(),
+                        })
+                    }
+                }
+                let location = session.lock().unwrap().clone();
+                api.commit_upload(location, &encoded.digest, encoded.size, Vec::new())
+                    .await?;
+                committed.store(true, Ordering::Relaxed);
+                confirmed.insert(encoded.digest.clone());
+                tracing::debug!(digest = %encoded.digest, size = encoded.size, "layer committed");
+                Ok(encoded)
+            };
+            done.await.map_err(|e| failed.record(e))
+        }));
+        Ok(described)
+    }
+
+    /// Ends the layer (unless `close` did), waits for the registry to hold every byte, and
+    /// commits it under the digest of the encoded bytes; a committed layer is confirmed.
+    pub fn finish(&mut self) -> Result<Encoded, Error> {
+        if self.commit.is_none() {
+            self.close()?;
         }
-        let location = self.session.lock().unwrap().clone();
-        self.rt.block_on(self.api.commit_upload(
-            location,
-            &encoded.digest,
-            encoded.size,
-            Vec::new(),
-        ))??;
-        self.committed = true;
-        self.confirmed.insert(encoded.digest.clone());
-        tracing::debug!(digest = %encoded.digest, size = encoded.size, "layer committed");
-        Ok(encoded)
+        let commit = self.commit.as_mut().ok_or(Error::Ended)?;
+        // On a signal the commit stays, for dropping the upload to stop it.
+        let committed = self.rt.block_on(commit)?;
+        self.commit = None;
+        match committed {
+            Ok(result) => result,
+            Err(e) => Err(self.failed.record(Error::SenderDied {
+                registry: self.api.client.registry.clone(),
+                cause: e.to_string(),
+            })),
+        }
     }
 }
 
 impl Drop for LayerUpload {
     /// An upload dropped before its commit is cancelled, so the registry can free it.
     fn drop(&mut self) {
-        if self.committed {
-            return;
-        }
         if let Some(sender) = self.sender.take() {
             sender.abort();
+        }
+        if let Some(commit) = self.commit.take() {
+            commit.abort();
+        }
+        if self.committed.load(Ordering::Relaxed) {
+            return;
         }
         let location = self.session.lock().unwrap().clone();
         self.api.cancel_upload(&self.rt, location);
