@@ -50,6 +50,19 @@ function fail(line, code = 1) {
   throw new Failure(line, code);
 }
 
+/**
+ * jco 1.34 lifts a string's pointer and length that the canonical ABI passes in a joined i64
+ * slot (a variant case whose other cases hold a u64 there, as `progress.report`'s do) with
+ * `Number(arg)`, keeping the slot's upper 32 bits; the ABI says to wrap them to i32
+ * (`lift_flat`: `wrap_i64_to_i32`), as wasmtime does, and a guest may leave anything there.
+ * This wraps them in the generated glue, so the guest is judged by the ABI, not by jco's slip.
+ */
+function wrapJoinedPointers(js) {
+  return Buffer.from(js)
+    .toString("utf8")
+    .replace(/var (ptr|len)(\d+) = Number\((arg\d+)\);/g, "var $1$2 = Number(BigInt.asUintN(32, BigInt($3)));");
+}
+
 const sha256 = (bytes) => `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
 const isDigest = (d) => typeof d === "string" && /^sha256:[0-9a-f]{64}$/.test(d);
 
@@ -487,7 +500,7 @@ async function main() {
   try {
     for (const [name, data] of Object.entries(files)) {
       fs.mkdirSync(path.dirname(path.join(dir, name)), { recursive: true });
-      fs.writeFileSync(path.join(dir, name), data);
+      fs.writeFileSync(path.join(dir, name), name.endsWith(".js") ? wrapJoinedPointers(data) : data);
     }
     log(`transpiled ${guestWasm} in ${Date.now() - started} ms; it imports ${imports.join(", ")}`);
 
