@@ -767,3 +767,54 @@ fn docker_archive_and_oci_layout_of_a_two_platform_image_push_whole_or_one_platf
         assert_eq!(amd, digest(&half_platforms[0].manifest), "{kind}");
     }
 }
+
+/// An app on a base the registry holds, from Docker 26's classic store, whose export names each
+/// layer's blob by its diff ID: the base's layers, top one included, are recognised by those
+/// names and passed over unread, and only the app's layer is uploaded; the same for the app
+/// rebuilt.
+#[test]
+fn classic_store_of_docker_26_uploads_only_an_apps_own_layer() {
+    let s = services();
+    let d = Docker26::classic();
+    let name = unique("d26-onbase");
+    let base = d.build(&name);
+    let (_, base_layers) = d.id_and_layers(&base);
+    let cache = tempfile::tempdir().unwrap();
+    let envs = [
+        ("DOCKER_HOST", d.host.as_str()),
+        ("OCIPUSH_CACHE_DIR", cache.path().to_str().unwrap()),
+    ];
+    let repo = format!("docker26/{name}");
+    let base_dest = format!("{}/{repo}:base", s.registry);
+    push_with(&base, &base_dest, "none", &envs).expect_success(&base_dest);
+    for version in ["1", "2"] {
+        let ctx = tempfile::tempdir().unwrap();
+        std::fs::write(ctx.path().join("app.bin"), random_bytes(100_000)).unwrap();
+        std::fs::write(
+            ctx.path().join("Dockerfile"),
+            format!("FROM {base}\nCOPY app.bin /app.bin\n"),
+        )
+        .unwrap();
+        let tag = format!("{name}-app:{version}");
+        let mut c = d.docker(&["build", "-q", "-t", &tag, "."]);
+        c.current_dir(ctx.path()).env("DOCKER_BUILDKIT", "0");
+        run_ok(&mut c);
+        let (id, diff_ids) = d.id_and_layers(&tag);
+        assert_eq!(diff_ids[..2], base_layers[..]);
+        let dest = format!("{}/{repo}:{version}", s.registry);
+        let pushed = push_with(&tag, &dest, "json", &envs);
+        let digest = pushed.expect_success(&dest);
+        let positions = |name: &str| -> Vec<u64> {
+            let mut p: Vec<u64> = events(&pushed, name)
+                .iter()
+                .map(|e| e["position"].as_u64().unwrap())
+                .collect();
+            p.sort();
+            p
+        };
+        assert_eq!(positions("layer-skipped"), vec![1, 2], "{}", pushed.stderr);
+        assert_eq!(positions("layer-done"), vec![3], "{}", pushed.stderr);
+        // Classic store: the image ID is the config's digest.
+        verify_pushed(&s.registry, &repo, version, &digest, &id, &diff_ids);
+    }
+}

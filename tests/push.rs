@@ -502,6 +502,52 @@ fn count(events: &[Value], kind: &str) -> usize {
     events.iter().filter(|e| e["event"] == kind).count()
 }
 
+/// The positions, sorted, of the layers the events of one kind name.
+fn positions(events: &[Value], kind: &str) -> Vec<u64> {
+    let mut positions: Vec<u64> = events
+        .iter()
+        .filter(|e| e["event"] == kind)
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
+    positions.sort();
+    positions
+}
+
+/// A push of an app whose base the registry held: the base's layers skipped, only the app's top
+/// layer hashed and uploaded, and the image reads back whole through skopeo.
+fn expect_only_the_top_layer_uploaded(pushed: &Pushed, dest: &str, diff_ids: &[String]) {
+    let digest = pushed.expect_success(dest);
+    let events = json_events(&pushed.stderr);
+    let below: Vec<u64> = (1..diff_ids.len() as u64).collect();
+    assert_eq!(positions(&events, "layer-skipped"), below, "{events:?}");
+    let top = vec![diff_ids.len() as u64];
+    assert_eq!(positions(&events, "layer-done"), top, "{events:?}");
+    assert_eq!(count(&events, "layer-started"), 1, "{events:?}");
+    copy_to_oci_layout_and_verify(dest, &digest, diff_ids);
+}
+
+/// `NAME-app:VERSION`, built FROM `base` (whose layers are `base_diff_ids`) with a new layer of
+/// 1 MiB of random bytes; returns its tag and diff IDs.
+fn build_app(
+    name: &str,
+    base: &str,
+    base_diff_ids: &[String],
+    version: u8,
+) -> (String, Vec<String>) {
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("app.bin"), random_bytes(1 << 20)).unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {base}\nCOPY app.bin /app.bin\n"),
+    )
+    .unwrap();
+    let tag = format!("{name}-app:{version}");
+    docker_build(&tag, ctx.path());
+    let diff_ids = rootfs_layers(&tag);
+    assert_eq!(diff_ids[..base_diff_ids.len()], base_diff_ids[..]);
+    (tag, diff_ids)
+}
+
 /// The everyday case: an app image rebuilt with a change in its top layer and pushed again.
 /// The layers below are in the registry, so only the new layer is compressed and uploaded: the
 /// export still carries every layer, and the lower layers' entries are recognised by name (as
@@ -511,20 +557,7 @@ fn a_rebuilt_image_uploads_only_its_new_layer() {
     let s = services();
     let name = unique("rebuilt");
     let (base, _, base_diff_ids) = build_many_layers_image(&name, 3, 2 * 1024 * 1024);
-    let app = |version: u8| {
-        let ctx = tempfile::tempdir().unwrap();
-        std::fs::write(ctx.path().join("app.bin"), random_bytes(1 << 20)).unwrap();
-        std::fs::write(
-            ctx.path().join("Dockerfile"),
-            format!("FROM {base}\nCOPY app.bin /app.bin\n"),
-        )
-        .unwrap();
-        let tag = format!("{name}-app:{version}");
-        docker_build(&tag, ctx.path());
-        let diff_ids = rootfs_layers(&tag);
-        assert_eq!(diff_ids[..3], base_diff_ids[..]);
-        (tag, diff_ids)
-    };
+    let app = |version| build_app(&name, &base, &base_diff_ids, version);
     let cache = tempfile::tempdir().unwrap();
     let cache_env = [("OCIPUSH_CACHE_DIR", cache.path().to_str().unwrap())];
     let repo = format!("ocipush-test/{name}");
@@ -535,21 +568,7 @@ fn a_rebuilt_image_uploads_only_its_new_layer() {
     let (v2, diff_ids) = app(2);
     let d2 = dest(&s.registry, &repo, "2");
     let pushed = push_with(&v2, &d2, "json", &cache_env);
-    let digest = pushed.expect_success(&d2);
-    let events = json_events(&pushed.stderr);
-    let positions = |kind: &str| -> Vec<u64> {
-        let mut positions: Vec<u64> = events
-            .iter()
-            .filter(|e| e["event"] == kind)
-            .map(|e| e["position"].as_u64().unwrap())
-            .collect();
-        positions.sort();
-        positions
-    };
-    assert_eq!(positions("layer-skipped"), vec![1, 2, 3], "{events:?}");
-    assert_eq!(positions("layer-done"), vec![4], "{events:?}");
-    assert_eq!(count(&events, "layer-started"), 1, "{events:?}");
-    copy_to_oci_layout_and_verify(&format!("{}/{repo}:2", s.registry), &digest, &diff_ids);
+    expect_only_the_top_layer_uploaded(&pushed, &d2, &diff_ids);
 }
 
 #[test]
@@ -757,4 +776,102 @@ fn an_out_of_range_compression_level_is_refused_before_any_traffic() {
         error.contains("compression level 12 is out of range for gzip (1-9)"),
         "{error}"
     );
+}
+
+/// The layer tars of an image's `docker save` export: entry path, where its bytes start in the
+/// stream, its size, and the sha256 of its bytes (`sha256:…`).
+fn export_layers(image: &str) -> Vec<(String, u64, u64, String)> {
+    let out = run(docker(&["save", image]).stdout(std::process::Stdio::piped()));
+    assert!(
+        out.status.success(),
+        "docker save {image}: {}",
+        describe(&out)
+    );
+    let mut archive = tar::Archive::new(&out.stdout[..]);
+    let mut layers = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        if !path.ends_with("layer.tar") || !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let (at, size) = (entry.raw_file_position(), entry.size());
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+        layers.push((path, at, size, format!("sha256:{}", sha256_hex(&bytes))));
+    }
+    layers
+}
+
+/// Puts `value` under `key` in ocipush's cache directory `dir`, as the host files it.
+fn put_cache_entry(dir: &Path, key: &str, value: &Value) {
+    let path = dir.join("kv").join(sha256_hex(key.as_bytes()));
+    std::fs::write(path, serde_json::to_vec(value).unwrap()).unwrap();
+}
+
+/// The pushes made all day: an app on a base the registry holds, then the app rebuilt. Only
+/// the app's new layer is hashed and uploaded; the base's layers are passed over unread: the
+/// lower ones by their entry names, the base's top layer (named after the base's config when
+/// the base was pushed, so under another name now) by its size. That they are never read is
+/// shown by a byte flipped inside the base's top layer in the export, which the push never
+/// sees. An entry taken for the wrong layer (here by a stale cache entry) costs a second
+/// export that hashes and uploads every layer, and the image still comes out right.
+#[test]
+fn an_app_on_a_held_base_and_its_rebuilds_upload_only_the_new_layer() {
+    let s = services();
+    let name = unique("onbase");
+    let (base, _, base_diff_ids) = build_many_layers_image(&name, 3, 2 * 1024 * 1024);
+    let app = |version| build_app(&name, &base, &base_diff_ids, version);
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().to_str().unwrap();
+    let repo = format!("ocipush-test/{name}");
+    let d = dest(&s.registry, &repo, "base");
+    push_with(&base, &d, "none", &[("OCIPUSH_CACHE_DIR", cache_dir)]).expect_success(&d);
+
+    // The first app, through a proxy that flips a byte inside the base's top layer.
+    let (v1, diff_ids) = app(1);
+    let layers = export_layers(&v1);
+    let (_, at, size, _) = layers
+        .iter()
+        .find(|(_, _, _, digest)| *digest == base_diff_ids[2])
+        .expect("the base's top layer in the app's export");
+    let proxy = FaultProxy::start(&s.docker_host, at + size / 2);
+    let d1 = dest(&s.registry, &repo, "1");
+    let envs = [
+        ("OCIPUSH_CACHE_DIR", cache_dir),
+        ("DOCKER_HOST", &proxy.docker_host()),
+    ];
+    let pushed = push_with(&v1, &d1, "json", &envs);
+    assert_eq!(proxy.flips.load(std::sync::atomic::Ordering::SeqCst), 1);
+    expect_only_the_top_layer_uploaded(&pushed, &d1, &diff_ids);
+
+    // The app rebuilt.
+    let (v2, diff_ids) = app(2);
+    let d2 = dest(&s.registry, &repo, "2");
+    let pushed = push_with(&v2, &d2, "json", &[("OCIPUSH_CACHE_DIR", cache_dir)]);
+    expect_only_the_top_layer_uploaded(&pushed, &d2, &diff_ids);
+
+    // Rebuilt again, with the cache saying the new layer's entry is the base's first layer.
+    let (v3, diff_ids) = app(3);
+    let new_layer = export_layers(&v3)
+        .into_iter()
+        .find(|(_, _, _, digest)| *digest == diff_ids[3])
+        .expect("the new layer in the export");
+    let (entry, size) = (&new_layer.0, new_layer.2);
+    put_cache_entry(
+        cache.path(),
+        &format!("entry/v1/{size}/{entry}"),
+        &serde_json::json!({"name": entry, "size": size, "diff_id": base_diff_ids[0]}),
+    );
+    let d3 = dest(&s.registry, &repo, "3");
+    let pushed = push_with(&v3, &d3, "json", &[("OCIPUSH_CACHE_DIR", cache_dir)]);
+    let digest = pushed.expect_success(&d3);
+    let events = json_events(&pushed.stderr);
+    assert_eq!(
+        positions(&events, "layer-done"),
+        vec![1, 2, 3, 4],
+        "the second export uploads every layer: {events:?}"
+    );
+    assert_eq!(count(&events, "layer-started"), 4, "{events:?}");
+    copy_to_oci_layout_and_verify(&format!("{}/{repo}:3", s.registry), &digest, &diff_ids);
 }

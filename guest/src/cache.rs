@@ -108,6 +108,37 @@ pub fn remember_entry(cache: &mut dyn Cache, name: &str, size: u64, diff_id: &Di
     }
 }
 
+/// A layer's size as a tar, as stored. The bytes that hash to a diff ID have one size, so this
+/// is a fact of the layer, whatever its entry was named: an export entry of that size is a
+/// candidate for it (the base's top layer, named after its image's config when the base was
+/// pushed, has another name under an image built on it).
+#[derive(Serialize, Deserialize)]
+struct SizeEntry {
+    diff_id: String,
+    size: u64,
+}
+
+fn size_key(diff_id: &Digest) -> String {
+    format!("layer-size/v1/{}", diff_id.hex())
+}
+
+/// The size of the layer tar that hashed to `diff_id`, if the cache says so.
+pub fn layer_size(cache: &mut dyn Cache, diff_id: &Digest) -> Option<u64> {
+    let entry: SizeEntry = serde_json::from_slice(&cache.get(&size_key(diff_id))?).ok()?;
+    (entry.diff_id == diff_id.as_str()).then_some(entry.size)
+}
+
+/// Records that a layer tar of `size` bytes hashed to `diff_id`.
+pub fn remember_layer_size(cache: &mut dyn Cache, diff_id: &Digest, size: u64) {
+    let entry = SizeEntry {
+        diff_id: diff_id.to_string(),
+        size,
+    };
+    if let Ok(bytes) = serde_json::to_vec(&entry) {
+        cache.put(&size_key(diff_id), &bytes);
+    }
+}
+
 /// An image's config blob, as stored: the image ID alone does not say it is the config's
 /// digest (on the containerd store it names a manifest), so the verified link is recorded.
 #[derive(Serialize, Deserialize)]

@@ -15,7 +15,7 @@ use crate::manifest;
 use crate::model::{self, Blob, Encoding, IdKind, ImageSummary, SourceIndex, Within};
 use crate::ports::{
     BlobSink, Cache, Destinations, ImageSource, LayerUpload, LayoutFiles, ProgressSink,
-    RandomAccess, CHUNK_SIZE,
+    RandomAccess, SkipRead, CHUNK_SIZE,
 };
 use crate::progress;
 use crate::push;
@@ -178,7 +178,7 @@ impl HostSource {
 }
 
 impl ImageSource for HostSource {
-    type Export = Box<dyn Read>;
+    type Export = Box<dyn SkipRead>;
 
     /// `image` is the source as the user wrote it; each kind already holds its parsed form.
     fn inspect(&mut self, _image: &str) -> Result<ImageSummary> {
@@ -189,7 +189,7 @@ impl ImageSource for HostSource {
         }
     }
 
-    fn export(&mut self, image: &str) -> Result<Box<dyn Read>> {
+    fn export(&mut self, image: &str) -> Result<Box<dyn SkipRead>> {
         Ok(match self {
             Self::Daemon(_) => Box::new(Daemon.export(image)?),
             Self::Archive(archive) => Box::new(archive.export(image)?),
@@ -197,7 +197,7 @@ impl ImageSource for HostSource {
         })
     }
 
-    fn export_platform(&mut self, within: &Within) -> Result<Box<dyn Read>> {
+    fn export_platform(&mut self, within: &Within) -> Result<Box<dyn SkipRead>> {
         Ok(match self {
             Self::Daemon(_) => Box::new(Daemon.export_platform(within)?),
             Self::Archive(archive) => Box::new(archive.export_platform(within)?),
@@ -310,6 +310,20 @@ impl Read for HostStream {
         out[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+impl SkipRead for HostStream {
+    /// What is left of the chunk at hand is dropped; the rest the host passes over, so those
+    /// bytes never cross into the guest.
+    fn skip(&mut self, n: u64) -> io::Result<()> {
+        let here = ((self.chunk.len() - self.pos) as u64).min(n);
+        self.pos += here as usize;
+        let rest = n - here;
+        if rest == 0 {
+            return Ok(());
+        }
+        self.stream.skip(rest).map_err(io::Error::other)
     }
 }
 

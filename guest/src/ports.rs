@@ -2,7 +2,7 @@
 //! what is remembered between runs, and where progress is reported. The host lends each one
 //! (`component.rs` implements them over the WIT imports); the tests lend in-memory ones.
 
-use std::io::Read;
+use std::io::{self, Cursor, Read};
 
 use anyhow::Result;
 
@@ -16,7 +16,7 @@ pub const CHUNK_SIZE: usize = 1 << 20;
 
 /// Where images come from: the Docker daemon, a `docker save` tarball, a layout directory.
 pub trait ImageSource {
-    type Export: Read;
+    type Export: SkipRead;
     /// What the source knows about an image before exporting it.
     fn inspect(&mut self, image: &str) -> Result<ImageSummary>;
     /// The image's `docker save` stream.
@@ -30,6 +30,63 @@ pub trait ImageSource {
     /// (tarballs and layouts, read at random); `None` leaves it to a look over the export.
     fn inspected_index(&mut self) -> Option<SourceIndex> {
         None
+    }
+}
+
+/// An export stream, read or passed over. A layer the destination holds need not be hashed, so
+/// its bytes are passed over: by the host where it can (`export-stream.skip`), so that they
+/// never cross into the guest; by reading and discarding them where nothing better exists.
+pub trait SkipRead: Read {
+    /// Passes over the next `n` bytes; fails if the stream ends first.
+    fn skip(&mut self, n: u64) -> io::Result<()> {
+        skip_by_reading(self, n)
+    }
+}
+
+/// Passes over `n` bytes of `input` by reading them; fails if it ends first.
+pub fn skip_by_reading<R: Read + ?Sized>(input: &mut R, n: u64) -> io::Result<()> {
+    let read = io::copy(&mut input.take(n), &mut io::sink())?;
+    if read < n {
+        return Err(ended_while_skipping(n, n - read));
+    }
+    Ok(())
+}
+
+/// The error of a stream that ended `left` bytes short of the `n` it was to pass over.
+pub fn ended_while_skipping(n: u64, left: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("the export stream ended {left} bytes short of the {n} bytes of an entry it passed over"),
+    )
+}
+
+impl SkipRead for &[u8] {
+    fn skip(&mut self, n: u64) -> io::Result<()> {
+        let len = self.len() as u64;
+        if n > len {
+            *self = &[];
+            return Err(ended_while_skipping(n, n - len));
+        }
+        *self = &self[n as usize..];
+        Ok(())
+    }
+}
+
+impl<T: AsRef<[u8]>> SkipRead for Cursor<T> {
+    fn skip(&mut self, n: u64) -> io::Result<()> {
+        let len = self.get_ref().as_ref().len() as u64;
+        let to = self.position().saturating_add(n);
+        self.set_position(to.min(len));
+        if to > len {
+            return Err(ended_while_skipping(n, to - len));
+        }
+        Ok(())
+    }
+}
+
+impl<S: SkipRead + ?Sized> SkipRead for Box<S> {
+    fn skip(&mut self, n: u64) -> io::Result<()> {
+        (**self).skip(n)
     }
 }
 
@@ -48,8 +105,10 @@ pub trait ReadExport: ImageSource {
     fn survey(&mut self, image: &ImageSummary) -> Result<Named>;
 }
 
-/// What the caller does with layers as they pass in the export stream. Each entry must be read
-/// whole.
+/// What the caller does with layers as they pass in the export stream. Each entry is read whole,
+/// or not at all (`Publish::layer` may pass over one it recognises as a layer the destination
+/// holds; the reader then checks its place against the config, and `Unverified` says it was
+/// not the layer it was taken for).
 pub trait Publish {
     /// An uncompressed layer tar: stored (encoded) only if it hashes to a diff ID of the image.
     fn layer(&mut self, entry: LayerEntry<'_>) -> Result<Layer>;
@@ -66,9 +125,39 @@ pub struct LayerEntry<'a> {
     pub name: String,
     /// Its exact size in bytes.
     pub size: u64,
+    /// The diff ID its name states, when it states one of the image's (Docker >= 25 and
+    /// podman name layers by it; Docker <= 24 by a chain of IDs).
+    pub named: Option<Digest>,
     /// Its bytes.
     pub data: &'a mut dyn Read,
 }
+
+/// A layer entry that was passed over unread, taken for the layer its name or size promised,
+/// and that the export's `manifest.json` then placed where the config lists another layer: its
+/// bytes are gone, so the export is read again, every entry hashed.
+#[derive(Debug)]
+pub struct Unverified {
+    /// The entry's path.
+    pub entry: String,
+    /// Its place in the image, from 1.
+    pub position: usize,
+    /// The layer it was taken for.
+    pub taken_for: Digest,
+    /// The layer the config lists there.
+    pub expected: Digest,
+}
+
+impl std::fmt::Display for Unverified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "export entry {} was passed over as layer {}, but it is layer {} of the image, which is {}",
+            self.entry, self.taken_for, self.position, self.expected
+        )
+    }
+}
+
+impl std::error::Error for Unverified {}
 
 /// Where images go: registries the host can reach, and OCI image layout directories.
 pub trait Destinations {
@@ -133,4 +222,28 @@ pub trait LayoutFiles {
     /// Up to `max` bytes of blob `digest` from `offset` (the host may return fewer); none only
     /// at or past its end.
     fn read_blob(&self, digest: &Digest, offset: u64, max: usize) -> Result<Vec<u8>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_and_cursors_pass_over_bytes_and_fail_past_the_end() {
+        let mut slice: &[u8] = b"0123456789";
+        slice.skip(4).unwrap();
+        assert_eq!(slice, b"456789");
+        assert_eq!(
+            slice.skip(7).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+        let mut cursor = Cursor::new(b"0123456789".to_vec());
+        cursor.skip(9).unwrap();
+        assert_eq!(cursor.position(), 9);
+        assert!(cursor.skip(2).is_err());
+        let mut read = io::Read::chain(&b"01"[..], &b"234"[..]);
+        skip_by_reading(&mut read, 3).unwrap();
+        let err = skip_by_reading(&mut read, 5).unwrap_err();
+        assert!(err.to_string().contains("3 bytes short of the 5"), "{err}");
+    }
 }

@@ -25,8 +25,8 @@
 //! proves to be a single manifest. Then each chosen platform is read from an export of its own
 //! in which every other platform's blob is skipped unread (`Within`).
 
-use std::collections::HashMap;
-use std::io::Read;
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Read, Seek, SeekFrom};
 
 use anyhow::{bail, Context, Result};
 
@@ -35,7 +35,7 @@ use crate::digest::Digest;
 use crate::model::{Blob, IdKind, ImageSummary, Layer, Named, SavedImage, Within};
 use crate::own;
 use crate::platforms::{self, Holdings};
-use crate::ports::{ImageSource, LayerEntry, Publish, ReadExport};
+use crate::ports::{ImageSource, LayerEntry, Publish, ReadExport, SkipRead, Unverified};
 use crate::savefile::{entry_path, follow_links, normalize, SaveManifest};
 
 /// The most bytes one metadata file (config, `manifest.json`, index) may have.
@@ -73,11 +73,15 @@ const SMALL_BLOB_LIMIT: u64 = 1 << 20;
 
 /// Looks over the export of the image whose ID is `id`, keeping only its small blobs and the
 /// sizes of all: the multi-platform image it is when `id` names an index; the manifest as soon
-/// as `id`'s blob proves to be one (the rest of the stream is left unread).
-pub fn survey(stream: impl Read, id: &Digest) -> Result<Named> {
+/// as `id`'s blob proves to be one (the rest of the stream is left unread). A large blob's
+/// bytes are passed over, not read (`Forward`): only its size counts here.
+pub fn survey(stream: impl SkipRead, id: &Digest) -> Result<Named> {
     let mut held = Surveyed::default();
-    let mut archive = tar::Archive::new(stream);
-    for entry in archive.entries().context("reading the export stream")? {
+    let mut archive = Forward::archive(stream);
+    let entries = archive
+        .entries_with_seek()
+        .context("reading the export stream")?;
+    for entry in entries {
         let mut entry = entry.context("reading the export stream")?;
         let (name, link) = entry_path(&entry);
         let digest = name
@@ -138,7 +142,7 @@ impl Holdings for Surveyed {
 /// `publish`; the result is then checked against the config's `rootfs.diff_ids` and the
 /// daemon's summary.
 pub fn read_export(
-    stream: impl Read,
+    stream: impl SkipRead,
     image: &ImageSummary,
     publish: &mut impl Publish,
 ) -> Result<SavedImage> {
@@ -169,18 +173,25 @@ struct Entries {
     metadata_bytes: u64,
     /// Layer entries handed to the caller so far.
     layer_count: u32,
+    /// Layer entries the caller passed over unread, taking them for the layer their name or
+    /// size promised: only their place in the image can still say they were not.
+    passed_over: HashSet<String>,
 }
 
 impl Entries {
     /// The pass over the stream: layers go to `publish` as they pass, the rest is kept.
     fn read(
         &mut self,
-        stream: impl Read,
+        stream: impl SkipRead,
         image: &ImageSummary,
         publish: &mut impl Publish,
     ) -> Result<()> {
-        let mut archive = tar::Archive::new(stream);
-        for entry in archive.entries().context("reading the export stream")? {
+        let mut archive = Forward::archive(stream);
+        // With seeking, an entry the caller does not read is passed over, not read.
+        let entries = archive
+            .entries_with_seek()
+            .context("reading the export stream")?;
+        for entry in entries {
             let mut entry = entry.context("reading the export stream")?;
             let (name, link) = entry_path(&entry);
             if let Some(target) = link {
@@ -209,16 +220,22 @@ impl Entries {
     ) -> Result<()> {
         match classify(&name, &image.diff_ids) {
             EntryKind::Layer => {
-                let layer = hand_over(&mut self.layer_count, entry, &name, size, |layer| {
-                    publish.layer(layer)
-                })?;
+                let named = named_diff_id(&name, &image.diff_ids);
+                let (layer, read) =
+                    hand_over(&mut self.layer_count, entry, &name, size, named, |layer| {
+                        publish.layer(layer)
+                    })?;
+                if !read {
+                    self.passed_over.insert(name.clone());
+                }
                 self.layers.insert(name, layer);
             }
             // Too large for metadata: an already compressed layer, stored as it passes.
             EntryKind::Blob(digest) if size > METADATA_FILE_LIMIT => {
-                let blob = hand_over(&mut self.layer_count, entry, &name, size, |layer| {
-                    publish.blob(layer, &digest)
-                })?;
+                let (blob, _) =
+                    hand_over(&mut self.layer_count, entry, &name, size, None, |layer| {
+                        publish.blob(layer, &digest)
+                    })?;
                 self.blobs.insert(name, blob);
             }
             EntryKind::Metadata | EntryKind::Blob(_) => {
@@ -280,6 +297,17 @@ impl Entries {
                 layers.push(self.compressed(path, expected, &config_digest, publish)?);
                 continue;
             };
+            if &layer.diff_id != expected && self.passed_over.contains(&path) {
+                // Taken unread for another layer: its bytes are gone, so the caller exports
+                // again, reading everything.
+                return Err(Unverified {
+                    entry: path,
+                    position: position + 1,
+                    taken_for: layer.diff_id.clone(),
+                    expected: expected.clone(),
+                }
+                .into());
+            }
             if &layer.diff_id != expected {
                 bail!(
                     "digest mismatch: layer {} of the image ({path}) has diff ID {} but the image config lists {expected}",
@@ -323,8 +351,10 @@ impl Entries {
                     &mut &bytes[..],
                     &path,
                     size,
+                    None,
                     |layer| publish.blob(layer, &digest),
                 )?
+                .0
             }
         };
         Ok(Layer {
@@ -341,26 +371,31 @@ impl Entries {
     }
 }
 
-/// Hands the next layer entry of the stream, `size` bytes of `data`, to the caller.
+/// Hands the next layer entry of the stream, `size` bytes of `data`, to the caller; says
+/// whether the caller read it (or passed over it, which only a layer entry may).
 fn hand_over<T>(
     count: &mut u32,
     data: &mut dyn Read,
     name: &str,
     size: u64,
+    named: Option<Digest>,
     caller: impl FnOnce(LayerEntry<'_>) -> Result<T>,
-) -> Result<T> {
+) -> Result<(T, bool)> {
     *count += 1;
     let mut data = Exact {
         inner: data,
         name,
         left: size,
+        read: false,
     };
-    caller(LayerEntry {
+    let result = caller(LayerEntry {
         index: *count,
         name: name.to_string(),
         size,
+        named,
         data: &mut data,
-    })
+    })?;
+    Ok((result, data.read))
 }
 
 /// An entry's bytes, failing if the stream ends before the size its header promised (the tar
@@ -369,10 +404,13 @@ struct Exact<'a, R: Read> {
     inner: R,
     name: &'a str,
     left: u64,
+    /// Whether the caller read at all (a caller passes over an entry by never reading it).
+    read: bool,
 }
 
 impl<R: Read> Read for Exact<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.read = true;
         let n = self.inner.read(buf)?;
         if n == 0 && self.left > 0 && !buf.is_empty() {
             return Err(std::io::Error::new(
@@ -386,6 +424,61 @@ impl<R: Read> Read for Exact<'_, R> {
         self.left -= n as u64;
         Ok(n)
     }
+}
+
+/// The export stream as the tar reader sees it: the bytes of an entry nobody reads are passed
+/// over (`SkipRead::skip`: for a daemon's export, in the host), never read. The reader only
+/// seeks forward from where it is, to the next entry's header.
+struct Forward<S> {
+    inner: S,
+    pos: u64,
+}
+
+impl<S: SkipRead> Forward<S> {
+    /// A tar reader over `stream` from its start.
+    fn archive(stream: S) -> tar::Archive<Self> {
+        tar::Archive::new(Self {
+            inner: stream,
+            pos: 0,
+        })
+    }
+}
+
+impl<S: Read> Read for Forward<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<S: SkipRead> Seek for Forward<S> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let n = match to {
+            SeekFrom::Current(n) => u64::try_from(n).ok(),
+            SeekFrom::Start(at) => at.checked_sub(self.pos),
+            SeekFrom::End(_) => None,
+        }
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the export stream is read forward only",
+            )
+        })?;
+        self.inner.skip(n)?;
+        self.pos += n;
+        Ok(self.pos)
+    }
+}
+
+/// The diff ID a layer entry's name states, when it is one of the image's: Docker >= 25
+/// names a layer's blob by it (`blobs/sha256/<hex>`), podman its top-level `<hex>.tar`.
+/// Docker <= 24's `<v1 id>/layer.tar` states none.
+fn named_diff_id(name: &str, diff_ids: &[Digest]) -> Option<Digest> {
+    let hex = name
+        .strip_prefix("blobs/sha256/")
+        .or_else(|| name.strip_suffix(".tar").filter(|n| !n.contains('/')))?;
+    Digest::from_hex(hex).filter(|digest| diff_ids.contains(digest))
 }
 
 /// What an entry of the export is, by its path.
@@ -820,6 +913,36 @@ mod tests {
         ]);
         let err = format!("{:#}", read(&stream, &image).unwrap_err());
         assert!(err.contains("rootfs.diff_ids differ"), "{err}");
+    }
+
+    /// The survey of an export keeps small blobs and passes over a large one's bytes unread:
+    /// only its size counts.
+    #[test]
+    fn survey_passes_over_large_blobs_unread() {
+        struct Counted<'a>(&'a [u8], &'a std::cell::Cell<u64>);
+        impl Read for Counted<'_> {
+            fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+                let n = self.0.read(out)?;
+                self.1.set(self.1.get() + n as u64);
+                Ok(n)
+            }
+        }
+        impl SkipRead for Counted<'_> {
+            fn skip(&mut self, n: u64) -> io::Result<()> {
+                self.0.skip(n)
+            }
+        }
+        let large = vec![9u8; 3 * SMALL_BLOB_LIMIT as usize];
+        let manifest = br#"{"schemaVersion":2,"layers":[]}"#;
+        let blob = |bytes: &[u8]| format!("blobs/sha256/{}", Digest::of(bytes).hex());
+        let stream = tar(&[
+            Item::File(&blob(&large), &large),
+            Item::File(&blob(manifest), manifest),
+        ]);
+        let read = std::cell::Cell::new(0);
+        let named = survey(Counted(&stream, &read), &Digest::of(manifest)).unwrap();
+        assert!(matches!(named, Named::Manifest(bytes) if bytes == manifest));
+        assert!(read.get() < SMALL_BLOB_LIMIT, "{} bytes read", read.get());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::model::{Blob, ImageSummary, Within};
-use crate::ports::RandomAccess;
+use crate::ports::{ended_while_skipping, RandomAccess, SkipRead};
 
 /// How many symlinks deep a layer path may be.
 pub const LINK_DEPTH_LIMIT: usize = 8;
@@ -313,10 +313,61 @@ impl Read for Export {
     }
 }
 
+impl SkipRead for Export {
+    /// Bytes held are dropped, ranges of the host's file moved past: nothing is read.
+    fn skip(&mut self, n: u64) -> io::Result<()> {
+        let mut left = n;
+        while left > 0 {
+            let Some(part) = self.parts.front_mut() else {
+                return Err(ended_while_skipping(n, left));
+            };
+            match part {
+                Part::Bytes(bytes) if (bytes.len() as u64) > left => {
+                    bytes.drain(..left as usize);
+                    return Ok(());
+                }
+                Part::Bytes(bytes) => left -= bytes.len() as u64,
+                Part::Range { offset, length, .. } if *length > left => {
+                    *offset += left;
+                    *length -= left;
+                    return Ok(());
+                }
+                Part::Range { length, .. } => left -= *length,
+            }
+            self.parts.pop_front();
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::MemoryFile;
     use std::collections::HashMap;
+
+    /// Passing over bytes drops what is held and moves past ranges of the file unread.
+    #[test]
+    fn an_export_passes_over_bytes_and_ranges_without_reading_them() {
+        let file: Rc<dyn RandomAccess> = Rc::new(MemoryFile((0..=255u8).collect()));
+        let range = |offset, length| Part::Range {
+            file: file.clone(),
+            offset,
+            length,
+        };
+        let mut export = Export {
+            label: "test".into(),
+            parts: VecDeque::from([Part::Bytes(b"abc".to_vec()), range(10, 5), range(100, 3)]),
+        };
+        export.skip(2).unwrap();
+        export.skip(3).unwrap(); // "c" and two bytes of the first range
+        let mut rest = Vec::new();
+        export.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, [12, 13, 14, 100, 101, 102]);
+        export.skip(0).unwrap();
+        let err = export.skip(1).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
 
     #[test]
     fn paths_and_links_normalize() {

@@ -1,9 +1,9 @@
 //! Test material shared by the guest's unit tests: tar archives in the `docker save` dialects,
 //! and in-memory capabilities (a source, a registry, a file, a cache, a progress sink).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
-use std::io::Cursor;
+use std::io::{self, Cursor, Read};
 use std::rc::{Rc, Weak};
 
 use anyhow::{bail, Result};
@@ -12,7 +12,7 @@ use crate::digest::Digest;
 use crate::model::{Blob, Encoding, IdKind, ImageSummary, Layer, Platform};
 use crate::ports::{
     BlobSink, Cache, Destinations, ImageSource, LayerEntry, LayerUpload, ProgressSink, Publish,
-    RandomAccess,
+    RandomAccess, SkipRead,
 };
 use crate::progress::Event;
 use crate::reference::Destination;
@@ -289,6 +289,28 @@ pub struct Memory {
     pub image: ImageSummary,
     /// How many times it was exported.
     pub exports: usize,
+    /// Bytes of its exports read, all exports together (bytes passed over are not).
+    pub read: Rc<Cell<u64>>,
+}
+
+/// An export in memory that counts the bytes read from it.
+pub struct MemoryExport {
+    bytes: Cursor<Vec<u8>>,
+    read: Rc<Cell<u64>>,
+}
+
+impl Read for MemoryExport {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.bytes.read(out)?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
+impl SkipRead for MemoryExport {
+    fn skip(&mut self, n: u64) -> io::Result<()> {
+        self.bytes.skip(n)
+    }
 }
 
 impl Memory {
@@ -297,19 +319,23 @@ impl Memory {
             export,
             image,
             exports: 0,
+            read: Rc::default(),
         }
     }
 }
 
 impl ImageSource for Memory {
-    type Export = Cursor<Vec<u8>>;
+    type Export = MemoryExport;
     fn inspect(&mut self, _image: &str) -> Result<ImageSummary> {
         Ok(self.image.clone())
     }
     fn export(&mut self, image: &str) -> Result<Self::Export> {
         assert_eq!(image, self.image.id.as_str(), "export by the inspected ID");
         self.exports += 1;
-        Ok(Cursor::new(self.export.clone()))
+        Ok(MemoryExport {
+            bytes: Cursor::new(self.export.clone()),
+            read: self.read.clone(),
+        })
     }
 }
 
@@ -317,7 +343,7 @@ impl ImageSource for Memory {
 pub struct TwoImages(pub Memory, pub Memory);
 
 impl ImageSource for TwoImages {
-    type Export = Cursor<Vec<u8>>;
+    type Export = MemoryExport;
     fn inspect(&mut self, image: &str) -> Result<ImageSummary> {
         match image {
             "amd" => self.0.inspect(image),

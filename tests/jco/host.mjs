@@ -195,6 +195,14 @@ function dockerOverTarball(tarball, imageId) {
         return new Uint8Array(buf.buffer, buf.byteOffset, n);
       });
     }
+    skip(n) {
+      return result(() => {
+        const size = this.#fd === null ? this.#offset : fs.fstatSync(this.#fd).size;
+        const to = this.#offset + Number(n);
+        if (to > size) throw new Error(`the export ended ${to - size} bytes short of a skip of ${n}`);
+        this.#offset = to;
+      });
+    }
     [symbolDispose]() {
       if (this.#fd !== null) {
         fs.closeSync(this.#fd);

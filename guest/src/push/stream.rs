@@ -2,7 +2,7 @@
 //! the destination and committed only once it proves to be a layer of the image; then the
 //! config. What was verified is remembered in the cache.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
 
 use anyhow::{bail, Context, Result};
@@ -12,16 +12,19 @@ use super::targets::{Sink, Uploads};
 use crate::cache;
 use crate::digest::{Digest, Hasher};
 use crate::model::{Blob, Encoding, ImageSummary, Layer, SavedImage};
-use crate::ports::{BlobSink, Cache, LayerEntry, ProgressSink, Publish, ReadExport, CHUNK_SIZE};
+use crate::ports::{
+    BlobSink, Cache, LayerEntry, ProgressSink, Publish, ReadExport, Unverified, CHUNK_SIZE,
+};
 use crate::progress::{Event, LayerBytes, LayerRef};
 
 impl<S: ReadExport, R: BlobSink> Publication<'_, S, R> {
-    /// Streams the export (again only if an entry was not the layer its name promised): each
+    /// Streams the export (again only if an entry was not the layer it was taken for): each
     /// layer is hashed while it uploads and committed only if its diff ID is one the image
     /// lists (a layer the export holds already compressed is stored as it is, if it hashes to
-    /// its name); a layer the destination already holds (`present`) is only hashed, when its
-    /// entry's name says it is that layer. Then the config goes up byte for byte as the source
-    /// wrote it, so its digest stays the image ID.
+    /// its name); an entry recognised as a layer every repository already holds (`present`)
+    /// is passed over unread: those bytes are not published, the manifest names that layer's
+    /// blob through the config, which is checked against the image ID. Then the config goes up
+    /// byte for byte as the source wrote it, so its digest stays the image ID.
     pub fn export_and_upload(
         &mut self,
         image: &ImageSummary,
@@ -29,9 +32,12 @@ impl<S: ReadExport, R: BlobSink> Publication<'_, S, R> {
     ) -> Result<Stored> {
         // A stored blob's place in the image is known only once the export is read.
         let (saved, stored) = match self.export_once(image, present) {
-            // An entry was not the layer its name promised, and its bytes are gone: export
-            // again, uploading every layer.
-            Err(e) if e.downcast_ref::<Misnamed>().is_some() => {
+            // An entry was not the layer it was taken for, and its bytes are gone: export
+            // again, hashing and uploading every layer.
+            Err(e)
+                if e.downcast_ref::<Misnamed>().is_some()
+                    || e.downcast_ref::<Unverified>().is_some() =>
+            {
                 self.export_once(image, &HashMap::new())?
             }
             result => result?,
@@ -100,6 +106,14 @@ impl<S: ReadExport, R: BlobSink> Publication<'_, S, R> {
         image: &ImageSummary,
         present: &HashMap<Digest, Present>,
     ) -> Result<(SavedImage, HashMap<Digest, LayerRef>)> {
+        // Sizes are looked up once: every entry that has no name to go by is matched to them.
+        let sizes = present
+            .iter()
+            .filter(|(_, held)| held.everywhere())
+            .filter_map(|(diff_id, _)| {
+                Some((diff_id.clone(), cache::layer_size(self.cache, diff_id)?))
+            })
+            .collect();
         let mut publisher = Publisher {
             sinks: &mut self.targets.sinks,
             image,
@@ -107,6 +121,8 @@ impl<S: ReadExport, R: BlobSink> Publication<'_, S, R> {
             progress: &mut *self.progress,
             cache: &mut *self.cache,
             present,
+            sizes,
+            passed: HashSet::new(),
             stored: HashMap::new(),
             pending: VecDeque::new(),
             jobs: self.settings.jobs.max(1) as usize,
@@ -148,6 +164,10 @@ struct Publisher<'a, R: BlobSink> {
     cache: &'a mut dyn Cache,
     /// Layers some repositories hold: not uploaded to those again.
     present: &'a HashMap<Digest, Present>,
+    /// The tar sizes of the layers every repository holds that the cache knows.
+    sizes: HashMap<Digest, u64>,
+    /// The layers of `present` passed over so far.
+    passed: HashSet<Digest>,
     /// Blobs stored as the export held them, by digest: where they were in the export.
     stored: HashMap<Digest, LayerRef>,
     /// Uploads closed and still being sent by the host, oldest first. Dropped with the
@@ -172,17 +192,17 @@ struct Pending<U> {
 impl<R: BlobSink> Publish for Publisher<'_, R> {
     /// Streams one layer to each repository that lacks it, hashing it on the way, and commits
     /// it only once its diff ID proves to be one the image lists; otherwise the uploads are
-    /// dropped, which cancels them. A layer every repository holds, by what its entry hashed
-    /// to before, is only hashed (`check_present`).
+    /// dropped, which cancels them. An entry recognised as a layer every repository holds is
+    /// passed over unread (`recognise`).
     fn layer(&mut self, entry: LayerEntry<'_>) -> Result<Layer> {
+        if let Some(diff_id) = self.recognise(&entry) {
+            return Ok(self.pass_over(diff_id));
+        }
         let (name, size) = (entry.name.clone(), entry.size);
         let present = self.present;
         let promised = cache::entry_diff_id(self.cache, &name, size)
             .and_then(|diff_id| present.get(&diff_id).map(|p| (diff_id, p)));
         let lacking: Vec<usize> = match promised {
-            Some((promised, present)) if present.everywhere() => {
-                return self.check_present(entry, promised);
-            }
             Some((_, present)) => (0..self.sinks.len())
                 .filter(|&at| present.held[at].is_none())
                 .collect(),
@@ -212,6 +232,7 @@ impl<R: BlobSink> Publish for Publisher<'_, R> {
             self.same_as_held(&diff_id, present, &blob)?;
         }
         cache::remember_entry(self.cache, &name, size, &diff_id);
+        cache::remember_layer_size(self.cache, &diff_id, size);
         let done = Event::LayerDone {
             layer: layer.clone(),
             diff_id: diff_id.clone(),
@@ -304,32 +325,49 @@ impl<R: BlobSink> Publisher<'_, R> {
         Ok(())
     }
 
-    /// A layer the destination holds, if the entry is what its name promised: hashed whole,
-    /// never uploaded. Anything else fails the export with `Misnamed`: its bytes are gone.
-    fn check_present(&mut self, entry: LayerEntry<'_>, promised: Digest) -> Result<Layer> {
-        let hashed = pass(entry.data, &entry.name, entry.size, |_| Ok(()))?;
-        if hashed != promised {
-            return Err(Misnamed {
-                entry: entry.name,
-                expected: promised,
-                hashed,
-            }
-            .into());
+    /// The layer every repository holds that `entry` is, as far as can be told before reading
+    /// it: the diff ID its name states; else the one an entry of this name and size hashed to
+    /// before (Docker <= 24 names lower layers by their chain, the same under every image
+    /// built on them); else, for a name the cache does not know, the one layer held, not
+    /// passed over yet, whose tar has this size (a base's top layer under an image built on
+    /// it). A wrong guess costs a second export, never a wrong image: the reader finds it when
+    /// `manifest.json` places the entry (`Unverified`).
+    fn recognise(&mut self, entry: &LayerEntry<'_>) -> Option<Digest> {
+        let named = entry
+            .named
+            .clone()
+            .or_else(|| cache::entry_diff_id(self.cache, &entry.name, entry.size));
+        if let Some(diff_id) = named {
+            let everywhere = self.present.get(&diff_id).is_some_and(Present::everywhere);
+            return everywhere.then_some(diff_id);
         }
-        let present = &self.present[&hashed];
-        let position = self.image.diff_ids.iter().position(|d| d == &hashed);
+        let mut sized = self
+            .sizes
+            .iter()
+            .filter(|(diff_id, size)| **size == entry.size && !self.passed.contains(*diff_id));
+        match (sized.next(), sized.next()) {
+            (Some((diff_id, _)), None) => Some(diff_id.clone()),
+            _ => None,
+        }
+    }
+
+    /// A layer every repository holds, its entry passed over unread: reported as skipped.
+    fn pass_over(&mut self, diff_id: Digest) -> Layer {
+        self.passed.insert(diff_id.clone());
+        let present = &self.present[&diff_id];
+        let position = self.image.diff_ids.iter().position(|d| d == &diff_id);
         self.progress.report(Event::LayerSkipped {
             position: position.map_or(0, |p| p as u32 + 1),
-            diff_id: hashed.clone(),
+            diff_id: diff_id.clone(),
             digest: present.blob.digest.clone(),
             size: present.blob.size,
             mounted_from: present.mounted_from(),
         });
-        Ok(Layer {
-            diff_id: hashed,
+        Layer {
+            diff_id,
             blob: present.blob.clone(),
             media_type: None,
-        })
+        }
     }
 
     /// A layer some repositories held (the blob the cache named) and the others were just
@@ -435,7 +473,7 @@ fn fill(input: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
 mod tests {
     use super::*;
     use crate::push::publication::Settings;
-    use crate::testing::Harness;
+    use crate::testing::{classic_export, fixture, manifest_json, tar, Harness, Item};
 
     /// A layer the destination holds, and whose entry the cache names, is hashed as the export
     /// passes and never uploaded; the others are, and everything verified is remembered.
@@ -517,6 +555,119 @@ mod tests {
                 .collect();
             assert_eq!(layers.len(), 2, "{calls:?}");
             assert!(layers.iter().all(|&i| i < config), "{calls:?}");
+        }
+    }
+
+    /// The destination holds the first layer of the harness's image.
+    fn first_held(h: &Harness) -> HashMap<Digest, Present> {
+        let first = h.f.diff_ids[0].clone();
+        let blob = Blob {
+            digest: first.clone(),
+            size: 3000,
+        };
+        HashMap::from([(
+            first,
+            Present {
+                blob,
+                held: vec![Some(crate::push::publication::Found { mounted_from: None })],
+            },
+        )])
+    }
+
+    /// Layer and blob uploads the registry saw, in order.
+    fn uploads(h: &Harness) -> Vec<String> {
+        h.registry
+            .0
+            .borrow()
+            .calls
+            .iter()
+            .filter(|c| c.starts_with("layer ") || c.starts_with("blob "))
+            .cloned()
+            .collect()
+    }
+
+    /// A held layer is passed over unread when its entry's name states its diff ID (Docker >=
+    /// 25, podman), or when no name is known and its tar is the only held one of that size (a
+    /// base's top layer under an image built on it): its bytes are never read.
+    #[test]
+    fn a_held_layer_is_passed_over_unread_by_its_name_or_its_size() {
+        let f = fixture();
+        let blob_name = |d: &Digest| format!("blobs/sha256/{}", d.hex());
+        let config_name = blob_name(&f.id);
+        let (a, b) = (blob_name(&f.diff_ids[0]), blob_name(&f.diff_ids[1]));
+        let oci = tar(&[
+            Item::File(&a, &f.layers[0]),
+            Item::File(&b, &f.layers[1]),
+            Item::File(&config_name, &f.config),
+            Item::File("manifest.json", &manifest_json(&config_name, &[&a, &b])),
+        ]);
+        for (export, by_size) in [(oci, false), (classic_export(&f), true)] {
+            let mut h = Harness::default();
+            let settings = Settings::for_tests();
+            let image = h.source.image.clone();
+            h.source.export = export;
+            let total = h.source.export.len() as u64;
+            if by_size {
+                cache::remember_layer_size(&mut h.cache, &h.f.diff_ids[0], 3000);
+            }
+            let present = first_held(&h);
+            let stored = Publication::over(&mut h, &settings, "127.0.0.1:5000/team/app:1")
+                .export_and_upload(&image, &present)
+                .unwrap();
+            assert_eq!(stored.layers[0].blob, present[&h.f.diff_ids[0]].blob);
+            assert_eq!(stored.layers[1].diff_id, h.f.diff_ids[1]);
+            assert_eq!(h.events.skipped(), vec![1]);
+            let config = Digest::of(&h.f.config);
+            let second = &h.f.diff_ids[1];
+            assert_eq!(
+                uploads(&h),
+                vec![format!("layer {second}"), format!("blob {config}")]
+            );
+            assert_eq!(h.source.exports, 1);
+            let read = h.source.read.get();
+            assert!(read <= total - 3000, "{read} of {total} bytes read");
+            // What was hashed is remembered: its size, for the next image built on it.
+            assert_eq!(cache::layer_size(&mut h.cache, second), Some(70_000));
+        }
+    }
+
+    /// An entry passed over as a held layer, by a stale name or a size that was another
+    /// layer's, is found out when manifest.json places it: the export is read again, every
+    /// layer hashed and uploaded, and the image comes out right.
+    #[test]
+    fn an_entry_taken_for_the_wrong_layer_costs_a_second_export_that_hashes_everything() {
+        for by_size in [false, true] {
+            let mut h = Harness::default();
+            let settings = Settings::for_tests();
+            let image = h.source.image.clone();
+            let first = h.f.diff_ids[0].clone();
+            // The second layer's entry is taken for the first.
+            if by_size {
+                cache::remember_layer_size(&mut h.cache, &first, 70_000);
+            } else {
+                cache::remember_entry(&mut h.cache, "bbb/layer.tar", 70_000, &first);
+            }
+            let present = first_held(&h);
+            let stored = Publication::over(&mut h, &settings, "127.0.0.1:5000/team/app:1")
+                .export_and_upload(&image, &present)
+                .unwrap();
+            assert_eq!(h.source.exports, 2, "read again");
+            let diff_ids: Vec<_> = stored.layers.iter().map(|l| l.diff_id.clone()).collect();
+            assert_eq!(diff_ids, h.f.diff_ids);
+            let layers: Vec<String> = uploads(&h)
+                .into_iter()
+                .filter(|c| c.starts_with("layer "))
+                .collect();
+            let second = &h.f.diff_ids[1];
+            assert_eq!(
+                layers,
+                vec![
+                    format!("layer {first}"),
+                    format!("layer {first}"),
+                    format!("layer {second}")
+                ],
+                "the first export uploaded what it hashed, the second everything"
+            );
         }
     }
 

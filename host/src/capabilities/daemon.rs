@@ -194,6 +194,12 @@ impl HostExportStream for HostState {
         Ok(timed(&mut self.waits.export, || stream.read(&rt, max))?)
     }
 
+    fn skip(&mut self, stream: Resource<ExportStream>, n: u64) -> Result<(), HostError> {
+        let rt = self.rt.clone();
+        let stream = self.table.get_mut(&stream)?;
+        Ok(timed(&mut self.waits.export, || stream.skip(&rt, n))?)
+    }
+
     fn drop(&mut self, stream: Resource<ExportStream>) -> wasmtime::Result<()> {
         // Dropping the receiver ends the pump task at its next send.
         self.table.delete(stream)?;

@@ -40,6 +40,11 @@ pub enum Error {
         tool: &'static str,
         cause: String,
     },
+    /// The export ended while a layer the destination holds was being passed over.
+    EndedEarly {
+        skipping: u64,
+        left: u64,
+    },
     Interrupted(Interrupted),
 }
 
@@ -57,6 +62,10 @@ impl fmt::Display for Error {
             Self::Storage { image, tool, cause } => write!(
                 f,
                 "exporting image {image} from containers-storage with {tool}: {cause}"
+            ),
+            Self::EndedEarly { skipping, left } => write!(
+                f,
+                "the export ended {left} bytes short of the {skipping} bytes of a layer entry"
             ),
             Self::Interrupted(interrupted) => interrupted.fmt(f),
         }
@@ -211,6 +220,28 @@ impl ExportStream {
         }
         Ok(out)
     }
+
+    /// Passes over the next `n` bytes without copying them anywhere: whole chunks are dropped
+    /// as they arrive. Fails with `Error::EndedEarly` when the export ends first.
+    pub fn skip(&mut self, rt: &Runtime, n: u64) -> Result<(), Error> {
+        let mut left = n;
+        loop {
+            let take = (self.pending.len() as u64).min(left) as usize;
+            let _ = self.pending.split_to(take);
+            left -= take as u64;
+            if left == 0 {
+                return Ok(());
+            }
+            match rt
+                .block_on(self.chunks.recv())
+                .map_err(Error::Interrupted)?
+            {
+                Some(Ok(bytes)) => self.pending = bytes,
+                Some(Err(e)) => return Err(e),
+                None => return Err(Error::EndedEarly { skipping: n, left }),
+            }
+        }
+    }
 }
 
 /// The last non-empty line a tool wrote on `stderr`, of at most its last 4 KiB.
@@ -231,4 +262,48 @@ pub async fn last_line(stderr: Option<tokio::process::ChildStderr>) -> String {
     let text = String::from_utf8_lossy(&tail);
     let line = text.lines().rev().find(|l| !l.trim().is_empty());
     line.unwrap_or("").trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream fed `parts`, as the pump would feed it.
+    fn fed(rt: &tokio::runtime::Runtime, parts: &[&[u8]]) -> ExportStream {
+        let (mut chunks, stream) = ExportStream::channel();
+        let parts: Vec<Vec<u8>> = parts.iter().map(|p| p.to_vec()).collect();
+        rt.spawn(async move {
+            for part in parts {
+                chunks.chunk.extend_from_slice(&part);
+                let chunk = chunks.chunk.split().freeze();
+                if chunks.tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+            chunks.finish(Ok(())).await;
+        });
+        stream
+    }
+
+    #[test]
+    fn skip_passes_over_bytes_across_chunks_and_fails_past_the_end() {
+        let tokio = tokio::runtime::Runtime::new().unwrap();
+        let rt = Runtime::new(tokio.handle().clone());
+        let mut stream = fed(&tokio, &[b"abcd", b"efgh", b"ijkl"]);
+        assert_eq!(stream.read(&rt, 2).unwrap(), b"ab");
+        stream.skip(&rt, 7).unwrap();
+        assert_eq!(stream.read(&rt, 100).unwrap(), b"jkl");
+        stream.skip(&rt, 0).unwrap();
+        let err = stream.skip(&rt, 5).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::EndedEarly {
+                    skipping: 5,
+                    left: 5
+                }
+            ),
+            "{err}"
+        );
+    }
 }
