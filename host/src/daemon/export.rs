@@ -5,7 +5,6 @@
 use std::fmt;
 
 use bollard::Docker;
-use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
 use tokio::process::Child;
@@ -13,7 +12,8 @@ use tokio::sync::mpsc;
 
 use crate::interrupt::{Interrupted, Runtime};
 
-/// Export chunks handed to the guest are gathered to about this size.
+/// Export chunks handed to the guest are gathered to exactly this size (the last may be
+/// shorter): the guest asks for as much at a time, so each chunk crosses without another copy.
 const CHUNK: usize = 1 << 20;
 /// Chunks read ahead of the guest: bounds the export's memory to a few MiB (two keep the
 /// guest fed: it takes one chunk per crossing).
@@ -21,9 +21,10 @@ const READ_AHEAD: usize = 2;
 
 /// A running export.
 pub struct ExportStream {
-    chunks: mpsc::Receiver<Result<Bytes, Error>>,
-    /// Part of a chunk the guest has not taken yet.
-    pending: Bytes,
+    chunks: mpsc::Receiver<Result<Vec<u8>, Error>>,
+    /// A chunk the guest has taken only part of, from `taken` on.
+    pending: Vec<u8>,
+    taken: usize,
 }
 
 /// Why an export failed.
@@ -74,23 +75,23 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// The pump's side: gathers what it reads into chunks of about `CHUNK` for the guest.
+/// The pump's side: gathers what it reads into chunks of `CHUNK` bytes for the guest.
 struct Chunks {
-    tx: mpsc::Sender<Result<Bytes, Error>>,
-    chunk: BytesMut,
+    tx: mpsc::Sender<Result<Vec<u8>, Error>>,
+    chunk: Vec<u8>,
 }
 
 impl Chunks {
-    /// Adds `bytes`; false when the guest is gone and the pump should stop. Each chunk is
-    /// allocated once at its full size and sent when full, never grown by doubling.
+    /// Adds `bytes`, sending each chunk as it fills; false when the guest is gone and the pump
+    /// should stop.
     async fn push(&mut self, mut bytes: &[u8]) -> bool {
         while !bytes.is_empty() {
-            let take = bytes.len().min(CHUNK - self.chunk.len());
+            let take = (CHUNK - self.chunk.len()).min(bytes.len());
             self.chunk.extend_from_slice(&bytes[..take]);
             bytes = &bytes[take..];
             if self.chunk.len() == CHUNK {
-                let full = std::mem::replace(&mut self.chunk, BytesMut::with_capacity(CHUNK));
-                if self.tx.send(Ok(full.freeze())).await.is_err() {
+                let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
+                if self.tx.send(Ok(full)).await.is_err() {
                     return false;
                 }
             }
@@ -100,7 +101,8 @@ impl Chunks {
 
     /// Sends what is left, then `end`'s error if the export failed.
     async fn finish(mut self, end: Result<(), Error>) {
-        if !self.chunk.is_empty() && self.tx.send(Ok(self.chunk.split().freeze())).await.is_err() {
+        let last = std::mem::take(&mut self.chunk);
+        if !last.is_empty() && self.tx.send(Ok(last)).await.is_err() {
             return;
         }
         if let Err(e) = end {
@@ -114,12 +116,13 @@ impl ExportStream {
         let (tx, chunks) = mpsc::channel(READ_AHEAD);
         let stream = Self {
             chunks,
-            pending: Bytes::new(),
+            pending: Vec::new(),
+            taken: 0,
         };
         (
             Chunks {
                 tx,
-                chunk: BytesMut::with_capacity(CHUNK),
+                chunk: Vec::with_capacity(CHUNK),
             },
             stream,
         )
@@ -194,26 +197,31 @@ impl ExportStream {
     }
 
     /// The next bytes: at most `max`, at least one unless the export ended. Waits for the
-    /// first bytes only; then takes what is already there.
+    /// first bytes only; then takes what is already there. A whole chunk that fits is handed
+    /// over as the pump made it, without a copy.
     pub fn read(&mut self, rt: &Runtime, max: u32) -> Result<Vec<u8>, Error> {
         let max = max.max(1) as usize;
+        if self.taken == self.pending.len() {
+            match rt
+                .block_on(self.chunks.recv())
+                .map_err(Error::Interrupted)?
+            {
+                Some(Ok(chunk)) if chunk.len() <= max => return Ok(chunk),
+                Some(Ok(chunk)) => self.hold(chunk, 0),
+                Some(Err(e)) => return Err(e),
+                None => return Ok(Vec::new()),
+            }
+        }
         let mut out = Vec::with_capacity(max.min(4 * CHUNK));
         loop {
-            if !self.pending.is_empty() {
-                let n = self.pending.len().min(max - out.len());
-                out.extend_from_slice(&self.pending.split_to(n));
-                if out.len() == max {
-                    break;
-                }
+            let n = (self.pending.len() - self.taken).min(max - out.len());
+            out.extend_from_slice(&self.pending[self.taken..self.taken + n]);
+            self.taken += n;
+            if out.len() == max {
+                break;
             }
-            let next = if out.is_empty() {
-                rt.block_on(self.chunks.recv())
-                    .map_err(Error::Interrupted)?
-            } else {
-                self.chunks.try_recv().ok()
-            };
-            match next {
-                Some(Ok(bytes)) => self.pending = bytes,
+            match self.chunks.try_recv().ok() {
+                Some(Ok(chunk)) => self.hold(chunk, 0),
                 Some(Err(e)) => return Err(e),
                 None => break,
             }
@@ -221,26 +229,33 @@ impl ExportStream {
         Ok(out)
     }
 
+    /// Keeps `chunk` for the guest to take from `taken` on.
+    fn hold(&mut self, chunk: Vec<u8>, taken: usize) {
+        self.pending = chunk;
+        self.taken = taken;
+    }
+
     /// Passes over the next `n` bytes without copying them anywhere: whole chunks are dropped
     /// as they arrive. Fails with `Error::EndedEarly` when the export ends first.
     pub fn skip(&mut self, rt: &Runtime, n: u64) -> Result<(), Error> {
-        let mut left = n;
-        loop {
-            let take = (self.pending.len() as u64).min(left) as usize;
-            let _ = self.pending.split_to(take);
-            left -= take as u64;
-            if left == 0 {
-                return Ok(());
-            }
+        let here = ((self.pending.len() - self.taken) as u64).min(n);
+        self.taken += here as usize;
+        let mut left = n - here;
+        while left > 0 {
             match rt
                 .block_on(self.chunks.recv())
                 .map_err(Error::Interrupted)?
             {
-                Some(Ok(bytes)) => self.pending = bytes,
+                Some(Ok(chunk)) if chunk.len() as u64 <= left => left -= chunk.len() as u64,
+                Some(Ok(chunk)) => {
+                    self.hold(chunk, left as usize);
+                    left = 0;
+                }
                 Some(Err(e)) => return Err(e),
                 None => return Err(Error::EndedEarly { skipping: n, left }),
             }
         }
+        Ok(())
     }
 }
 
@@ -270,13 +285,11 @@ mod tests {
 
     /// A stream fed `parts`, as the pump would feed it.
     fn fed(rt: &tokio::runtime::Runtime, parts: &[&[u8]]) -> ExportStream {
-        let (mut chunks, stream) = ExportStream::channel();
+        let (chunks, stream) = ExportStream::channel();
         let parts: Vec<Vec<u8>> = parts.iter().map(|p| p.to_vec()).collect();
         rt.spawn(async move {
             for part in parts {
-                chunks.chunk.extend_from_slice(&part);
-                let chunk = chunks.chunk.split().freeze();
-                if chunks.tx.send(Ok(chunk)).await.is_err() {
+                if chunks.tx.send(Ok(part)).await.is_err() {
                     return;
                 }
             }
@@ -305,5 +318,26 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn chunks_fill_to_their_size_and_a_whole_one_crosses_as_it_is() {
+        let tokio = tokio::runtime::Runtime::new().unwrap();
+        let rt = Runtime::new(tokio.handle().clone());
+        let (mut chunks, mut stream) = ExportStream::channel();
+        tokio.spawn(async move {
+            let piece = vec![7u8; 300_000];
+            for _ in 0..4 {
+                assert!(chunks.push(&piece).await);
+            }
+            chunks.finish(Ok(())).await;
+        });
+        let first = stream.read(&rt, CHUNK as u32).unwrap();
+        assert_eq!(first.len(), CHUNK);
+        assert_eq!(first.capacity(), CHUNK, "the pump's own chunk");
+        assert_eq!(stream.read(&rt, 100).unwrap().len(), 100);
+        let rest = stream.read(&rt, CHUNK as u32).unwrap();
+        assert_eq!(rest.len(), 1_200_000 - CHUNK - 100);
+        assert!(stream.read(&rt, CHUNK as u32).unwrap().is_empty());
     }
 }

@@ -62,19 +62,22 @@ impl<W: FnMut(Vec<u8>) -> io::Result<()>> ParallelGzip<W> {
                         Compressor::new(CompressionLvl::new(1).expect("level 1 exists"));
                     let mut storer =
                         Compressor::new(CompressionLvl::new(0).expect("level 0 stores"));
+                    // Reused for every block: a fresh one would be zeroed (and faulted in)
+                    // each time.
+                    let mut scratch = Vec::new();
                     loop {
                         let job = match queue.lock() {
                             Ok(queue) => queue.recv(),
                             Err(_) => return,
                         };
                         let Ok(job) = job else { return };
-                        let compressible = compresses(&mut prober, &job.data);
+                        let compressible = compresses(&mut prober, &job.data, &mut scratch);
                         let chosen = if compressible {
                             &mut compressor
                         } else {
                             &mut storer
                         };
-                        let member = gzip_member(chosen, &job.data);
+                        let member = gzip_member(chosen, &job.data, &mut scratch);
                         if done_tx.send((job.seq, member)).is_err() {
                             return;
                         }
@@ -106,6 +109,16 @@ impl<W: FnMut(Vec<u8>) -> io::Result<()>> ParallelGzip<W> {
             }
         }
         Ok(())
+    }
+
+    /// Takes `data` as `write` does, without copying it when it is a whole block of its own
+    /// (the guest writes 1 MiB at a time).
+    pub fn write_owned(&mut self, data: Vec<u8>) -> io::Result<()> {
+        if self.block.is_empty() && data.len() == BLOCK {
+            self.block = data;
+            return self.dispatch();
+        }
+        self.write(&data)
     }
 
     /// Compresses what is left and waits for every member to be written.
@@ -165,27 +178,38 @@ impl<W: FnMut(Vec<u8>) -> io::Result<()>> ParallelGzip<W> {
 /// Whether a block is worth deflating. Already-compressed data (archives, jars, media) costs
 /// as much CPU to deflate as text and saves nothing, so such blocks are stored; a fast
 /// compression of the block's first 64 KiB decides, from the bytes alone.
-fn compresses(prober: &mut Compressor, data: &[u8]) -> bool {
+fn compresses(prober: &mut Compressor, data: &[u8], scratch: &mut Vec<u8>) -> bool {
     if data.len() < PROBE {
         return true;
     }
     let probe = &data[..PROBE];
-    let mut out = vec![0u8; prober.deflate_compress_bound(PROBE)];
-    match prober.deflate_compress(probe, &mut out) {
+    let out = room(scratch, prober.deflate_compress_bound(PROBE));
+    match prober.deflate_compress(probe, out) {
         Ok(size) => size * 100 < PROBE * 97,
         Err(_) => true,
     }
 }
 
-fn gzip_member(compressor: &mut Compressor, data: &[u8]) -> io::Result<Vec<u8>> {
-    let mut out = vec![0u8; compressor.gzip_compress_bound(data.len())];
+/// `data` as one gzip member, compressed into `scratch` and copied out at its size (a member
+/// may wait for earlier ones: it holds only its bytes, not the bound).
+fn gzip_member(
+    compressor: &mut Compressor,
+    data: &[u8],
+    scratch: &mut Vec<u8>,
+) -> io::Result<Vec<u8>> {
+    let out = room(scratch, compressor.gzip_compress_bound(data.len()));
     let size = compressor
-        .gzip_compress(data, &mut out)
+        .gzip_compress(data, out)
         .map_err(|e| io::Error::other(format!("gzip: {e:?}")))?;
-    out.truncate(size);
-    // A member may wait for earlier ones: hold only its bytes, not the bound.
-    out.shrink_to_fit();
-    Ok(out)
+    Ok(out[..size].to_vec())
+}
+
+/// At least `len` bytes of `scratch` to write into, zeroed only when it first grows.
+fn room(scratch: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if scratch.len() < len {
+        scratch.resize(len, 0);
+    }
+    &mut scratch[..len]
 }
 
 #[cfg(test)]
@@ -280,6 +304,26 @@ mod tests {
             gz.len()
         );
         assert!(gz.len() > noise.len(), "noise cannot shrink");
+    }
+
+    /// Whole blocks handed over owned, or partial ones, give the same bytes as copied writes.
+    #[test]
+    fn owned_writes_give_the_same_stream() {
+        let data = sample(3 * BLOCK + 12345);
+        let mut owned = Vec::new();
+        let mut gz = ParallelGzip::new(1, 2, |member| {
+            owned.extend_from_slice(&member);
+            Ok(())
+        })
+        .unwrap();
+        gz.write_owned(data[..BLOCK].to_vec()).unwrap();
+        gz.write_owned(data[BLOCK..BLOCK + 10].to_vec()).unwrap();
+        gz.write_owned(data[BLOCK + 10..2 * BLOCK + 10].to_vec())
+            .unwrap();
+        gz.write_owned(data[2 * BLOCK + 10..].to_vec()).unwrap();
+        gz.finish().unwrap();
+        assert!(owned == gzip(&data, &[], 2, 1));
+        assert!(gunzip(&owned) == data);
     }
 
     #[test]

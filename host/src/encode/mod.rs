@@ -225,7 +225,7 @@ fn encode_into(
         Codec::Gzip { level } => {
             let mut gz = ParallelGzip::new(level, threads, |piece| out.write_all(&piece))?;
             for chunk in chunks {
-                gz.write(&chunk)?;
+                gz.write_owned(chunk)?;
             }
             gz.finish()
         }
