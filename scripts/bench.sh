@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Benchmark: ocipush against skopeo, pushing a ~1 GB, 5-layer image from a private dockerd to fresh
-# loopback registries, fresh and repeat, with `docker save > /dev/null` as the floor; then an app
-# image on top of it, rebuilt with a new 1 MiB top layer and pushed again (`rebuilt`).
+# Benchmark: ocipush against skopeo, pushing a ~1 GB, 5-layer image from a private dockerd
+# (Docker 20.10) to fresh loopback registries: fresh (gzip, and ocipush with --compression none),
+# repeat, then an app image on top of it (the registry holds the base) and the app rebuilt with a
+# new 1 MiB top layer. `docker save > /dev/null` of the same image is the floor of each row.
 #
-# Usage: scripts/bench.sh            prints a markdown table (wall time, ratios, ocipush peak RSS)
+# Usage: scripts/bench.sh            prints a markdown table
+#
+# For every run: wall time, the tool's own CPU time (user+sys, /usr/bin/time), the CPU time the
+# daemon (dockerd) and the receiving registry spent meanwhile (from /proc/PID/stat), the ratios
+# to skopeo's run (and to `docker save` for the app rows), and the tool's peak RSS. The machine
+# may be shared: CPU times move less with load than wall times do.
 #
 # The image is shaped like a service's: a JDK, gcc's libraries, docs (compressible), 200 MB of
 # random bytes (incompressible) and a small layer. Where a source folder is missing, generated
-# text of the same size stands in. Not a test: it asserts nothing, it measures.
+# text of the same size stands in. ocipush's compiled guest is cached before the first run (as
+# it is on any machine after the first push). Not a test: it asserts nothing, it measures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,32 +70,59 @@ size=$(docker image inspect -f '{{.Size}}' "$image")
 layers=$(docker image inspect -f '{{len .RootFS.Layers}}' "$image")
 log "image: $layers layers, $((size / 1000000)) MB"
 
-# measure NAME CMD...: runs CMD with output discarded; records wall seconds and peak RSS (KiB)
-declare -A wall rss
+# new_registry NAME: starts an empty registry; sets reg_NAME (host:port) and pid_NAME.
+new_registry() {
+	local address
+	address=$(./scripts/services.sh registry "$work/svc" "bench-$1")
+	printf -v "reg_$1" '%s' "$address"
+	printf -v "pid_$1" '%s' "$(cat "$work/svc/registry-bench-$1.pid")"
+}
+new_registry skopeo
+new_registry ocipush
+new_registry none
+dockerd_pid=$(cat "$work/svc/docker.pid")
+tick=$(getconf CLK_TCK)
+
+# ticks PID: the CPU time (user+sys, in clock ticks) process PID has used so far.
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# measure NAME REGISTRY_PID CMD...: runs CMD with output discarded; records its wall time, own
+# CPU time and peak RSS, and the CPU time dockerd and the registry (pid, or - for none) spent.
+declare -A wall cpu rss dcpu rcpu
 measure() {
-	local name=$1
-	shift
+	local name=$1 registry=$2 d0 r0=0 user sys
+	shift 2
 	log "$name"
-	if ! /usr/bin/time -f '%e %M' -o "$work/time" "$@" >/dev/null 2>"$work/err"; then
+	d0=$(ticks "$dockerd_pid")
+	[ "$registry" = - ] || r0=$(ticks "$registry")
+	if ! /usr/bin/time -f '%e %U %S %M' -o "$work/time" "$@" >/dev/null 2>"$work/err"; then
 		cat "$work/err" >&2
 		log "$name failed"
 		exit 1
 	fi
-	read -r wall[$name] rss[$name] <"$work/time"
+	read -r wall[$name] user sys rss[$name] <"$work/time"
+	cpu[$name]=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
+	dcpu[$name]=$(awk -v a="$d0" -v b="$(ticks "$dockerd_pid")" -v t="$tick" 'BEGIN { printf "%.2f", (b - a) / t }')
+	rcpu[$name]=-
+	[ "$registry" = - ] ||
+		rcpu[$name]=$(awk -v a="$r0" -v b="$(ticks "$registry")" -v t="$tick" 'BEGIN { printf "%.2f", (b - a) / t }')
 }
 
-skopeo_reg=$(./scripts/services.sh registry "$work/svc" bench-skopeo)
-ocipush_reg=$(./scripts/services.sh registry "$work/svc" bench-ocipush)
+skopeo=(skopeo copy -q --src-daemon-host "$DOCKER_HOST" --dest-tls-verify=false)
 export OCIPUSH_CACHE_DIR=$work/cache
+# The compiled guest, as any push after the first finds it; the `none` run's cache gets a copy.
+"$ocipush" guest info >/dev/null
+mkdir -p "$work/cache-none"
+cp -a "$work/cache/guest" "$work/cache-none/"
 
 sync
-measure floor sh -c "docker save '$image' >/dev/null"
-measure skopeo-fresh skopeo copy -q --src-daemon-host "$DOCKER_HOST" --dest-tls-verify=false \
-	"docker-daemon:$image" "docker://$skopeo_reg/bench/app:1"
-measure ocipush-fresh "$ocipush" push --progress none "$image" "$ocipush_reg/bench/app:1"
-measure skopeo-repeat skopeo copy -q --src-daemon-host "$DOCKER_HOST" --dest-tls-verify=false \
-	"docker-daemon:$image" "docker://$skopeo_reg/bench/app:1"
-measure ocipush-repeat "$ocipush" push --progress none "$image" "$ocipush_reg/bench/app:1"
+measure floor - sh -c "docker save '$image' >/dev/null"
+measure skopeo-fresh "$pid_skopeo" "${skopeo[@]}" "docker-daemon:$image" "docker://$reg_skopeo/bench/app:1"
+measure ocipush-fresh "$pid_ocipush" "$ocipush" push --progress none "$image" "$reg_ocipush/bench/app:1"
+measure ocipush-none "$pid_none" env OCIPUSH_CACHE_DIR="$work/cache-none" \
+	"$ocipush" push --progress none --compression none "$image" "$reg_none/bench/app:1"
+measure skopeo-repeat "$pid_skopeo" "${skopeo[@]}" "docker-daemon:$image" "docker://$reg_skopeo/bench/app:1"
+measure ocipush-repeat "$pid_ocipush" "$ocipush" push --progress none "$image" "$reg_ocipush/bench/app:1"
 
 # app NAME: the bench image with a new 1 MiB layer of random bytes on top.
 app() {
@@ -97,28 +131,44 @@ app() {
 	printf 'FROM %s\nCOPY app.bin /app.bin\n' "$image" >"$work/app/Dockerfile"
 	DOCKER_BUILDKIT=0 docker build -q -t "$1" "$work/app" >/dev/null 2>&1
 }
+# Each tool pushes the app into the repository that holds the base (its own registry).
 app ocipush-bench-app:1
-log "pushing the app's first build with both (not measured)"
-skopeo copy -q --src-daemon-host "$DOCKER_HOST" --dest-tls-verify=false \
-	"docker-daemon:ocipush-bench-app:1" "docker://$skopeo_reg/bench/app:2" >/dev/null
-"$ocipush" push --progress none ocipush-bench-app:1 "$ocipush_reg/bench/app:2" >/dev/null
+measure floor-app - sh -c "docker save ocipush-bench-app:1 >/dev/null"
+measure skopeo-app "$pid_skopeo" "${skopeo[@]}" "docker-daemon:ocipush-bench-app:1" "docker://$reg_skopeo/bench/app:2"
+measure ocipush-app "$pid_ocipush" "$ocipush" push --progress none ocipush-bench-app:1 "$reg_ocipush/bench/app:2"
 app ocipush-bench-app:2
-measure skopeo-rebuilt skopeo copy -q --src-daemon-host "$DOCKER_HOST" --dest-tls-verify=false \
-	"docker-daemon:ocipush-bench-app:2" "docker://$skopeo_reg/bench/app:3"
-measure ocipush-rebuilt "$ocipush" push --progress none ocipush-bench-app:2 "$ocipush_reg/bench/app:3"
+measure floor-rebuilt - sh -c "docker save ocipush-bench-app:2 >/dev/null"
+measure skopeo-rebuilt "$pid_skopeo" "${skopeo[@]}" "docker-daemon:ocipush-bench-app:2" "docker://$reg_skopeo/bench/app:3"
+measure ocipush-rebuilt "$pid_ocipush" "$ocipush" push --progress none ocipush-bench-app:2 "$reg_ocipush/bench/app:3"
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else printf "-" }'; }
+# row LABEL NAME [SKOPEO_NAME [FLOOR_NAME]]: one table row, with ratios where a reference is named.
+row() {
+	local label=$1 n=$2 s=${3:-} f=${4:-} vs_wall='' vs_cpu='' vs_floor=''
+	if [ -n "$s" ]; then
+		vs_wall=$(ratio "${wall[$n]}" "${wall[$s]}")
+		vs_cpu=$(ratio "${cpu[$n]}" "${cpu[$s]}")
+	fi
+	[ -z "$f" ] || vs_floor=$(ratio "${wall[$n]}" "${wall[$f]}")
+	printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s MiB |\n' "$label" "${wall[$n]}" "$vs_wall" \
+		"$vs_floor" "${cpu[$n]}" "$vs_cpu" "${dcpu[$n]}" "${rcpu[$n]}" "$((rss[$n] / 1024))"
+}
 cat <<EOF
 
-$(date -u +%Y-%m-%d), $(nproc) cores, $(awk '/MemTotal/ { printf "%d GiB", $2 / 1048576 }' /proc/meminfo), image of $layers layers / $((size / 1000000)) MB
+$(date -u +%Y-%m-%d), $(nproc) cores, $(awk '/MemTotal/ { printf "%d GiB", $2 / 1048576 }' /proc/meminfo), image of $layers layers / $((size / 1000000)) MB; defaults (gzip level 1) unless said
 
-| run | wall (s) | vs skopeo | ocipush peak RSS |
-|---|---|---|---|
-| \`docker save > /dev/null\` (floor) | ${wall[floor]} | | |
-| skopeo fresh | ${wall[skopeo-fresh]} | | |
-| ocipush fresh | ${wall[ocipush-fresh]} | $(ratio "${wall[ocipush-fresh]}" "${wall[skopeo-fresh]}") | $((rss[ocipush-fresh] / 1024)) MiB |
-| skopeo repeat | ${wall[skopeo-repeat]} | | |
-| ocipush repeat | ${wall[ocipush-repeat]} | $(ratio "${wall[ocipush-repeat]}" "${wall[skopeo-repeat]}") | $((rss[ocipush-repeat] / 1024)) MiB |
-| skopeo rebuilt (new 1 MiB top layer) | ${wall[skopeo-rebuilt]} | | |
-| ocipush rebuilt (new 1 MiB top layer) | ${wall[ocipush-rebuilt]} | $(ratio "${wall[ocipush-rebuilt]}" "${wall[skopeo-rebuilt]}") | $((rss[ocipush-rebuilt] / 1024)) MiB |
+| run | wall (s) | vs skopeo | vs \`docker save\` | own CPU (s) | vs skopeo | dockerd CPU (s) | registry CPU (s) | peak RSS |
+|---|---|---|---|---|---|---|---|---|
 EOF
+row '`docker save > /dev/null` (floor)' floor
+row 'skopeo fresh' skopeo-fresh
+row 'ocipush fresh' ocipush-fresh skopeo-fresh floor
+row 'ocipush fresh, `--compression none`' ocipush-none skopeo-fresh floor
+row 'skopeo repeat' skopeo-repeat
+row 'ocipush repeat' ocipush-repeat skopeo-repeat
+row '`docker save` of the app (floor)' floor-app
+row 'skopeo, app on the base' skopeo-app
+row 'ocipush, app on the base' ocipush-app skopeo-app floor-app
+row '`docker save` of the app rebuilt (floor)' floor-rebuilt
+row 'skopeo, app rebuilt (new 1 MiB top layer)' skopeo-rebuilt
+row 'ocipush, app rebuilt (new 1 MiB top layer)' ocipush-rebuilt skopeo-rebuilt floor-rebuilt
