@@ -10,6 +10,8 @@ use anyhow::{anyhow, Result};
 use crate::archive::Archive;
 use crate::build;
 use crate::digest::Digest;
+use crate::evidence::statement::{Instant, SourceImage};
+use crate::evidence::{self, Clock, Referrers, Signer};
 use crate::layout::Layout;
 use crate::manifest;
 use crate::model::{self, Blob, Encoding, IdKind, ImageSummary, SourceIndex, Within};
@@ -24,7 +26,7 @@ use crate::reference::{Destination, Source};
 wit_bindgen::generate!({ world: "pusher", path: "../wit" });
 
 use ocipush::core::{
-    archive, cache, credentials, docker, layout, progress as wit, registry, types,
+    archive, cache, clock, credentials, docker, layout, progress as wit, registry, signer, types,
 };
 
 struct Component;
@@ -32,38 +34,59 @@ struct Component;
 impl Guest for Component {
     fn push(request: PushRequest) -> Result<PushResult, String> {
         let run = || {
+            let started = HostClock.now();
+            let wanted = request.settings.evidence.clone();
             let request = push::PushRequest {
                 source: request.source,
                 destinations: request.destinations,
                 settings: settings(request.settings)?,
                 platforms: platforms(request.platforms)?,
             };
-            let mut source = HostSource::open(&request.source)?;
-            push::push(
+            let mut source = Recorded::new(HostSource::open(&request.source)?);
+            let pushed = push::push(
                 &request,
                 &mut source,
                 &mut HostDestinations,
                 &mut HostCache,
                 &mut HostProgress,
-            )
+            )?;
+            let asked = Asked {
+                command: "push",
+                destination: &request.destination,
+                settings: &request.settings,
+                evidence: &wanted,
+                started,
+            };
+            attest(&asked, &source.seen, pushed)
         };
         result(run())
     }
 
     fn push_index(request: IndexRequest) -> Result<PushResult, String> {
         let run = || {
+            let started = HostClock.now();
+            let wanted = request.settings.evidence.clone();
             let request = push::IndexRequest {
                 sources: request.sources,
                 destination: request.destination,
                 settings: settings(request.settings)?,
             };
-            push::push_index(
+            let mut daemon = Recorded::new(Daemon);
+            let pushed = push::push_index(
                 &request,
-                &mut Daemon,
+                &mut daemon,
                 &mut HostDestinations,
                 &mut HostCache,
                 &mut HostProgress,
-            )
+            )?;
+            let asked = Asked {
+                command: "index",
+                destination: &request.destination,
+                settings: &request.settings,
+                evidence: &wanted,
+                started,
+            };
+            attest(&asked, &daemon.seen, pushed)
         };
         result(run())
     }
@@ -75,6 +98,8 @@ impl Guest for Component {
 
 impl Component {
     fn build_and_push(request: BuildPushRequest) -> Result<BuildResult> {
+        let started = HostClock.now();
+        let wanted = request.settings.evidence.clone();
         let request = build::BuildPushRequest {
             build: build::BuildRequest {
                 context: request.build.context,
@@ -85,16 +110,30 @@ impl Component {
             destination: request.destination,
             settings: settings(request.settings)?,
         };
+        let mut daemon = Recorded::new(Daemon);
         let built = build::build_and_push(
             &request,
-            &mut Daemon,
+            &mut daemon,
             &mut HostDestinations,
             &mut HostCache,
             &mut HostProgress,
         )?;
+        let pushed = match (built.pushed, &request.destination) {
+            (Some(pushed), Some(destination)) => {
+                let asked = Asked {
+                    command: "build",
+                    destination,
+                    settings: &request.settings,
+                    evidence: &wanted,
+                    started,
+                };
+                Some(attest(&asked, &daemon.seen, pushed)?)
+            }
+            (pushed, _) => pushed,
+        };
         Ok(BuildResult {
             image_id: built.id.to_string(),
-            pushed: built.pushed.map(|pushed| PushResult {
+            pushed: pushed.map(|pushed| PushResult {
                 digest: pushed.digest.to_string(),
                 repository: pushed.repository,
             }),
@@ -139,6 +178,147 @@ fn settings(settings: PublishSettings) -> Result<push::Settings> {
     };
     checked.jobs = settings.jobs.max(1);
     Ok(checked)
+}
+
+/// What a push was asked, for the evidence written after it.
+struct Asked<'a> {
+    command: &'a str,
+    destination: &'a str,
+    settings: &'a push::Settings,
+    evidence: &'a Evidence,
+    started: Instant,
+}
+
+/// Writes the evidence asked for about a push that is published (its tag written): provenance,
+/// and a signature when the host holds a key. A failure says that the image is pushed.
+fn attest(
+    asked: &Asked<'_>,
+    sources: &[SourceImage],
+    pushed: push::Pushed,
+) -> Result<push::Pushed> {
+    let key = signer::key();
+    if !asked.evidence.provenance && key.is_none() {
+        return Ok(pushed);
+    }
+    let written = (|| {
+        let request = evidence::Request {
+            command: asked.command,
+            destination: asked.destination,
+            settings: asked.settings,
+            provenance: asked.evidence.provenance,
+            guest: Digest::parse(
+                &asked.evidence.guest_digest,
+                "the guest digest the host gave",
+            )?,
+            sources,
+            started: asked.started,
+        };
+        let mut sink = HostDestinations.open(&Destination::parse(asked.destination)?)?;
+        let mut signer = key.map(HostSigner);
+        evidence::publish(
+            &request,
+            &pushed,
+            &mut sink,
+            &mut HostClock,
+            signer.as_mut().map(|s| s as &mut dyn Signer),
+        )
+    })();
+    match written {
+        Ok(_) => Ok(pushed),
+        Err(e) => Err(anyhow!(
+            "the image is pushed ({}@{}), but {e:#}",
+            pushed.repository,
+            pushed.digest
+        )),
+    }
+}
+
+/// An image source that remembers what it said of each image: what provenance names as the
+/// push's source.
+struct Recorded<S> {
+    inner: S,
+    seen: Vec<SourceImage>,
+}
+
+impl<S> Recorded<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            seen: Vec::new(),
+        }
+    }
+}
+
+impl<S: ImageSource> ImageSource for Recorded<S> {
+    type Export = S::Export;
+
+    fn inspect(&mut self, image: &str) -> Result<ImageSummary> {
+        let summary = self.inner.inspect(image)?;
+        self.seen.retain(|seen| seen.name != image);
+        self.seen.push(SourceImage {
+            name: image.to_string(),
+            summary: summary.clone(),
+        });
+        Ok(summary)
+    }
+
+    fn export(&mut self, image: &str) -> Result<S::Export> {
+        self.inner.export(image)
+    }
+}
+
+impl<S: build::ImageBuilder> build::ImageBuilder for Recorded<S> {
+    fn build(
+        &mut self,
+        request: &build::BuildRequest,
+        output: &mut dyn FnMut(String),
+    ) -> Result<Digest> {
+        self.inner.build(request, output)
+    }
+}
+
+struct HostClock;
+
+impl Clock for HostClock {
+    fn now(&mut self) -> Instant {
+        let now = clock::now();
+        Instant {
+            seconds: now.seconds,
+            nanoseconds: now.nanoseconds,
+        }
+    }
+}
+
+/// The host's key, as a handle.
+struct HostSigner(signer::SigningKey);
+
+impl Signer for HostSigner {
+    fn sign(&mut self, payload: &[u8]) -> Result<Vec<u8>> {
+        self.0.sign(payload).map_err(|e| anyhow!(e))
+    }
+}
+
+impl Referrers for Sink {
+    fn put_referrer(&mut self, media_type: &str, body: &[u8]) -> Result<(Digest, Option<Digest>)> {
+        match self {
+            Sink::Registry(r) => {
+                let written = r.put_referrer(media_type, body).map_err(|e| anyhow!(e))?;
+                let digest = Digest::parse(&written.digest, "the stored manifest's digest")?;
+                let subject = match written.subject {
+                    Some(subject) => Some(Digest::parse(&subject, "the registry's OCI-Subject")?),
+                    None => None,
+                };
+                Ok((digest, subject))
+            }
+            // A layout has no referrers API: the artifact is a blob that the referrers tag
+            // schema's index entry names.
+            Sink::Layout(l) => {
+                let digest = Digest::of(body);
+                l.put_blob(digest.as_str(), body).map_err(|e| anyhow!(e))?;
+                Ok((digest, None))
+            }
+        }
+    }
 }
 
 fn result(pushed: Result<push::Pushed>) -> Result<PushResult, String> {

@@ -13,6 +13,7 @@ pub mod build;
 pub mod cache;
 pub mod config;
 pub mod digest;
+pub mod evidence;
 pub mod layout;
 pub mod limits;
 pub mod manifest;
