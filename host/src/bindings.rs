@@ -22,5 +22,6 @@ wasmtime::component::bindgen!({
         "ocipush:core/layout.directory": crate::layout::Directory,
         "ocipush:core/layout.layer-file": crate::layout::LayerFile,
         "ocipush:core/layout.reader": crate::layout::Reader,
+        "ocipush:core/signer.signing-key": crate::capabilities::signer::Handle,
     },
 });

@@ -206,8 +206,52 @@ impl Directory {
         Ok(())
     }
 
-    /// The manifest stored as blob `digest`, read back for `--verify`; at most 4 MiB.
-    pub fn get_manifest(&mut self, digest: &str) -> Result<Option<Vec<u8>>, Error> {
+    /// The manifest stored as blob `reference` (a digest), or the one `index.json` names under
+    /// the tag `reference`; at most 4 MiB. Read back for `--verify`, and to extend a referrers
+    /// index; the directory holds it, so it counts as confirmed.
+    pub fn get_manifest(&mut self, reference: &str) -> Result<Option<Vec<u8>>, Error> {
+        let digest = if reference.starts_with("sha256:") {
+            reference.to_string()
+        } else {
+            match self.tagged(reference)? {
+                Some(digest) => digest,
+                None => return Ok(None),
+            }
+        };
+        let body = self.read_manifest(&digest)?;
+        if let Some(body) = &body {
+            self.confirmed.insert(sha256(body));
+        }
+        Ok(body)
+    }
+
+    /// The digest `index.json` names under `tag`, if any.
+    fn tagged(&self, tag: &str) -> Result<Option<String>, Error> {
+        let path = self.root.join("index.json");
+        let at = || IoError::at(path.display());
+        let bytes = match std::fs::metadata(&path) {
+            Ok(meta) if meta.len() > INDEX_LIMIT => {
+                return Err(Error::TooLarge {
+                    path,
+                    what: "larger than 64 MiB",
+                })
+            }
+            Ok(_) => std::fs::read(&path).map_err(at())?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(at()(e).into()),
+        };
+        let index: Value =
+            serde_json::from_slice(&bytes).map_err(|_| Error::NotAnIndex(path.clone()))?;
+        Ok(index["manifests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["annotations"][REF_NAME].as_str() == Some(tag))
+            .and_then(|m| m["digest"].as_str())
+            .map(str::to_string))
+    }
+
+    fn read_manifest(&self, digest: &str) -> Result<Option<Vec<u8>>, Error> {
         let path = blob_path(&self.root, digest)?;
         let at = || IoError::at(path.display());
         let file = match File::open(&path) {

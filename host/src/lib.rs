@@ -24,5 +24,7 @@ pub mod progress;
 pub mod registries_conf;
 pub mod registry;
 pub mod runner;
+pub mod signing;
 pub mod state;
 pub mod tls;
+pub mod verify;

@@ -11,10 +11,10 @@ use clap::{CommandFactory, Parser, Subcommand};
 use ocipush::bindings::ocipush::core::docker::BuildRequest;
 use ocipush::bindings::ocipush::core::registry::Compression;
 use ocipush::bindings::ocipush::core::types::Platform;
-use ocipush::bindings::{ChosenSettings, ManifestFormat, PublishSettings};
+use ocipush::bindings::{ChosenSettings, Evidence, ManifestFormat, PublishSettings};
 use ocipush::registries_conf::RegistriesConf;
 use ocipush::runner::{self, Guest, Images, Job};
-use ocipush::{cache, credentials, files, interrupt, progress, registry, tls};
+use ocipush::{cache, credentials, files, interrupt, progress, registry, signing, tls};
 use ocipush_guest::reference::Destination;
 use tracing_subscriber::EnvFilter;
 
@@ -131,6 +131,31 @@ enum Command {
         #[command(flatten)]
         options: PushOptions,
     },
+    /// Verify a pushed image: exit 0 only when a signature by KEY (cosign's, under the
+    /// sha256-HEX.sig tag) covers the digest DEST's tag names and names DEST's repository; print
+    /// which guest's provenance refers to it. One line and exit 1 otherwise.
+    Verify {
+        /// The image: host[:port]/repository[:tag].
+        destination: String,
+        /// The ECDSA P-256 public key (PEM, PUBLIC KEY) the signature must verify with.
+        #[arg(long, value_name = "PUB.pem")]
+        key: PathBuf,
+        /// Credentials from this auth file, as for push.
+        #[arg(long, value_name = "PATH")]
+        authfile: Option<PathBuf>,
+        /// Speak plain HTTP to the registry, whatever its host.
+        #[arg(long)]
+        plain_http: bool,
+        /// Also trust the CA certificates in this PEM file.
+        #[arg(long, value_name = "PEM")]
+        ca_file: Option<PathBuf>,
+        /// Do not verify the registry's TLS certificate.
+        #[arg(long)]
+        insecure: bool,
+        /// How many times a failed registry request is tried again.
+        #[arg(long, default_value_t = 5, value_name = "N")]
+        retries: u32,
+    },
     /// Audit the guest component: show it, or write it out.
     Guest {
         #[command(subcommand)]
@@ -215,6 +240,20 @@ struct PushOptions {
     /// to 4 (each extra upload costs a sender and its spool on disk, not memory).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16))]
     jobs: Option<u32>,
+    /// After the tag, publish SLSA provenance v1 (an in-toto statement naming the source image,
+    /// the settings and this guest's digest) as an OCI artifact referring to the pushed
+    /// manifest: through the registry's referrers API, else under the referrers tag schema's
+    /// sha256-HEX tag; or into the OCI layout.
+    #[arg(long)]
+    provenance: bool,
+    /// After the tag, sign the pushed digest with this ECDSA P-256 private key (PKCS#8 or SEC1
+    /// PEM) as cosign does (under sha256-HEX.sig, beside signatures already there); with
+    /// --provenance, the statement is a DSSE envelope signed with it.
+    #[arg(long, value_name = "PATH")]
+    sign_key: Option<PathBuf>,
+    /// The passphrase of an encrypted --sign-key (ENCRYPTED PRIVATE KEY): this file's first line.
+    #[arg(long, value_name = "PATH", requires = "sign_key")]
+    sign_key_passphrase_file: Option<PathBuf>,
 }
 
 /// Layer uploads in flight unless `--jobs` says otherwise: one per core, at least two (so the
@@ -514,6 +553,46 @@ fn run(cli: Cli) -> Result<()> {
                 verbosity,
             )?
         }
+        Command::Verify {
+            destination,
+            key,
+            authfile,
+            plain_http,
+            ca_file,
+            insecure,
+            retries,
+        } => {
+            let tls = tls::TlsOptions {
+                ca_file,
+                insecure,
+                plain_http,
+                registries: RegistriesConf::load()?,
+            };
+            let credentials = credentials::Sources::new(None, authfile)?;
+            interrupt::catch(rt.handle()).context("catching SIGINT and SIGTERM")?;
+            let runtime = interrupt::Runtime::new(rt.handle().clone());
+            let verified = ocipush::verify::verify(&runtime, &destination, &key, |target| {
+                let scheme = tls.scheme_for(&target.registry, &target.repository);
+                let http = tls
+                    .client_for(&target.registry, scheme)
+                    .map_err(ocipush::verify::Error::Client)?;
+                let policy = registry::retry::Policy {
+                    retries,
+                    notices: progress::Notices::none(),
+                };
+                let credential = credentials.lookup(&target.registry, &target.repository);
+                let opened = runtime.block_on(registry::Repository::open(
+                    http,
+                    target.registry.clone(),
+                    target.repository.clone(),
+                    credential,
+                    scheme,
+                    policy,
+                ))??;
+                Ok(opened)
+            })?;
+            print!("{verified}");
+        }
         Command::Guest {
             command: GuestCommand::Info,
         } => {
@@ -583,6 +662,10 @@ fn publish(
             verify: options.verify,
             chosen,
             jobs: options.jobs.unwrap_or_else(default_jobs),
+            evidence: Evidence {
+                provenance: options.provenance,
+                guest_digest: guest.digest.clone(),
+            },
         },
         compute_limit: std::time::Duration::from_secs(options.guest_cpu_limit),
         tls: tls::TlsOptions {
@@ -597,6 +680,14 @@ fn publish(
         },
         docker_context,
         credentials: credentials::Sources::new(cli_credential, options.authfile)?,
+        // Loaded before any traffic: a key that does not load stops the push here.
+        signing_key: match &options.sign_key {
+            Some(path) => Some(std::sync::Arc::new(
+                signing::Key::load(path, options.sign_key_passphrase_file.as_deref())
+                    .context("--sign-key")?,
+            )),
+            None => None,
+        },
     };
     interrupt::catch(rt.handle()).context("catching SIGINT and SIGTERM")?;
     // The guest runs here, outside the runtime: its host calls block on the runtime.

@@ -110,6 +110,8 @@ pub struct Job<'a> {
     pub transfer: Transfer,
     /// `--context NAME`: the Docker context naming the daemon, over the environment's.
     pub docker_context: Option<String>,
+    /// `--sign-key`, loaded: what the guest's `signer.key` hands out.
+    pub signing_key: Option<std::sync::Arc<crate::signing::Key>>,
 }
 
 impl Job<'_> {
@@ -231,6 +233,7 @@ fn run_guest<T>(
         limits: MemoryLimit,
         guest_since: Instant::now(),
         watchdog_running: false,
+        signing_key: job.signing_key.clone(),
     };
     let mut store = Store::new(&engine, state);
     store.limiter(|state| &mut state.limits);

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{ResourceTable, ResourceTableError};
@@ -18,6 +19,7 @@ use crate::encode::Encoding;
 use crate::interrupt::{Interrupted, Runtime};
 use crate::progress::Progress;
 use crate::registry::Transfer;
+use crate::signing;
 use crate::tls::TlsOptions;
 
 /// The most linear memory a guest may have. A push needs a few MiB of buffers and its
@@ -56,6 +58,8 @@ pub struct HostState {
     pub guest_since: Instant,
     /// Set while the watchdog itself runs: its return to the guest is not a host call.
     pub watchdog_running: bool,
+    /// `--sign-key`, loaded: the `signer` capability signs with it.
+    pub signing_key: Option<Arc<signing::Key>>,
 }
 
 /// The files the user named, which the guest may have the host read or write: nothing else.

@@ -13,6 +13,7 @@
 // - layout:      offered, but declines every directory: this host publishes only through
 //                `registry` (its OCI layout in OUT_DIR).
 // - credentials: none; cache: empty and forgetful; progress: events are logged on stderr.
+// - clock:       Date.now(); signer: no key (nothing is signed, and no provenance is asked for).
 // - WASI (a Rust std component imports wasi:cli, wasi:io and wasi:random even though it does no
 //   real work with them): @bytecodealliance/preview2-shim, with nothing granted: no environment,
 //   no arguments, no cwd, no stdin (reading it traps), the guest's stdout goes to stderr, and no
@@ -533,6 +534,13 @@ async function main() {
         open: (dir) => ({ tag: "err", val: `this host writes no OCI layout directories (asked for ${dir})` }),
       },
       "ocipush:core/cache": { get: () => undefined, put: () => {} },
+      "ocipush:core/clock": {
+        now() {
+          const ms = Date.now();
+          return { seconds: BigInt(Math.floor(ms / 1000)), nanoseconds: (ms % 1000) * 1e6 };
+        },
+      },
+      "ocipush:core/signer": { SigningKey: class {}, key: () => undefined },
       "ocipush:core/progress": {
         report(event) {
           events.push(event);
@@ -564,6 +572,7 @@ async function main() {
           verify: false,
           jobs: 2,
           chosen: { compression: true, format: false },
+          evidence: { provenance: false, guestDigest: sha256(component) },
         },
         platforms: [],
       });

@@ -99,9 +99,9 @@ impl HostDirectory for HostState {
     fn get_manifest(
         &mut self,
         directory: Resource<Directory>,
-        digest: String,
+        reference: String,
     ) -> Result<Option<Vec<u8>>, HostError> {
-        Ok(self.table.get_mut(&directory)?.get_manifest(&digest)?)
+        Ok(self.table.get_mut(&directory)?.get_manifest(&reference)?)
     }
 
     fn drop(&mut self, directory: Resource<Directory>) -> wasmtime::Result<()> {

@@ -12,10 +12,12 @@
 
 pub mod archive;
 pub mod cache;
+pub mod clock;
 pub mod credentials;
 pub mod daemon;
 pub mod layout;
 pub mod progress;
 pub mod registry;
 mod shared;
+pub mod signer;
 mod types;

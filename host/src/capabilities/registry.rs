@@ -6,7 +6,8 @@ use wasmtime::component::Resource;
 
 use super::shared::{codec, descriptor};
 use crate::bindings::ocipush::core::registry::{
-    BlobDescriptor, Compression, Host, HostLayerUpload, HostRepository, UploadProgress,
+    BlobDescriptor, Compression, Host, HostLayerUpload, HostRepository, ReferrerWritten,
+    UploadProgress,
 };
 use crate::credentials::Configured;
 use crate::registry::retry::Policy;
@@ -118,6 +119,22 @@ impl HostRepository for HostState {
     ) -> Result<Option<Vec<u8>>, HostError> {
         let repository = self.table.get(&repository)?;
         Ok(self.rt.block_on(repository.get_manifest(&reference))??)
+    }
+
+    fn put_referrer(
+        &mut self,
+        repository: Resource<Repository>,
+        media_type: String,
+        body: Vec<u8>,
+    ) -> Result<ReferrerWritten, HostError> {
+        let repository = self.table.get(&repository)?;
+        let stored = self
+            .rt
+            .block_on(repository.put_referrer(&media_type, &body))??;
+        Ok(ReferrerWritten {
+            digest: stored.digest,
+            subject: stored.subject,
+        })
     }
 
     fn drop(&mut self, repository: Resource<Repository>) -> wasmtime::Result<()> {

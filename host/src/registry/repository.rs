@@ -38,6 +38,14 @@ pub struct Api {
     auth: Arc<Auth>,
 }
 
+/// A manifest as the registry stored it.
+pub struct Stored {
+    /// The digest it answered with (`Docker-Content-Digest`), else that of the bytes sent.
+    pub digest: String,
+    /// Its `OCI-Subject` answer: the registry keeps referrers of that manifest itself.
+    pub subject: Option<String>,
+}
+
 /// One repository on one registry, and the blobs confirmed in it.
 pub struct Repository {
     pub api: Api,
@@ -256,15 +264,16 @@ impl Api {
         }
     }
 
-    /// Writes a manifest under `reference`, returning the digest the registry stored it under.
-    /// Distribution's blob link race (`RegistryError::is_link_race`) is waited out: a few
-    /// tries, 200 ms apart and more each time.
+    /// Writes a manifest under `reference`, returning the digest the registry stored it under
+    /// and its `OCI-Subject` header, if it sent one. Distribution's blob link race
+    /// (`RegistryError::is_link_race`) is waited out: a few tries, 200 ms apart and more each
+    /// time.
     async fn put_manifest(
         &self,
         reference: &str,
         media_type: &str,
         body: &[u8],
-    ) -> Result<String, Error> {
+    ) -> Result<Stored, Error> {
         let what = format!("manifest {}:{reference}", self.name);
         let request = || {
             self.request(Method::PUT, self.url(&format!("manifests/{reference}")))
@@ -286,22 +295,38 @@ impl Api {
             tracing::debug!(%refused, attempt, "manifest refused while a concurrent push writes the same blob links: trying again");
             tokio::time::sleep(Duration::from_millis(200) * attempt).await;
         };
-        let stored = response
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok());
-        Ok(match stored {
-            Some(stored) => stored.to_string(),
-            None => format!("sha256:{}", hex::encode(Sha256::digest(body))),
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        Ok(Stored {
+            digest: header("docker-content-digest")
+                .unwrap_or_else(|| format!("sha256:{}", hex::encode(Sha256::digest(body)))),
+            subject: header("oci-subject"),
         })
     }
 
     /// A manifest or index read back (at most 4 MiB), or `None` when the registry has none.
     async fn get_manifest(&self, reference: &str) -> Result<Option<Vec<u8>>, Error> {
         let what = format!("reading manifest {}:{reference}", self.name);
+        self.get_capped(&what, &format!("manifests/{reference}"), MANIFEST_TYPES)
+            .await
+    }
+
+    /// `GET /v2/<name>/<path>`: its body (at most 4 MiB), or `None` on a 404.
+    async fn get_capped(
+        &self,
+        what: &str,
+        path: &str,
+        accept: &str,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let what = what.to_string();
         let request = || {
-            self.request(Method::GET, self.url(&format!("manifests/{reference}")))
-                .header(ACCEPT, MANIFEST_TYPES)
+            self.request(Method::GET, self.url(path))
+                .header(ACCEPT, accept)
         };
         let mut response = self.send_retrying(&what, request).await?;
         match response.status() {
@@ -431,6 +456,22 @@ impl Repository {
         media_type: &str,
         body: &[u8],
     ) -> Result<String, Error> {
+        Ok(self.put_checked(reference, media_type, body).await?.digest)
+    }
+
+    /// Writes an artifact manifest (one naming a `subject`) under its own digest, checked as
+    /// `put_manifest` checks; the answer says whether the registry took it as a referrer.
+    pub async fn put_referrer(&self, media_type: &str, body: &[u8]) -> Result<Stored, Error> {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(body)));
+        self.put_checked(&digest, media_type, body).await
+    }
+
+    async fn put_checked(
+        &self,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Result<Stored, Error> {
         check_manifest_size(body.len()).map_err(Error::ManifestTooLarge)?;
         self.confirmed
             .check(body)
@@ -440,13 +481,42 @@ impl Repository {
                 reference: reference.to_string(),
                 problem,
             })?;
-        let digest = self.api.put_manifest(reference, media_type, body).await?;
-        self.confirmed.insert(digest.clone());
-        Ok(digest)
+        let stored = self.api.put_manifest(reference, media_type, body).await?;
+        self.confirmed.insert(stored.digest.clone());
+        Ok(stored)
     }
 
+    /// A small blob (a signature payload, a provenance statement; at most 4 MiB), or `None`
+    /// when the registry does not have it. The caller checks it against its digest.
+    pub async fn get_blob(&self, digest: &str) -> Result<Option<Vec<u8>>, Error> {
+        let what = format!("reading blob {digest} of {}", self.api.name);
+        self.api
+            .get_capped(&what, &format!("blobs/{digest}"), "*/*")
+            .await
+    }
+
+    /// The referrers API's index of the manifests that name `digest` as their subject, or
+    /// `None` when the registry does not offer the API (distribution 2.8 answers 404).
+    pub async fn get_referrers(&self, digest: &str) -> Result<Option<Vec<u8>>, Error> {
+        let what = format!("reading the referrers of {}@{digest}", self.api.name);
+        self.api
+            .get_capped(
+                &what,
+                &format!("referrers/{digest}"),
+                "application/vnd.oci.image.index.v1+json",
+            )
+            .await
+    }
+
+    /// A manifest read back; the registry holds it, so its digest is confirmed (an index
+    /// may name it).
     pub async fn get_manifest(&self, reference: &str) -> Result<Option<Vec<u8>>, Error> {
-        self.api.get_manifest(reference).await
+        let body = self.api.get_manifest(reference).await?;
+        if let Some(body) = &body {
+            self.confirmed
+                .insert(format!("sha256:{}", hex::encode(Sha256::digest(body))));
+        }
+        Ok(body)
     }
 }
 

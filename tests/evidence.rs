@@ -1,0 +1,597 @@
+//! Evidence from the audited core against the real registry of scripts/services.sh
+//! (distribution 2.8, which has no referrers API, so the referrers tag schema is used):
+//! `--provenance` (an in-toto SLSA provenance artifact whose subject is the pushed manifest and
+//! which names the guest's digest), `--sign-key` (cosign's signature manifest, checked with
+//! `openssl dgst -verify`, the outside verifier: Debian's skopeo is built without sigstore
+//! verification), and `ocipush verify` on signed, unsigned, wrong-key and tampered images.
+//! Keys are made by openssl in each test.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use base64::Engine as _;
+use oci_spec::image::{ImageIndex, ImageManifest, MediaType};
+use serde_json::Value;
+use support::*;
+
+const IN_TOTO: &str = "application/vnd.in-toto+json";
+const DSSE: &str = "application/vnd.dsse.envelope.v1+json";
+const EMPTY: &str = "application/vnd.oci.empty.v1+json";
+const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+const SIGNATURE: &str = "dev.cosignproject.cosign/signature";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// A key pair made by openssl in `dir`: (private key path, public key path).
+fn key_pair(dir: &Path, name: &str, private_args: &[&str]) -> (PathBuf, PathBuf) {
+    let private = format!("{name}.pem");
+    let public = format!("{name}.pub.pem");
+    let mut args = private_args.to_vec();
+    args.extend(["-out", &private]);
+    tool(dir, "openssl", &args);
+    tool(
+        dir,
+        "openssl",
+        &["pkey", "-in", &private, "-pubout", "-out", &public],
+    );
+    (dir.join(private), dir.join(public))
+}
+
+/// A SEC1 key, as `openssl ecparam -genkey` writes it (EC PARAMETERS, then EC PRIVATE KEY).
+fn sec1_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    key_pair(dir, name, &["ecparam", "-name", "prime256v1", "-genkey"])
+}
+
+/// A PKCS#8 key (PRIVATE KEY).
+fn pkcs8_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    key_pair(
+        dir,
+        name,
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ],
+    )
+}
+
+/// The digest of the guest this ocipush embeds (`ocipush guest info`).
+fn embedded_guest() -> String {
+    let info = run_ok(Command::new(ocipush_bin()).args(["guest", "info"]));
+    info.lines()
+        .find_map(|l| l.strip_prefix("digest:"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// A small image of its own in the test daemon.
+fn image(test: &str) -> String {
+    let tag = format!("{}:1", unique(test));
+    build_image(&tag, None, &[("file.bin", &random_bytes(3000))]);
+    tag
+}
+
+fn get_json(registry: &str, repo: &str, path: &str, accept: Option<&str>) -> (u16, Vec<u8>) {
+    registry_get(registry, repo, path, accept)
+}
+
+fn blob(registry: &str, repo: &str, digest: &str) -> Vec<u8> {
+    let (status, body) = get_json(registry, repo, &format!("blobs/{digest}"), None);
+    assert_eq!(status, 200, "blob {digest} of {repo}");
+    assert_eq!(format!("sha256:{}", sha256_hex(&body)), digest);
+    body
+}
+
+fn manifest(registry: &str, repo: &str, reference: &str, accept: &str) -> Vec<u8> {
+    let (status, body) = get_json(
+        registry,
+        repo,
+        &format!("manifests/{reference}"),
+        Some(accept),
+    );
+    assert_eq!(
+        status,
+        200,
+        "manifest {repo}:{reference}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    body
+}
+
+/// Uploads a blob with curl (POST, then a monolithic PUT).
+fn put_blob(registry: &str, repo: &str, data: &[u8]) -> String {
+    let digest = format!("sha256:{}", sha256_hex(data));
+    let out = run(Command::new("curl").args([
+        "-sS",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-X",
+        "POST",
+        &format!("http://{registry}/v2/{repo}/blobs/uploads/"),
+    ]));
+    let headers = String::from_utf8_lossy(&out.stdout).into_owned();
+    let location = headers
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Location: ")
+                .or_else(|| l.strip_prefix("location: "))
+        })
+        .unwrap_or_else(|| panic!("no upload location in\n{headers}"))
+        .trim()
+        .to_string();
+    let location = if location.starts_with("http") {
+        location
+    } else {
+        format!("http://{registry}{location}")
+    };
+    let separator = if location.contains('?') { '&' } else { '?' };
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), data).unwrap();
+    run_ok(Command::new("curl").args([
+        "-sS",
+        "-f",
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "--data-binary",
+        &format!("@{}", file.path().display()),
+        &format!("{location}{separator}digest={digest}"),
+    ]));
+    digest
+}
+
+fn put_manifest(registry: &str, repo: &str, tag: &str, media_type: &str, body: &[u8]) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), body).unwrap();
+    run_ok(Command::new("curl").args([
+        "-sS",
+        "-f",
+        "-X",
+        "PUT",
+        "-H",
+        &format!("Content-Type: {media_type}"),
+        "--data-binary",
+        &format!("@{}", file.path().display()),
+        &format!("http://{registry}/v2/{repo}/manifests/{tag}"),
+    ]));
+}
+
+/// `ocipush verify DEST --key KEY`.
+fn verify(dest: &str, key: &Path) -> std::process::Output {
+    run(Command::new(ocipush_bin())
+        .args(["verify", dest, "--key"])
+        .arg(key)
+        .env_remove("OCIPUSH_LOG"))
+}
+
+/// A verify that fails: exit 1, one line on stderr, nothing on stdout; returns the line.
+fn verify_fails(dest: &str, key: &Path) -> String {
+    let out = verify(dest, key);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(out.stdout.is_empty(), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("ocipush: error: "), "{stderr}");
+    stderr
+}
+
+/// The provenance artifacts the referrers tag schema lists for `digest`, as (artifact
+/// manifest, statement-or-envelope layer bytes).
+fn referrers(registry: &str, repo: &str, digest: &str) -> Vec<(ImageManifest, Vec<u8>)> {
+    let tag = format!("sha256-{}", digest.trim_start_matches("sha256:"));
+    let index = manifest(registry, repo, &tag, OCI_INDEX);
+    let index: ImageIndex = serde_json::from_slice(&index).unwrap();
+    index
+        .manifests()
+        .iter()
+        .map(|entry| {
+            assert_eq!(
+                entry.artifact_type().as_ref(),
+                Some(&MediaType::Other(IN_TOTO.into()))
+            );
+            let body = manifest(
+                registry,
+                repo,
+                entry.digest().as_ref(),
+                "application/vnd.oci.image.manifest.v1+json",
+            );
+            let artifact: ImageManifest = serde_json::from_slice(&body).unwrap();
+            let layer = blob(registry, repo, artifact.layers()[0].digest().as_ref());
+            (artifact, layer)
+        })
+        .collect()
+}
+
+#[test]
+fn provenance_refers_to_the_pushed_digest_under_the_tag_schema_and_names_the_guest() {
+    let registry = services().registry;
+    let source = image("prov");
+    let repo = format!("evidence/{}", unique("prov"));
+    let dest = format!("{registry}/{repo}:1");
+    let digest = push_args(&source, &dest, "none", &["--provenance"], NO_ENV).expect_success(&dest);
+
+    let found = referrers(&registry, &repo, &digest);
+    assert_eq!(found.len(), 1);
+    let (artifact, layer) = &found[0];
+    assert_eq!(
+        artifact.artifact_type().as_ref(),
+        Some(&MediaType::Other(IN_TOTO.into()))
+    );
+    assert_eq!(
+        artifact.config().media_type(),
+        &MediaType::Other(EMPTY.into())
+    );
+    assert_eq!(artifact.config().size(), 2);
+    let subject = artifact.subject().as_ref().expect("a subject");
+    assert_eq!(subject.digest().to_string(), digest);
+    assert_eq!(subject.media_type(), &MediaType::ImageManifest);
+    assert_eq!(
+        artifact.layers()[0].media_type(),
+        &MediaType::Other(IN_TOTO.into())
+    );
+    let statement: Value = serde_json::from_slice(layer).unwrap();
+    assert_eq!(statement["_type"], "https://in-toto.io/Statement/v1");
+    assert_eq!(statement["predicateType"], "https://slsa.dev/provenance/v1");
+    assert_eq!(
+        statement["subject"][0]["digest"]["sha256"],
+        digest.trim_start_matches("sha256:")
+    );
+    assert_eq!(statement["subject"][0]["name"], dest);
+    let guest = embedded_guest();
+    let builder = &statement["predicate"]["runDetails"]["builder"];
+    assert!(
+        builder["id"].as_str().unwrap().contains(&guest),
+        "{builder}"
+    );
+    assert_eq!(builder["version"]["guest"], guest);
+    assert_eq!(builder["version"]["ocipush:core"], "0.4.0");
+    let dependency = &statement["predicate"]["buildDefinition"]["resolvedDependencies"][0];
+    assert_eq!(dependency["uri"], format!("docker-daemon:{source}"));
+    assert_eq!(dependency["annotations"]["imageId"], image_id(&source));
+    assert_eq!(
+        dependency["annotations"]["diffIds"],
+        serde_json::json!(rootfs_layers(&source))
+    );
+    let parameters = &statement["predicate"]["buildDefinition"]["externalParameters"];
+    assert_eq!(parameters["compression"], "gzip");
+    assert_eq!(parameters["format"], "oci");
+    let metadata = &statement["predicate"]["runDetails"]["metadata"];
+    assert!(metadata["startedOn"].as_str().unwrap() <= metadata["finishedOn"].as_str().unwrap());
+
+    // A second push of the same image adds its statement and keeps the first.
+    let again = push_args(&source, &dest, "none", &["--provenance"], NO_ENV).expect_success(&dest);
+    assert_eq!(again, digest);
+    assert_eq!(referrers(&registry, &repo, &digest).len(), 2);
+    // The image is what it was: skopeo reads it by its tag.
+    assert_eq!(
+        skopeo_raw_manifest(&dest)["layers"].as_array().unwrap().len(),
+        1
+    );
+}
+
+#[test]
+fn signatures_verify_with_openssl_and_ocipush_verify_only_with_their_key() {
+    let registry = services().registry;
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = sec1_key(keys.path(), "signer");
+    let (other_key, other_public) = pkcs8_key(keys.path(), "other");
+    let source = image("signed");
+    let repo = format!("evidence/{}", unique("signed"));
+    let dest = format!("{registry}/{repo}:1");
+
+    // Unsigned first: verify says so.
+    let digest = push(&source, &dest).expect_success(&dest);
+    let line = verify_fails(&dest, &public);
+    assert!(line.contains("is not signed"), "{line}");
+
+    let key_arg = key.display().to_string();
+    let pushed = push_args(
+        &source,
+        &dest,
+        "none",
+        &["--provenance", "--sign-key", &key_arg],
+        NO_ENV,
+    );
+    assert_eq!(pushed.expect_success(&dest), digest);
+    assert!(
+        !pushed.stderr.contains("PRIVATE"),
+        "no key material in output"
+    );
+
+    let sig_tag = format!("sha256-{}.sig", digest.trim_start_matches("sha256:"));
+    let sig_manifest: ImageManifest = serde_json::from_slice(&manifest(
+        &registry,
+        &repo,
+        &sig_tag,
+        "application/vnd.oci.image.manifest.v1+json",
+    ))
+    .unwrap();
+    assert_eq!(sig_manifest.layers().len(), 1);
+    let layer = &sig_manifest.layers()[0];
+    assert_eq!(layer.media_type(), &MediaType::Other(SIMPLE_SIGNING.into()));
+    let payload = blob(&registry, &repo, layer.digest().as_ref());
+    let claim: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(
+        claim["critical"]["identity"]["docker-reference"],
+        format!("{registry}/{repo}")
+    );
+    assert_eq!(claim["critical"]["image"]["docker-manifest-digest"], digest);
+    assert_eq!(claim["critical"]["type"], "cosign container image signature");
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(layer.annotations().as_ref().unwrap()[SIGNATURE].as_bytes())
+        .unwrap();
+
+    // openssl, the outside verifier: this key verifies it, another does not.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("payload"), &payload).unwrap();
+    std::fs::write(dir.path().join("sig.der"), &signature).unwrap();
+    let openssl = |public: &Path| {
+        run(Command::new("openssl")
+            .args(["dgst", "-sha256", "-verify"])
+            .arg(public)
+            .args(["-signature", "sig.der", "payload"])
+            .current_dir(dir.path()))
+    };
+    let out = openssl(&public);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Verified OK"));
+    assert!(!openssl(&other_public).status.success());
+
+    // The provenance is a DSSE envelope signed with the same key (over DSSE's PAE).
+    let found = referrers(&registry, &repo, &digest);
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        found[0].0.layers()[0].media_type(),
+        &MediaType::Other(DSSE.into())
+    );
+    let envelope: Value = serde_json::from_slice(&found[0].1).unwrap();
+    assert_eq!(envelope["payloadType"], IN_TOTO);
+    let statement = base64::engine::general_purpose::STANDARD
+        .decode(envelope["payload"].as_str().unwrap())
+        .unwrap();
+    let mut pae = format!("DSSEv1 {} {IN_TOTO} {} ", IN_TOTO.len(), statement.len()).into_bytes();
+    pae.extend_from_slice(&statement);
+    std::fs::write(dir.path().join("payload"), &pae).unwrap();
+    std::fs::write(
+        dir.path().join("sig.der"),
+        base64::engine::general_purpose::STANDARD
+            .decode(envelope["signatures"][0]["sig"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(openssl(&public).status.success());
+
+    // ocipush verify: this key passes and names the guest; another key does not.
+    let out = verify(&dest, &public);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("verified {dest}@{digest}: signed by that key")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "provenance: pushed by guest {} (ocipush:core@0.4.0), signed by that key",
+            embedded_guest()
+        )),
+        "{stdout}"
+    );
+    let line = verify_fails(&dest, &other_public);
+    assert!(line.contains("has no signature by the key in"), "{line}");
+
+    // A second key's signature is added beside the first.
+    let other_arg = other_key.display().to_string();
+    push_args(&source, &dest, "none", &["--sign-key", &other_arg], NO_ENV).expect_success(&dest);
+    let sig_manifest: ImageManifest = serde_json::from_slice(&manifest(
+        &registry,
+        &repo,
+        &sig_tag,
+        "application/vnd.oci.image.manifest.v1+json",
+    ))
+    .unwrap();
+    assert_eq!(sig_manifest.layers().len(), 2);
+    assert!(verify(&dest, &public).status.success());
+    assert!(verify(&dest, &other_public).status.success());
+
+    // Tampered: the payload rewritten in the registry to name another repository, with the
+    // signatures kept. No key verifies it.
+    let mut tampered: Value = serde_json::from_slice(&payload).unwrap();
+    tampered["critical"]["identity"]["docker-reference"] = format!("{registry}/elsewhere").into();
+    let tampered = serde_json::to_vec(&tampered).unwrap();
+    let tampered_digest = put_blob(&registry, &repo, &tampered);
+    let mut forged: Value = serde_json::from_slice(&manifest(
+        &registry,
+        &repo,
+        &sig_tag,
+        "application/vnd.oci.image.manifest.v1+json",
+    ))
+    .unwrap();
+    for layer in forged["layers"].as_array_mut().unwrap() {
+        layer["digest"] = tampered_digest.clone().into();
+        layer["size"] = tampered.len().into();
+    }
+    put_manifest(
+        &registry,
+        &repo,
+        &sig_tag,
+        "application/vnd.oci.image.manifest.v1+json",
+        &serde_json::to_vec(&forged).unwrap(),
+    );
+    let line = verify_fails(&dest, &public);
+    assert!(line.contains("has no signature by the key in"), "{line}");
+}
+
+#[test]
+fn a_signature_for_another_digest_does_not_verify_this_one() {
+    let registry = services().registry;
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = pkcs8_key(keys.path(), "signer");
+    let key_arg = key.display().to_string();
+    let repo = format!("evidence/{}", unique("moved"));
+    let dest = format!("{registry}/{repo}:1");
+    let first = image("moved-a");
+    let digest = push_args(&first, &dest, "none", &["--sign-key", &key_arg], NO_ENV)
+        .expect_success(&dest);
+    // The second image's signature manifest is copied under the first's tag: a valid
+    // signature by the key, naming another digest.
+    let second_dest = format!("{registry}/{repo}:2");
+    let second = push_args(
+        &image("moved-b"),
+        &second_dest,
+        "none",
+        &["--sign-key", &key_arg],
+        NO_ENV,
+    )
+    .expect_success(&second_dest);
+    let accept = "application/vnd.oci.image.manifest.v1+json";
+    let hex = |d: &str| d.trim_start_matches("sha256:").to_string();
+    let signatures = manifest(&registry, &repo, &format!("sha256-{}.sig", hex(&second)), accept);
+    put_manifest(
+        &registry,
+        &repo,
+        &format!("sha256-{}.sig", hex(&digest)),
+        accept,
+        &signatures,
+    );
+    let line = verify_fails(&dest, &public);
+    assert!(line.contains(&format!("names digest {second}, not this one")), "{line}");
+}
+
+#[test]
+fn an_encrypted_key_signs_with_its_passphrase_file_and_is_refused_without_it() {
+    let registry = services().registry;
+    let keys = tempfile::tempdir().unwrap();
+    let passphrase = "correct-horse-battery";
+    let (key, public) = key_pair(
+        keys.path(),
+        "encrypted",
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-aes-256-cbc",
+            "-pass",
+            &format!("pass:{passphrase}"),
+        ],
+    );
+    // `openssl pkey -pubout` above needed the passphrase too: make the public key from a copy.
+    let _ = public;
+    let public = keys.path().join("encrypted.pub.pem");
+    tool(
+        keys.path(),
+        "openssl",
+        &[
+            "pkey",
+            "-in",
+            "encrypted.pem",
+            "-passin",
+            &format!("pass:{passphrase}"),
+            "-pubout",
+            "-out",
+            "encrypted.pub.pem",
+        ],
+    );
+    assert!(std::fs::read_to_string(&key)
+        .unwrap()
+        .contains("ENCRYPTED PRIVATE KEY"));
+    let pass_file = keys.path().join("pass");
+    std::fs::write(&pass_file, format!("{passphrase}\n")).unwrap();
+    let wrong_file = keys.path().join("wrong");
+    std::fs::write(&wrong_file, "not-it\n").unwrap();
+    let source = image("encrypted");
+    let repo = format!("evidence/{}", unique("encrypted"));
+    let dest = format!("{registry}/{repo}:1");
+    let key_arg = key.display().to_string();
+
+    let refused = push_args(&source, &dest, "none", &["--sign-key", &key_arg], NO_ENV);
+    let line = refused.expect_failure();
+    assert!(line.contains("is encrypted"), "{line}");
+    let wrong = wrong_file.display().to_string();
+    let refused = push_args(
+        &source,
+        &dest,
+        "none",
+        &["--sign-key", &key_arg, "--sign-key-passphrase-file", &wrong],
+        NO_ENV,
+    );
+    let line = refused.expect_failure();
+    assert!(line.contains("does not decrypt"), "{line}");
+    assert!(!line.contains("not-it"), "{line}");
+    // Refused before any traffic: no tag.
+    assert_tag_absent(&registry, &repo, "1");
+
+    let pass = pass_file.display().to_string();
+    let pushed = push_args(
+        &source,
+        &dest,
+        "none",
+        &["--sign-key", &key_arg, "--sign-key-passphrase-file", &pass],
+        NO_ENV,
+    );
+    pushed.expect_success(&dest);
+    assert!(!pushed.stderr.contains(passphrase));
+    let out = verify(&dest, &public);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("provenance: none"));
+}
+
+#[test]
+fn an_oci_layout_destination_gets_the_provenance_artifact() {
+    let out = tempfile::tempdir().unwrap();
+    let layout = out.path().join("layout");
+    let dest = format!("oci:{}:1", layout.display());
+    let source = image("layout-prov");
+    let digest = push_args(&source, &dest, "none", &["--provenance"], NO_ENV).expect_success(&dest);
+    let index: ImageIndex =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let tag = format!("sha256-{}", digest.trim_start_matches("sha256:"));
+    let by_name = |name: &str| {
+        index
+            .manifests()
+            .iter()
+            .find(|m| {
+                m.annotations().as_ref().and_then(|a| {
+                    a.get("org.opencontainers.image.ref.name").map(String::as_str)
+                }) == Some(name)
+            })
+            .unwrap_or_else(|| panic!("no {name} in index.json"))
+            .clone()
+    };
+    assert_eq!(by_name("1").digest().to_string(), digest);
+    let blob = |digest: &str| {
+        std::fs::read(
+            layout
+                .join("blobs/sha256")
+                .join(digest.trim_start_matches("sha256:")),
+        )
+        .unwrap()
+    };
+    let referrers: ImageIndex =
+        serde_json::from_slice(&blob(by_name(&tag).digest().as_ref())).unwrap();
+    assert_eq!(referrers.manifests().len(), 1);
+    let artifact: ImageManifest =
+        serde_json::from_slice(&blob(referrers.manifests()[0].digest().as_ref())).unwrap();
+    assert_eq!(
+        artifact.subject().as_ref().unwrap().digest().to_string(),
+        digest
+    );
+    let statement: Value =
+        serde_json::from_slice(&blob(artifact.layers()[0].digest().as_ref())).unwrap();
+    assert_eq!(
+        statement["predicate"]["runDetails"]["builder"]["version"]["guest"],
+        embedded_guest()
+    );
+    // skopeo still reads the image by its tag.
+    let inspected = run_ok(Command::new("skopeo").args(["inspect", &format!("oci:{}:1", layout.display())]));
+    let inspected: Value = serde_json::from_str(&inspected).unwrap();
+    assert_eq!(inspected["Digest"], digest);
+}
