@@ -224,10 +224,8 @@ fn provenance_refers_to_the_pushed_digest_under_the_tag_schema_and_names_the_gue
         artifact.artifact_type().as_ref(),
         Some(&MediaType::Other(IN_TOTO.into()))
     );
-    assert_eq!(
-        artifact.config().media_type(),
-        &MediaType::Other(EMPTY.into())
-    );
+    assert_eq!(artifact.config().media_type(), &MediaType::EmptyJSON);
+    assert_eq!(artifact.config().media_type().to_string(), EMPTY);
     assert_eq!(artifact.config().size(), 2);
     let subject = artifact.subject().as_ref().expect("a subject");
     assert_eq!(subject.digest().to_string(), digest);
@@ -271,7 +269,10 @@ fn provenance_refers_to_the_pushed_digest_under_the_tag_schema_and_names_the_gue
     assert_eq!(referrers(&registry, &repo, &digest).len(), 2);
     // The image is what it was: skopeo reads it by its tag.
     assert_eq!(
-        skopeo_raw_manifest(&dest)["layers"].as_array().unwrap().len(),
+        skopeo_raw_manifest(&dest)["layers"]
+            .as_array()
+            .unwrap()
+            .len(),
         1
     );
 }
@@ -323,7 +324,10 @@ fn signatures_verify_with_openssl_and_ocipush_verify_only_with_their_key() {
         format!("{registry}/{repo}")
     );
     assert_eq!(claim["critical"]["image"]["docker-manifest-digest"], digest);
-    assert_eq!(claim["critical"]["type"], "cosign container image signature");
+    assert_eq!(
+        claim["critical"]["type"],
+        "cosign container image signature"
+    );
     let signature = base64::engine::general_purpose::STANDARD
         .decode(layer.annotations().as_ref().unwrap()[SIGNATURE].as_bytes())
         .unwrap();
@@ -437,8 +441,8 @@ fn a_signature_for_another_digest_does_not_verify_this_one() {
     let repo = format!("evidence/{}", unique("moved"));
     let dest = format!("{registry}/{repo}:1");
     let first = image("moved-a");
-    let digest = push_args(&first, &dest, "none", &["--sign-key", &key_arg], NO_ENV)
-        .expect_success(&dest);
+    let digest =
+        push_args(&first, &dest, "none", &["--sign-key", &key_arg], NO_ENV).expect_success(&dest);
     // The second image's signature manifest is copied under the first's tag: a valid
     // signature by the key, naming another digest.
     let second_dest = format!("{registry}/{repo}:2");
@@ -452,7 +456,12 @@ fn a_signature_for_another_digest_does_not_verify_this_one() {
     .expect_success(&second_dest);
     let accept = "application/vnd.oci.image.manifest.v1+json";
     let hex = |d: &str| d.trim_start_matches("sha256:").to_string();
-    let signatures = manifest(&registry, &repo, &format!("sha256-{}.sig", hex(&second)), accept);
+    let signatures = manifest(
+        &registry,
+        &repo,
+        &format!("sha256-{}.sig", hex(&second)),
+        accept,
+    );
     put_manifest(
         &registry,
         &repo,
@@ -461,7 +470,10 @@ fn a_signature_for_another_digest_does_not_verify_this_one() {
         &signatures,
     );
     let line = verify_fails(&dest, &public);
-    assert!(line.contains(&format!("names digest {second}, not this one")), "{line}");
+    assert!(
+        line.contains(&format!("names digest {second}, not this one")),
+        "{line}"
+    );
 }
 
 #[test]
@@ -469,9 +481,10 @@ fn an_encrypted_key_signs_with_its_passphrase_file_and_is_refused_without_it() {
     let registry = services().registry;
     let keys = tempfile::tempdir().unwrap();
     let passphrase = "correct-horse-battery";
-    let (key, public) = key_pair(
+    // The public key is written from the encrypted key, which needs the passphrase too.
+    tool(
         keys.path(),
-        "encrypted",
+        "openssl",
         &[
             "genpkey",
             "-algorithm",
@@ -481,11 +494,10 @@ fn an_encrypted_key_signs_with_its_passphrase_file_and_is_refused_without_it() {
             "-aes-256-cbc",
             "-pass",
             &format!("pass:{passphrase}"),
+            "-out",
+            "encrypted.pem",
         ],
     );
-    // `openssl pkey -pubout` above needed the passphrase too: make the public key from a copy.
-    let _ = public;
-    let public = keys.path().join("encrypted.pub.pem");
     tool(
         keys.path(),
         "openssl",
@@ -499,6 +511,10 @@ fn an_encrypted_key_signs_with_its_passphrase_file_and_is_refused_without_it() {
             "-out",
             "encrypted.pub.pem",
         ],
+    );
+    let (key, public) = (
+        keys.path().join("encrypted.pem"),
+        keys.path().join("encrypted.pub.pem"),
     );
     assert!(std::fs::read_to_string(&key)
         .unwrap()
@@ -560,7 +576,8 @@ fn an_oci_layout_destination_gets_the_provenance_artifact() {
             .iter()
             .find(|m| {
                 m.annotations().as_ref().and_then(|a| {
-                    a.get("org.opencontainers.image.ref.name").map(String::as_str)
+                    a.get("org.opencontainers.image.ref.name")
+                        .map(String::as_str)
                 }) == Some(name)
             })
             .unwrap_or_else(|| panic!("no {name} in index.json"))
@@ -591,7 +608,8 @@ fn an_oci_layout_destination_gets_the_provenance_artifact() {
         embedded_guest()
     );
     // skopeo still reads the image by its tag.
-    let inspected = run_ok(Command::new("skopeo").args(["inspect", &format!("oci:{}:1", layout.display())]));
+    let inspected =
+        run_ok(Command::new("skopeo").args(["inspect", &format!("oci:{}:1", layout.display())]));
     let inspected: Value = serde_json::from_str(&inspected).unwrap();
     assert_eq!(inspected["Digest"], digest);
 }
