@@ -131,23 +131,24 @@ fn put_blob(registry: &str, repo: &str, data: &[u8]) -> String {
         format!("http://{registry}{location}")
     };
     let separator = if location.contains('?') { '&' } else { '?' };
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), data).unwrap();
-    run_ok(Command::new("curl").args([
-        "-sS",
-        "-f",
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Type: application/octet-stream",
-        "--data-binary",
-        &format!("@{}", file.path().display()),
+    curl_put(
         &format!("{location}{separator}digest={digest}"),
-    ]));
+        "application/octet-stream",
+        data,
+    );
     digest
 }
 
 fn put_manifest(registry: &str, repo: &str, tag: &str, media_type: &str, body: &[u8]) {
+    curl_put(
+        &format!("http://{registry}/v2/{repo}/manifests/{tag}"),
+        media_type,
+        body,
+    );
+}
+
+/// PUT `body` to `url` with curl, which must succeed.
+fn curl_put(url: &str, content_type: &str, body: &[u8]) {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), body).unwrap();
     run_ok(Command::new("curl").args([
@@ -156,10 +157,10 @@ fn put_manifest(registry: &str, repo: &str, tag: &str, media_type: &str, body: &
         "-X",
         "PUT",
         "-H",
-        &format!("Content-Type: {media_type}"),
+        &format!("Content-Type: {content_type}"),
         "--data-binary",
         &format!("@{}", file.path().display()),
-        &format!("http://{registry}/v2/{repo}/manifests/{tag}"),
+        url,
     ]));
 }
 
