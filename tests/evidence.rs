@@ -250,7 +250,7 @@ fn provenance_refers_to_the_pushed_digest_under_the_tag_schema_and_names_the_gue
         "{builder}"
     );
     assert_eq!(builder["version"]["guest"], guest);
-    assert_eq!(builder["version"]["ocipush:core"], "0.4.0");
+    assert_eq!(builder["version"]["ocipush:core"], "0.5.0");
     let dependency = &statement["predicate"]["buildDefinition"]["resolvedDependencies"][0];
     assert_eq!(dependency["uri"], format!("docker-daemon:{source}"));
     assert_eq!(dependency["annotations"]["imageId"], image_id(&source));
@@ -383,7 +383,7 @@ fn signatures_verify_with_openssl_and_ocipush_verify_only_with_their_key() {
     );
     assert!(
         stdout.contains(&format!(
-            "provenance: pushed by guest {} (ocipush:core@0.4.0), signed by that key",
+            "provenance: pushed by guest {} (ocipush:core@0.5.0), signed by that key",
             embedded_guest()
         )),
         "{stdout}"
@@ -613,4 +613,55 @@ fn an_oci_layout_destination_gets_the_provenance_artifact() {
         run_ok(Command::new("skopeo").args(["inspect", &format!("oci:{}:1", layout.display())]));
     let inspected: Value = serde_json::from_str(&inspected).unwrap();
     assert_eq!(inspected["Digest"], digest);
+}
+
+#[test]
+fn each_destination_of_a_push_gets_its_signature_and_provenance() {
+    let registry = services().registry;
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = sec1_key(keys.path(), "signer");
+    let source = image("two-dests");
+    let (repo_a, repo_b) = (
+        format!("evidence/{}", unique("dest-a")),
+        format!("evidence/{}", unique("dest-b")),
+    );
+    let (a, b) = (
+        format!("{registry}/{repo_a}:1"),
+        format!("{registry}/{repo_b}:1"),
+    );
+    let key_arg = key.display().to_string();
+    let pushed = push_args(
+        &source,
+        &a,
+        "none",
+        &[&b, "--provenance", "--sign-key", &key_arg],
+        NO_ENV,
+    );
+    assert!(pushed.output.status.success(), "{}", pushed.describe());
+    let digest = pushed.digest_file.clone().unwrap();
+    for (dest, repo) in [(&a, &repo_a), (&b, &repo_b)] {
+        let out = verify(dest, &public);
+        assert!(out.status.success(), "{dest}: {}", describe(&out));
+        let found = referrers(&registry, repo, &digest);
+        assert_eq!(found.len(), 1, "{dest}");
+        // Each repository's signature names that repository.
+        let sig_tag = format!("sha256-{}.sig", digest.trim_start_matches("sha256:"));
+        let signatures: Value = serde_json::from_slice(&manifest(
+            &registry,
+            repo,
+            &sig_tag,
+            "application/vnd.oci.image.manifest.v1+json",
+        ))
+        .unwrap();
+        let payload = blob(
+            &registry,
+            repo,
+            signatures["layers"][0]["digest"].as_str().unwrap(),
+        );
+        let claim: Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(
+            claim["critical"]["identity"]["docker-reference"],
+            format!("{registry}/{repo}")
+        );
+    }
 }

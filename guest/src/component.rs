@@ -52,7 +52,7 @@ impl Guest for Component {
             )?;
             let asked = Asked {
                 command: "push",
-                destination: &request.destination,
+                destinations: &request.destinations,
                 settings: &request.settings,
                 evidence: &wanted,
                 started,
@@ -81,7 +81,7 @@ impl Guest for Component {
             )?;
             let asked = Asked {
                 command: "index",
-                destination: &request.destination,
+                destinations: std::slice::from_ref(&request.destination),
                 settings: &request.settings,
                 evidence: &wanted,
                 started,
@@ -122,7 +122,7 @@ impl Component {
             (Some(pushed), Some(destination)) => {
                 let asked = Asked {
                     command: "build",
-                    destination,
+                    destinations: std::slice::from_ref(destination),
                     settings: &request.settings,
                     evidence: &wanted,
                     started,
@@ -183,14 +183,16 @@ fn settings(settings: PublishSettings) -> Result<push::Settings> {
 /// What a push was asked, for the evidence written after it.
 struct Asked<'a> {
     command: &'a str,
-    destination: &'a str,
+    /// Each destination the image was pushed to: each gets the evidence.
+    destinations: &'a [String],
     settings: &'a push::Settings,
     evidence: &'a Evidence,
     started: Instant,
 }
 
-/// Writes the evidence asked for about a push that is published (its tag written): provenance,
-/// and a signature when the host holds a key. A failure says that the image is pushed.
+/// Writes the evidence asked for about a push that is published (its tags written) at each
+/// destination: provenance, and a signature when the host holds a key. A failure says that the
+/// image is pushed.
 fn attest(
     asked: &Asked<'_>,
     sources: &[SourceImage],
@@ -200,37 +202,52 @@ fn attest(
     if !asked.evidence.provenance && key.is_none() {
         return Ok(pushed);
     }
-    let written = (|| {
-        let request = evidence::Request {
-            command: asked.command,
-            destination: asked.destination,
-            settings: asked.settings,
-            provenance: asked.evidence.provenance,
-            guest: Digest::parse(
-                &asked.evidence.guest_digest,
-                "the guest digest the host gave",
-            )?,
-            sources,
-            started: asked.started,
+    let mut signer = key.map(HostSigner);
+    for destination in asked.destinations {
+        let at = Destination::parse(destination).map(|d| d.location());
+        let here = push::Pushed {
+            digest: pushed.digest.clone(),
+            repository: at.unwrap_or_else(|_| pushed.repository.clone()),
         };
-        let mut sink = HostDestinations.open(&Destination::parse(asked.destination)?)?;
-        let mut signer = key.map(HostSigner);
-        evidence::publish(
-            &request,
-            &pushed,
-            &mut sink,
-            &mut HostClock,
-            signer.as_mut().map(|s| s as &mut dyn Signer),
-        )
-    })();
-    match written {
-        Ok(_) => Ok(pushed),
-        Err(e) => Err(anyhow!(
-            "the image is pushed ({}@{}), but {e:#}",
-            pushed.repository,
-            pushed.digest
-        )),
+        attest_one(asked, destination, sources, &here, signer.as_mut()).map_err(|e| {
+            anyhow!(
+                "the image is pushed ({}@{}), but {e:#}",
+                here.repository,
+                here.digest
+            )
+        })?;
     }
+    Ok(pushed)
+}
+
+/// The evidence at one destination.
+fn attest_one(
+    asked: &Asked<'_>,
+    destination: &str,
+    sources: &[SourceImage],
+    pushed: &push::Pushed,
+    signer: Option<&mut HostSigner>,
+) -> Result<evidence::Written> {
+    let request = evidence::Request {
+        command: asked.command,
+        destination,
+        settings: asked.settings,
+        provenance: asked.evidence.provenance,
+        guest: Digest::parse(
+            &asked.evidence.guest_digest,
+            "the guest digest the host gave",
+        )?,
+        sources,
+        started: asked.started,
+    };
+    let mut sink = HostDestinations.open(&Destination::parse(destination)?)?;
+    evidence::publish(
+        &request,
+        pushed,
+        &mut sink,
+        &mut HostClock,
+        signer.map(|s| s as &mut dyn Signer),
+    )
 }
 
 /// An image source that remembers what it said of each image: what provenance names as the
