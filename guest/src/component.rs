@@ -282,6 +282,16 @@ impl<S: ImageSource> ImageSource for Recorded<S> {
     fn export(&mut self, image: &str) -> Result<S::Export> {
         self.inner.export(image)
     }
+
+    // Forwarded, not left to the defaults: a tarball or layout source reads one platform of a
+    // multi-platform image at random and knows its index from `inspect`.
+    fn export_platform(&mut self, within: &Within) -> Result<S::Export> {
+        self.inner.export_platform(within)
+    }
+
+    fn inspected_index(&mut self) -> Option<SourceIndex> {
+        self.inner.inspected_index()
+    }
 }
 
 impl<S: build::ImageBuilder> build::ImageBuilder for Recorded<S> {
