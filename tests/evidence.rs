@@ -183,11 +183,21 @@ fn verify_fails(dest: &str, key: &Path) -> String {
     stderr
 }
 
+/// Reads back what `tag` names as every push's result is read back (support/published.rs):
+/// parsed with oci-spec, with each manifest an index lists and each config, every digest
+/// checked. Evidence is no push result of its own, so its tests call this.
+fn read_back(registry: &str, repo: &str, tag: &str, accept: &str) -> Vec<u8> {
+    let body = manifest(registry, repo, tag, accept);
+    let digest = format!("sha256:{}", sha256_hex(&body));
+    published::parse_published(&format!("{registry}/{repo}:{tag}"), &digest);
+    body
+}
+
 /// The provenance artifacts the referrers tag schema lists for `digest`, as (artifact
 /// manifest, statement-or-envelope layer bytes).
 fn referrers(registry: &str, repo: &str, digest: &str) -> Vec<(ImageManifest, Vec<u8>)> {
     let tag = format!("sha256-{}", digest.trim_start_matches("sha256:"));
-    let index = manifest(registry, repo, &tag, OCI_INDEX);
+    let index = read_back(registry, repo, &tag, OCI_INDEX);
     let index: ImageIndex = serde_json::from_slice(&index).unwrap();
     index
         .manifests()
@@ -258,6 +268,14 @@ fn provenance_refers_to_the_pushed_digest_under_the_tag_schema_and_names_the_gue
         dependency["annotations"]["diffIds"],
         serde_json::json!(rootfs_layers(&source))
     );
+    // The daemon, as its /info states it, at the address the push reached it by.
+    let info: Value =
+        serde_json::from_str(&docker_ok(&["info", "--format", "{{json .}}"])).unwrap();
+    let daemon = &dependency["annotations"]["daemon"];
+    assert_eq!(daemon["id"], info["ID"], "{daemon}");
+    assert_eq!(daemon["name"], info["Name"], "{daemon}");
+    assert_eq!(daemon["serverVersion"], info["ServerVersion"], "{daemon}");
+    assert_eq!(daemon["endpoint"], services().docker_host, "{daemon}");
     let parameters = &statement["predicate"]["buildDefinition"]["externalParameters"];
     assert_eq!(parameters["compression"], "gzip");
     assert_eq!(parameters["format"], "oci");
@@ -275,6 +293,85 @@ fn provenance_refers_to_the_pushed_digest_under_the_tag_schema_and_names_the_gue
             .unwrap()
             .len(),
         1
+    );
+}
+
+/// The statement's resolved dependency (its source image) of the provenance a push to
+/// `registry/repo` with digest `digest` published.
+fn dependency(registry: &str, repo: &str, digest: &str) -> Value {
+    let found = referrers(registry, repo, digest);
+    assert_eq!(found.len(), 1);
+    let statement: Value = serde_json::from_slice(&found[0].1).unwrap();
+    statement["predicate"]["buildDefinition"]["resolvedDependencies"][0].clone()
+}
+
+#[test]
+fn provenance_names_the_tarball_or_layout_a_source_was_read_from() {
+    let registry = services().registry;
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().canonicalize().unwrap();
+    assert!(
+        work.to_str()
+            .unwrap()
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b)),
+        "a temporary directory whose file: URI is its path: {}",
+        work.display()
+    );
+    let (archive, image_id, _) =
+        docker_save_archive(&format!("{}:1", unique("tarball")), &[random_bytes(2000)]);
+    std::fs::write(work.join("app image.tar"), &archive).unwrap();
+    let listed = tool(&work, "tar", &["-xOf", "app image.tar", "manifest.json"]);
+
+    // A relative path, read from the directory it is relative to: the URI is absolute, with
+    // the space percent-encoded.
+    let repo = format!("evidence/{}", unique("from-tarball"));
+    let dest = format!("{registry}/{repo}:1");
+    let mut command = Command::new(ocipush_bin());
+    command
+        .args(["push", "docker-archive:app image.tar", &dest])
+        .args(["--progress", "none", "--provenance"])
+        .current_dir(&work);
+    let digest = run_ocipush(command, NO_ENV, None).expect_success(&dest);
+    let from_tarball = dependency(&registry, &repo, &digest);
+    let annotations = &from_tarball["annotations"];
+    assert_eq!(annotations["source"], "docker save tarball");
+    assert_eq!(annotations["imageId"], image_id);
+    assert_eq!(
+        annotations["file"]["uri"],
+        format!("file://{}/app%20image.tar", work.display())
+    );
+    assert_eq!(
+        annotations["file"]["manifestJson"]["sha256"],
+        sha256_hex(&listed)
+    );
+    assert!(annotations.get("daemon").is_none(), "{annotations}");
+
+    // The same image into a layout, then from the layout.
+    let layout = work.join("layout");
+    let into = format!("oci:{}:1", layout.display());
+    push(
+        &format!("docker-archive:{}/app image.tar", work.display()),
+        &into,
+    )
+    .expect_success(&into);
+    let index = std::fs::read(layout.join("index.json")).unwrap();
+    let repo = format!("evidence/{}", unique("from-layout"));
+    let dest = format!("{registry}/{repo}:1");
+    let from_layout = dependency(
+        &registry,
+        &repo,
+        &push_args(&into, &dest, "none", &["--provenance"], NO_ENV).expect_success(&dest),
+    );
+    let annotations = &from_layout["annotations"];
+    assert_eq!(annotations["source"], "OCI image layout");
+    assert_eq!(
+        annotations["file"]["uri"],
+        format!("file://{}", layout.display())
+    );
+    assert_eq!(
+        annotations["file"]["indexJson"]["sha256"],
+        sha256_hex(&index)
     );
 }
 
@@ -308,7 +405,7 @@ fn signatures_verify_with_openssl_and_ocipush_verify_only_with_their_key() {
     );
 
     let sig_tag = format!("sha256-{}.sig", digest.trim_start_matches("sha256:"));
-    let sig_manifest: ImageManifest = serde_json::from_slice(&manifest(
+    let sig_manifest: ImageManifest = serde_json::from_slice(&read_back(
         &registry,
         &repo,
         &sig_tag,

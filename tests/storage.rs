@@ -94,6 +94,34 @@ fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str
     env.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
+/// The source image the (unsigned) provenance of `digest` in `repo` names, found through the
+/// referrers tag schema.
+fn provenance_source(registry: &str, repo: &str, digest: &str) -> Value {
+    let get = |path: String, accept| {
+        let (status, body) = registry_get(registry, repo, &path, accept);
+        assert_eq!(status, 200, "{repo}/{path}");
+        serde_json::from_slice::<Value>(&body).unwrap()
+    };
+    let hex = digest.trim_start_matches("sha256:");
+    let index = get(
+        format!("manifests/sha256-{hex}"),
+        Some("application/vnd.oci.image.index.v1+json"),
+    );
+    let artifact = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let artifact = get(format!("manifests/{artifact}"), Some(OCI_MANIFEST));
+    let statement = get(
+        format!(
+            "blobs/{}",
+            artifact["layers"][0]["digest"].as_str().unwrap()
+        ),
+        None,
+    );
+    statement["predicate"]["buildDefinition"]["resolvedDependencies"][0].clone()
+}
+
 #[test]
 fn containers_storage_is_read_through_podman() {
     let s = services();
@@ -129,9 +157,18 @@ fn a_plain_name_falls_back_to_containers_storage_when_no_daemon_is_found() {
     let repo = format!("ocipush-test/{name}");
     let dest = format!("{}/{repo}:v1", s.registry);
     let env = store.env();
-    let pushed = home.push(&image, &dest, "plain", &[], &env_refs(&env));
+    let pushed = home.push(&image, &dest, "plain", &["--provenance"], &env_refs(&env));
     let digest = pushed.expect_success(&dest);
     verify_pushed(&dest, &digest, &id, &diff_ids);
+    // Provenance names the store, not a daemon: there is none.
+    let source = provenance_source(&s.registry, &repo, &digest);
+    assert_eq!(
+        source["uri"],
+        format!("containers-storage:{image}"),
+        "{source}"
+    );
+    assert_eq!(source["annotations"]["source"], "containers-storage");
+    assert!(source["annotations"].get("daemon").is_none(), "{source}");
     let said: Vec<&str> = pushed
         .stderr
         .lines()

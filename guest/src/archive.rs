@@ -51,6 +51,8 @@ pub struct Archive<F> {
     chosen: Option<CutExport>,
     /// The multi-platform image `inspect` found, and the tar's entries its exports are cut from.
     multi: Option<(SourceIndex, HashMap<String, Entry>)>,
+    /// The digest of the `manifest.json` `inspect` read: what provenance names the file by.
+    listing: Option<Digest>,
 }
 
 /// The entries of `index.json` or an index, as far as finding an image's index needs.
@@ -82,7 +84,18 @@ impl<F: RandomAccess> Archive<F> {
             reference: reference.map(str::to_string),
             chosen: None,
             multi: None,
+            listing: None,
         }
+    }
+
+    /// The digest of the `manifest.json` the last `inspect` read.
+    pub fn manifest_json_digest(&self) -> Option<&Digest> {
+        self.listing.as_ref()
+    }
+
+    /// The file it reads.
+    pub fn file(&self) -> &F {
+        &self.file
     }
 
     /// The small blob `digest` (at most `OCI_MANIFEST_LIMIT` bytes), checked against it; `None`
@@ -296,12 +309,11 @@ impl<F: RandomAccess + 'static> ImageSource for Archive<F> {
     /// user wrote it, which this archive was opened for.
     fn inspect(&mut self, _image: &str) -> Result<ImageSummary> {
         let index = self.index()?;
-        let manifests: Vec<SaveManifest> = serde_json::from_slice(
-            &self
-                .read_small(&index, "manifest.json")
-                .with_context(|| format!("archive {} is not a docker save archive", self.path))?,
-        )
-        .with_context(|| {
+        let listing = self
+            .read_small(&index, "manifest.json")
+            .with_context(|| format!("archive {} is not a docker save archive", self.path))?;
+        self.listing = Some(Digest::of(&listing));
+        let manifests: Vec<SaveManifest> = serde_json::from_slice(&listing).with_context(|| {
             format!(
                 "archive {}: manifest.json is not a docker save manifest",
                 self.path
@@ -551,6 +563,24 @@ mod tests {
             Item::File(&other_config_name, &other_config),
             Item::File("manifest.json", &manifest),
         ])
+    }
+
+    #[test]
+    fn inspect_remembers_the_digest_of_the_manifest_json_it_read() {
+        let manifest = serde_json::to_vec(&serde_json::json!([
+            {"Config": "c.json", "RepoTags": ["app:1"], "Layers": []},
+        ]))
+        .unwrap();
+        let bytes = tar(&[Item::File("manifest.json", &manifest)]);
+        let mut archive = Archive::new(MemoryFile(bytes), "test.tar", None);
+        assert_eq!(archive.manifest_json_digest(), None);
+        // The config is missing, so inspect fails, but after reading manifest.json.
+        assert!(archive.inspect("docker-archive:test.tar").is_err());
+        assert_eq!(archive.manifest_json_digest(), Some(&Digest::of(&manifest)));
+        let bytes = two_images();
+        let mut archive = Archive::new(MemoryFile(bytes), "test.tar", Some("other:2"));
+        archive.inspect("docker-archive:test.tar:other:2").unwrap();
+        assert!(archive.manifest_json_digest().is_some());
     }
 
     #[test]

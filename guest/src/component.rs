@@ -5,12 +5,12 @@
 
 use std::io::{self, Read};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 
 use crate::archive::Archive;
 use crate::build;
 use crate::digest::Digest;
-use crate::evidence::statement::{Instant, SourceImage};
+use crate::evidence::statement::{Instant, Origin, SourceImage};
 use crate::evidence::{self, Clock, Referrers, Signer};
 use crate::layout::Layout;
 use crate::manifest;
@@ -57,7 +57,7 @@ impl Guest for Component {
                 evidence: &wanted,
                 started,
             };
-            attest(&asked, &source.seen, pushed)
+            attest(&asked, &mut source, pushed)
         };
         result(run())
     }
@@ -86,7 +86,7 @@ impl Guest for Component {
                 evidence: &wanted,
                 started,
             };
-            attest(&asked, &daemon.seen, pushed)
+            attest(&asked, &mut daemon, pushed)
         };
         result(run())
     }
@@ -127,7 +127,7 @@ impl Component {
                     evidence: &wanted,
                     started,
                 };
-                Some(attest(&asked, &daemon.seen, pushed)?)
+                Some(attest(&asked, &mut daemon, pushed)?)
             }
             (pushed, _) => pushed,
         };
@@ -193,15 +193,23 @@ struct Asked<'a> {
 /// Writes the evidence asked for about a push that is published (its tags written) at each
 /// destination: provenance, and a signature when the host holds a key. A failure says that the
 /// image is pushed.
-fn attest(
+fn attest<S: Identify>(
     asked: &Asked<'_>,
-    sources: &[SourceImage],
+    source: &mut Recorded<S>,
     pushed: push::Pushed,
 ) -> Result<push::Pushed> {
     let key = signer::key();
     if !asked.evidence.provenance && key.is_none() {
         return Ok(pushed);
     }
+    let sources = source.sources(asked.evidence.provenance).map_err(|e| {
+        anyhow!(
+            "the image is pushed ({}@{}), but {e:#}",
+            pushed.repository,
+            pushed.digest
+        )
+    })?;
+    let sources = &sources[..];
     let mut signer = key.map(HostSigner);
     for destination in asked.destinations {
         let at = Destination::parse(destination).map(|d| d.location());
@@ -266,6 +274,68 @@ impl<S> Recorded<S> {
     }
 }
 
+impl<S: Identify> Recorded<S> {
+    /// The images the push read, each with where it was read from when provenance wants it.
+    fn sources(&mut self, provenance: bool) -> Result<Vec<SourceImage>> {
+        let mut sources = self.seen.clone();
+        if provenance {
+            for source in &mut sources {
+                source.origin = Some(
+                    self.inner
+                        .origin(&source.name)
+                        .with_context(|| format!("naming where {} was read from", source.name))?,
+                );
+            }
+        }
+        Ok(sources)
+    }
+}
+
+/// A source that says where an image it read came from, for provenance.
+trait Identify {
+    /// Where `image` (as `inspect` was asked for it) was read from.
+    fn origin(&mut self, image: &str) -> Result<Origin>;
+}
+
+impl Identify for Daemon {
+    fn origin(&mut self, image: &str) -> Result<Origin> {
+        let identity = docker::identify(image).map_err(|e| anyhow!(e))?;
+        Ok(match identity {
+            Some(daemon) => Origin::Daemon {
+                id: daemon.id,
+                name: daemon.name,
+                server_version: daemon.server_version,
+                endpoint: daemon.endpoint,
+            },
+            None => Origin::ContainersStorage,
+        })
+    }
+}
+
+impl Identify for HostSource {
+    fn origin(&mut self, _image: &str) -> Result<Origin> {
+        // Both digests are set by `inspect`, which the push ran before anything else.
+        let unread = |what| anyhow!("the source's {what} was not read");
+        Ok(match self {
+            Self::Daemon(name) => Daemon.origin(name)?,
+            Self::Archive(archive) => Origin::Archive {
+                path: archive.file().absolute_path().map_err(|e| anyhow!(e))?,
+                manifest: archive
+                    .manifest_json_digest()
+                    .ok_or_else(|| unread("manifest.json"))?
+                    .clone(),
+            },
+            Self::Layout(layout) => Origin::Layout {
+                path: layout.files().absolute_path().map_err(|e| anyhow!(e))?,
+                index: layout
+                    .index_json_digest()
+                    .ok_or_else(|| unread("index.json"))?
+                    .clone(),
+            },
+        })
+    }
+}
+
 impl<S: ImageSource> ImageSource for Recorded<S> {
     type Export = S::Export;
 
@@ -275,6 +345,7 @@ impl<S: ImageSource> ImageSource for Recorded<S> {
         self.seen.push(SourceImage {
             name: image.to_string(),
             summary: summary.clone(),
+            origin: None,
         });
         Ok(summary)
     }

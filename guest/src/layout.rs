@@ -42,6 +42,8 @@ pub struct Layout<F> {
     chosen: Option<CutExport>,
     /// The multi-platform image `inspect` found.
     multi: Option<SourceIndex>,
+    /// The digest of the `index.json` `inspect` read: what provenance names the layout by.
+    listing: Option<Digest>,
 }
 
 #[derive(Deserialize)]
@@ -89,7 +91,18 @@ impl<F: LayoutFiles + 'static> Layout<F> {
             tag: tag.map(str::to_string),
             chosen: None,
             multi: None,
+            listing: None,
         }
+    }
+
+    /// The digest of the `index.json` the last `inspect` read.
+    pub fn index_json_digest(&self) -> Option<&Digest> {
+        self.listing.as_ref()
+    }
+
+    /// The directory it reads.
+    pub fn files(&self) -> &F {
+        &self.files
     }
 
     /// A small blob, whole, checked against its digest.
@@ -169,7 +182,9 @@ impl<F: LayoutFiles + 'static> ImageSource for Layout<F> {
 
     /// Reads the index, the manifest and the config; `image` is the source as the user wrote it.
     fn inspect(&mut self, _image: &str) -> Result<ImageSummary> {
-        let index: Index = serde_json::from_slice(&self.files.index()?).with_context(|| {
+        let listing = self.files.index()?;
+        self.listing = Some(Digest::of(&listing));
+        let index: Index = serde_json::from_slice(&listing).with_context(|| {
             format!("OCI layout {}: index.json is not an image index", self.path)
         })?;
         let descriptor = self.choose(index)?;

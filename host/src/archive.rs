@@ -60,6 +60,11 @@ impl Tarball {
         Ok(meta.len())
     }
 
+    /// The file's absolute path (symbolic links left as they are), for provenance.
+    pub fn absolute_path(&self) -> Result<String, Error> {
+        Ok(crate::files::absolute(std::path::Path::new(&self.path))?)
+    }
+
     /// Up to `max` bytes at `offset`; short only at the end of the file.
     pub fn read(&self, offset: u64, max: u32) -> Result<Vec<u8>, Error> {
         let bytes = read_at(&self.file, offset, max.min(READ_LIMIT) as usize)

@@ -33,6 +33,21 @@ impl fmt::Display for IoError {
 
 impl std::error::Error for IoError {}
 
+/// `path` made absolute against the working directory, symbolic links left as they are: where
+/// provenance says a source file or directory is. Fails only without a working directory, or
+/// for a path that is not UTF-8 once made absolute.
+pub fn absolute(path: &Path) -> Result<String, IoError> {
+    let context = || format!("the absolute path of {}", path.display());
+    let absolute = std::path::absolute(path).map_err(IoError::at(context()))?;
+    absolute
+        .into_os_string()
+        .into_string()
+        .map_err(|_| IoError {
+            context: context(),
+            error: io::Error::new(io::ErrorKind::InvalidData, "it is not UTF-8"),
+        })
+}
+
 /// A temporary file name in `dir`, unique to this process and call: concurrent pushes (other
 /// processes) and concurrent calls (other threads) never share one. Hidden, and ending in
 /// `.tmp`, so that a reader of the directory can tell it from an entry.
@@ -85,6 +100,16 @@ pub fn read_at(file: &File, offset: u64, max: usize) -> io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absolute_paths_are_made_against_the_working_directory_without_resolving_links() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            absolute(Path::new("a b/../c.tar")).unwrap(),
+            format!("{}/a b/../c.tar", cwd.display())
+        );
+        assert_eq!(absolute(Path::new("/x/./y")).unwrap(), "/x/y");
+    }
 
     #[test]
     fn atomic_writes_replace_whole_files_and_leave_no_temporary_file() {

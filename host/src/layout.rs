@@ -446,6 +446,11 @@ impl Reader {
         })
     }
 
+    /// The directory's absolute path (symbolic links left as they are), for provenance.
+    pub fn absolute_path(&self) -> Result<String, Error> {
+        Ok(crate::files::absolute(&self.root)?)
+    }
+
     /// The bytes of `index.json`, at most 64 MiB.
     pub fn index(&self) -> Result<Vec<u8>, Error> {
         let path = self.root.join("index.json");

@@ -5,7 +5,8 @@
 //   node tests/jco/host.mjs GUEST_WASM DOCKER_SAVE_TAR IMAGE_ID OUT_DIR
 //
 // - docker:      `inspect` and `export-image` answer from a `docker save` tarball on disk;
-//                IMAGE_ID is the daemon's image ID (the config's sha256 on the classic store).
+//                IMAGE_ID is the daemon's image ID (the config's sha256 on the classic store);
+//                `identify` declines (no daemon; only provenance asks).
 // - registry:    an OCI image layout in OUT_DIR (oci-layout, index.json, blobs/sha256/…), with
 //                the host's rule that a manifest may only name blobs confirmed in this session.
 //                Layers are stored as streamed: only `compression = none` is offered.
@@ -217,6 +218,8 @@ function dockerOverTarball(tarball, imageId) {
     // This host builds nothing: the guest's build export is not exercised here.
     BuildJob: class {},
     build: (request) => ({ tag: "err", val: `this host builds nothing (asked to build ${request.tag})` }),
+    // No daemon stands behind this host's images: provenance, which alone asks, is not offered.
+    identify: (image) => ({ tag: "err", val: `this host has no daemon to name (${image} is read from ${tarball})` }),
     inspect(image) {
       return result(() => {
         if (!names().includes(image)) {

@@ -61,11 +61,72 @@ fn civil(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-/// A source image as the push read it: how the user named it, and what its source said.
+/// A source image as the push read it: how the user named it, what its source said, and
+/// where the source is (asked only when provenance is written).
 #[derive(Clone, Debug)]
 pub struct SourceImage {
     pub name: String,
     pub summary: ImageSummary,
+    pub origin: Option<Origin>,
+}
+
+/// Which daemon, file or directory a source image was read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A Docker daemon (or podman's service): what its `/info` states, and where it is
+    /// reached (without credentials).
+    Daemon {
+        id: Option<String>,
+        name: Option<String>,
+        server_version: Option<String>,
+        endpoint: String,
+    },
+    /// podman's or buildah's local store, read through their command line: no daemon.
+    ContainersStorage,
+    /// A `docker save` tarball: its absolute path, and the digest of its `manifest.json` (what
+    /// it says it holds, read anyway; the layers are not read twice for this).
+    Archive { path: String, manifest: Digest },
+    /// An OCI image layout directory: its absolute path, and the digest of its `index.json`.
+    Layout { path: String, index: Digest },
+}
+
+/// A `file:` URI of an absolute path: each byte outside RFC 3986's unreserved characters and
+/// `/` percent-encoded, so that spaces, `%`, `?` and `#` in a name keep their meaning.
+pub fn file_uri(path: &str) -> String {
+    let mut uri = String::from("file://");
+    for byte in path.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
+            uri.push(byte as char);
+        } else {
+            uri.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    uri
+}
+
+/// What provenance says of an origin, under the dependency's `annotations`: none for
+/// containers-storage, which the `source` annotation names.
+fn origin(origin: &Origin) -> Option<(&'static str, Value)> {
+    Some(match origin {
+        Origin::Daemon {
+            id,
+            name,
+            server_version,
+            endpoint,
+        } => (
+            "daemon",
+            json!({ "id": id, "name": name, "serverVersion": server_version, "endpoint": endpoint }),
+        ),
+        Origin::ContainersStorage => return None,
+        Origin::Archive { path, manifest } => (
+            "file",
+            json!({ "uri": file_uri(path), "manifestJson": { "sha256": manifest.hex() } }),
+        ),
+        Origin::Layout { path, index } => (
+            "file",
+            json!({ "uri": file_uri(path), "indexJson": { "sha256": index.hex() } }),
+        ),
+    })
 }
 
 /// Everything a statement says.
@@ -93,20 +154,27 @@ fn dependency(source: &SourceImage) -> Value {
         (name.clone(), "OCI image layout")
     } else if name.starts_with("containers-storage:") {
         (name.clone(), "containers-storage")
+    } else if source.origin == Some(Origin::ContainersStorage) {
+        // A bare name the host read from containers-storage (no Docker daemon found).
+        (format!("containers-storage:{name}"), "containers-storage")
     } else {
         let bare = name.strip_prefix("docker-daemon:").unwrap_or(name);
         (format!("docker-daemon:{bare}"), "Docker daemon")
     };
     let diff_ids: Vec<&str> = source.summary.diff_ids.iter().map(Digest::as_str).collect();
+    let mut annotations = json!({
+        "source": kind,
+        "imageId": source.summary.id.as_str(),
+        "diffIds": diff_ids,
+        "platform": source.summary.platform.as_ref().map(ToString::to_string),
+    });
+    if let Some((key, value)) = source.origin.as_ref().and_then(origin) {
+        annotations[key] = value;
+    }
     json!({
         "uri": uri,
         "digest": { "sha256": source.summary.id.hex() },
-        "annotations": {
-            "source": kind,
-            "imageId": source.summary.id.as_str(),
-            "diffIds": diff_ids,
-            "platform": source.summary.platform.as_ref().map(ToString::to_string),
-        },
+        "annotations": annotations,
     })
 }
 
@@ -235,6 +303,12 @@ mod tests {
         let sources = [SourceImage {
             name: "app:1".into(),
             summary,
+            origin: Some(Origin::Daemon {
+                id: Some("e345468a-5eda-4c92-951e-b65a65ab769f".into()),
+                name: Some("builder-7".into()),
+                server_version: Some("26.1.5".into()),
+                endpoint: "unix:///var/run/docker.sock".into(),
+            }),
         }];
         let (digest, guest) = (Digest::of(b"manifest"), Digest::of(b"guest"));
         let settings = Settings::for_tests();
@@ -260,6 +334,11 @@ mod tests {
         assert_eq!(json["subject"][0]["digest"]["sha256"], digest.hex());
         let dependency = &json["predicate"]["buildDefinition"]["resolvedDependencies"][0];
         assert_eq!(dependency["uri"], "docker-daemon:app:1");
+        let daemon = &dependency["annotations"]["daemon"];
+        assert_eq!(daemon["id"], "e345468a-5eda-4c92-951e-b65a65ab769f");
+        assert_eq!(daemon["name"], "builder-7");
+        assert_eq!(daemon["serverVersion"], "26.1.5");
+        assert_eq!(daemon["endpoint"], "unix:///var/run/docker.sock");
         assert_eq!(
             dependency["annotations"]["diffIds"][0],
             Digest::of(b"layer").as_str()
@@ -272,5 +351,69 @@ mod tests {
         assert_eq!(builder.guest, guest.as_str());
         assert_eq!(builder.contract, "0.8.0");
         assert!(read_statement(&bytes, &guest).is_err());
+    }
+
+    /// The dependency a statement names for one source image with `origin`.
+    fn dependency_of(name: &str, origin: Option<Origin>) -> Value {
+        let source = SourceImage {
+            name: name.into(),
+            summary: ImageSummary {
+                id: Digest::of(b"config"),
+                diff_ids: Vec::new(),
+                size: 0,
+                platform: None,
+                id_kind: crate::model::IdKind::Config,
+                within: None,
+            },
+            origin,
+        };
+        dependency(&source)
+    }
+
+    #[test]
+    fn a_file_source_is_named_by_its_uri_and_the_digest_of_what_it_lists() {
+        let manifest = Digest::of(b"[]");
+        let archive = dependency_of(
+            "docker-archive:app.tar:app:1",
+            Some(Origin::Archive {
+                path: "/work/my images/app.tar".into(),
+                manifest: manifest.clone(),
+            }),
+        );
+        let file = &archive["annotations"]["file"];
+        assert_eq!(file["uri"], "file:///work/my%20images/app.tar");
+        assert_eq!(file["manifestJson"]["sha256"], manifest.hex());
+        assert_eq!(archive["annotations"]["source"], "docker save tarball");
+        let layout = dependency_of(
+            "oci:out:1",
+            Some(Origin::Layout {
+                path: "/tmp/out".into(),
+                index: manifest.clone(),
+            }),
+        );
+        assert_eq!(layout["annotations"]["file"]["uri"], "file:///tmp/out");
+        assert_eq!(
+            layout["annotations"]["file"]["indexJson"]["sha256"],
+            manifest.hex()
+        );
+        // Without provenance's look at the origin, nothing is said of it.
+        assert!(dependency_of("app:1", None)["annotations"]
+            .get("daemon")
+            .is_none());
+    }
+
+    #[test]
+    fn a_name_read_from_containers_storage_says_so() {
+        let read = dependency_of("app:1", Some(Origin::ContainersStorage));
+        assert_eq!(read["uri"], "containers-storage:app:1");
+        assert_eq!(read["annotations"]["source"], "containers-storage");
+        assert!(read["annotations"].get("daemon").is_none());
+    }
+
+    #[test]
+    fn file_uris_percent_encode_what_is_not_plain() {
+        assert_eq!(file_uri("/a/b-c_d.e~f"), "file:///a/b-c_d.e~f");
+        assert_eq!(file_uri("/x/50% #1?.tar"), "file:///x/50%25%20%231%3F.tar");
+        assert_eq!(file_uri("/caf\u{e9}"), "file:///caf%C3%A9");
     }
 }

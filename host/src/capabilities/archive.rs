@@ -40,6 +40,10 @@ impl HostTarball for HostState {
         Ok(timed(&mut self.waits.export, || tarball.read(offset, max))?)
     }
 
+    fn absolute_path(&mut self, tarball: Resource<Tarball>) -> Result<String, HostError> {
+        Ok(self.table.get(&tarball)?.absolute_path()?)
+    }
+
     fn drop(&mut self, tarball: Resource<Tarball>) -> wasmtime::Result<()> {
         self.table.delete(tarball)?;
         Ok(())

@@ -10,7 +10,7 @@ use bollard::models::ImageInspect;
 use wasmtime::component::Resource;
 
 use crate::bindings::ocipush::core::docker::{
-    BuildEvent, BuildRequest, Host, HostBuildJob, HostExportStream, ImageSummary,
+    BuildEvent, BuildRequest, DaemonIdentity, Host, HostBuildJob, HostExportStream, ImageSummary,
 };
 use crate::bindings::ocipush::core::types::{IdKind, Platform};
 use crate::daemon::build::{self, BuildJob, Spec, Step};
@@ -84,6 +84,28 @@ impl Host for HostState {
         summary.id_kind = self.rt.block_on(id_kind(&docker))?;
         tracing::debug!(image, id = %summary.id, layers = summary.diff_ids.len(), size = summary.size, platform = ?summary.platform, "inspected");
         Ok(summary)
+    }
+
+    fn identify(&mut self, image: String) -> Result<Option<DaemonIdentity>, HostError> {
+        if self.storage_name(&image).is_some() {
+            return Ok(None);
+        }
+        let docker = self.daemon.docker(&self.rt)?;
+        let info = self
+            .rt
+            .block_on(docker.info())?
+            .map_err(|e| daemon::Error::Info {
+                address: self.daemon.address.clone(),
+                cause: e.to_string(),
+            })?;
+        let stated = |field: Option<String>| field.filter(|v| !v.is_empty());
+        Ok(Some(DaemonIdentity {
+            id: stated(info.id),
+            name: stated(info.name),
+            server_version: stated(info.server_version),
+            // Connected above, so the resolution named an endpoint.
+            endpoint: self.daemon.endpoint().unwrap_or_default(),
+        }))
     }
 
     fn export_image(&mut self, image: String) -> Result<Resource<ExportStream>, HostError> {

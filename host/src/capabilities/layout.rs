@@ -50,6 +50,10 @@ impl HostReader for HostState {
         })?)
     }
 
+    fn absolute_path(&mut self, reader: Resource<Reader>) -> Result<String, HostError> {
+        Ok(self.table.get(&reader)?.absolute_path()?)
+    }
+
     fn drop(&mut self, reader: Resource<Reader>) -> wasmtime::Result<()> {
         self.table.delete(reader)?;
         Ok(())

@@ -129,6 +129,22 @@ pub struct Endpoint {
     pub origin: Origin,
 }
 
+impl Endpoint {
+    /// The address without credentials, as provenance names the daemon: a user or password in
+    /// its authority (`tcp://user:secret@host:2376`) and its query and fragment are left out.
+    pub fn without_credentials(&self) -> String {
+        let address = self.host.split(['?', '#']).next().unwrap_or_default();
+        let Some((scheme, rest)) = address.split_once("://") else {
+            return address.to_string();
+        };
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let host = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host);
+        format!("{scheme}://{host}{path}")
+    }
+}
+
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.origin {
@@ -341,6 +357,29 @@ fn search(env: &Environment, exists: impl Fn(&Path) -> bool) -> Resolution {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endpoint_without_credentials_keeps_scheme_host_and_path() {
+        let at = |host: &str| {
+            Endpoint {
+                host: host.into(),
+                tls: None,
+                origin: Origin::DockerHost,
+            }
+            .without_credentials()
+        };
+        assert_eq!(
+            at("unix:///var/run/docker.sock"),
+            "unix:///var/run/docker.sock"
+        );
+        assert_eq!(at("unix:///run/u@1/d.sock"), "unix:///run/u@1/d.sock");
+        assert_eq!(at("tcp://10.0.0.5:2376"), "tcp://10.0.0.5:2376");
+        assert_eq!(at("tcp://user:s3cret@10.0.0.5:2376"), "tcp://10.0.0.5:2376");
+        assert_eq!(
+            at("https://u:p@d.example:2376/v1?token=s3cret#x"),
+            "https://d.example:2376/v1"
+        );
+    }
 
     /// A Docker CLI configuration directory with `config.json` and contexts, in a temp dir.
     struct Store(tempfile::TempDir);

@@ -58,6 +58,11 @@ pub enum Error {
     NoId {
         image: String,
     },
+    /// `GET /info`, asked for provenance, failed.
+    Info {
+        address: String,
+        cause: String,
+    },
     /// A signal stopped the wait.
     Interrupted(Interrupted),
 }
@@ -98,6 +103,10 @@ impl fmt::Display for Error {
                 "the Docker daemon at {address} failed on image {image}: {cause}"
             ),
             Self::NoId { image } => write!(f, "the Docker daemon reported no ID for image {image}"),
+            Self::Info { address, cause } => write!(
+                f,
+                "the Docker daemon at {address} did not say who it is (GET /info): {cause}"
+            ),
             Self::Interrupted(interrupted) => interrupted.fmt(f),
         }
     }
@@ -138,6 +147,19 @@ impl Daemon {
             resolution,
             address,
             docker: None,
+        }
+    }
+
+    /// Where the daemon is, without credentials (`Endpoint::without_credentials`); none when
+    /// nothing says.
+    pub fn endpoint(&self) -> Option<String> {
+        match &self.resolution {
+            Ok(Resolution::Named(endpoint))
+            | Ok(Resolution::Searched {
+                found: Some(endpoint),
+                ..
+            }) => Some(endpoint.without_credentials()),
+            Ok(Resolution::Searched { found: None, .. }) | Err(_) => None,
         }
     }
 
