@@ -818,3 +818,93 @@ fn classic_store_of_docker_26_uploads_only_an_apps_own_layer() {
         verify_pushed(&s.registry, &repo, version, &digest, &id, &diff_ids);
     }
 }
+
+/// A two-platform image pushed whole from the containerd store with `--provenance --sign-key`:
+/// the tag names the index (digest = image ID), and so do the signature and the provenance.
+/// `ocipush verify` passes with the key (and names the guest), the provenance artifact's
+/// subject is the index with its media type, and its statement names this Docker 26 daemon.
+#[test]
+fn a_signed_two_platform_push_verifies_on_the_index_digest() {
+    let s = services();
+    let d = Docker26::containerd();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("DOCKER_HOST", d.host.as_str())];
+    let name = unique("d26-signed");
+    let (tag, index_digest, _, _) = load_two_platforms(&d, &name, &["amd64", "arm64"], dir.path());
+    let genkey = [
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-out",
+        "key.pem",
+    ];
+    tool(dir.path(), "openssl", &genkey);
+    let pubout = ["pkey", "-in", "key.pem", "-pubout", "-out", "key.pub.pem"];
+    tool(dir.path(), "openssl", &pubout);
+    let key = dir.path().join("key.pem").display().to_string();
+    let repo = format!("docker26/{name}");
+    let dest = format!("{}/{repo}:1", s.registry);
+    let evidence = ["--provenance", "--sign-key", key.as_str()];
+    let pushed = push_args(&tag, &dest, "none", &evidence, &env).expect_success(&dest);
+    assert_eq!(pushed, index_digest, "registry digest = image ID");
+
+    let out = run(Command::new(ocipush_bin())
+        .args(["verify", &dest, "--key"])
+        .arg(dir.path().join("key.pub.pem"))
+        .env_remove("OCIPUSH_LOG"));
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "verified {dest}@{index_digest}: signed by that key"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("provenance: pushed by guest sha256:")
+            && stdout.trim_end().ends_with("), signed by that key"),
+        "{stdout}"
+    );
+
+    let hex = index_digest.trim_start_matches("sha256:");
+    let (status, listing) = registry_get(
+        &s.registry,
+        &repo,
+        &format!("manifests/sha256-{hex}"),
+        Some(OCI_INDEX),
+    );
+    assert_eq!(status, 200, "the referrers tag schema's index");
+    published::parse_published(
+        &format!("{}/{repo}:sha256-{hex}", s.registry),
+        &digest(&listing),
+    );
+    let listing: Value = serde_json::from_slice(&listing).unwrap();
+    let artifact = listing["manifests"][0]["digest"].as_str().unwrap();
+    let (_, artifact) = registry_get(
+        &s.registry,
+        &repo,
+        &format!("manifests/{artifact}"),
+        Some(OCI_MANIFEST),
+    );
+    let artifact: Value = serde_json::from_slice(&artifact).unwrap();
+    assert_eq!(artifact["subject"]["digest"], index_digest.as_str());
+    assert_eq!(artifact["subject"]["mediaType"], OCI_INDEX);
+    let layer = artifact["layers"][0]["digest"].as_str().unwrap();
+    let (_, envelope) = registry_get(&s.registry, &repo, &format!("blobs/{layer}"), None);
+    let envelope: Value = serde_json::from_slice(&envelope).unwrap();
+    use base64::Engine as _;
+    let statement = base64::engine::general_purpose::STANDARD
+        .decode(envelope["payload"].as_str().unwrap())
+        .unwrap();
+    let statement: Value = serde_json::from_slice(&statement).unwrap();
+    assert_eq!(statement["subject"][0]["digest"]["sha256"], hex);
+    let source = &statement["predicate"]["buildDefinition"]["resolvedDependencies"][0];
+    assert_eq!(source["annotations"]["imageId"], index_digest.as_str());
+    let info: Value =
+        serde_json::from_str(&d.docker_ok(&["info", "--format", "{{json .}}"])).unwrap();
+    let daemon = &source["annotations"]["daemon"];
+    assert_eq!(daemon["id"], info["ID"], "{daemon}");
+    assert_eq!(daemon["serverVersion"], info["ServerVersion"], "{daemon}");
+    assert_eq!(daemon["endpoint"], d.host.as_str(), "{daemon}");
+}
