@@ -260,7 +260,7 @@ fn provenance_refers_to_the_pushed_digest_under_the_tag_schema_and_names_the_gue
         "{builder}"
     );
     assert_eq!(builder["version"]["guest"], guest);
-    assert_eq!(builder["version"]["ocipush:core"], "0.8.0");
+    assert_eq!(builder["version"]["ocipush:core"], "0.9.0");
     let dependency = &statement["predicate"]["buildDefinition"]["resolvedDependencies"][0];
     assert_eq!(dependency["uri"], format!("docker-daemon:{source}"));
     assert_eq!(dependency["annotations"]["imageId"], image_id(&source));
@@ -480,7 +480,7 @@ fn signatures_verify_with_openssl_and_ocipush_verify_only_with_their_key() {
     );
     assert!(
         stdout.contains(&format!(
-            "provenance: pushed by guest {} (ocipush:core@0.8.0), signed by that key",
+            "provenance: pushed by guest {} (ocipush:core@0.9.0), signed by that key",
             embedded_guest()
         )),
         "{stdout}"

@@ -58,6 +58,7 @@ fn image(config: &[u8]) -> ImageSummary {
         platform: None,
         id_kind: IdKind::Config,
         within: None,
+        labels: Default::default(),
     }
 }
 

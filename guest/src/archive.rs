@@ -440,6 +440,8 @@ impl<F: RandomAccess + 'static> Archive<F> {
             platform: config::platform(&config).ok(),
             id_kind: IdKind::Config,
             within: None,
+            labels: config::labels(&config)
+                .with_context(|| format!("archive {}: config {}", self.path, manifest.config))?,
         };
         stream.file(&config_path, config)?;
         let parts = stream.finish(&config_path, manifest.repo_tags.unwrap_or_default())?;

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::digest::Digest;
-use crate::model::{Annotations, Platform};
+use crate::model::{Annotations, Labels, Platform};
 
 /// The label and annotation namespace of the OCI image spec's pre-defined keys.
 const OCI_KEY_PREFIX: &str = "org.opencontainers.image.";
@@ -30,7 +30,7 @@ struct ImageConfig {
 #[derive(Deserialize)]
 struct RunConfig {
     #[serde(rename = "Labels", default)]
-    labels: Option<Annotations>,
+    labels: Option<Labels>,
 }
 
 #[derive(Deserialize)]
@@ -70,6 +70,14 @@ pub fn platform(config: &[u8]) -> Result<Platform> {
         architecture: config.architecture,
         variant: config.variant.filter(|v| !v.is_empty()),
     })
+}
+
+/// The config's labels (`config.Labels`); none when it has none.
+pub fn labels(config: &[u8]) -> Result<Labels> {
+    Ok(parse(config)?
+        .config
+        .and_then(|c| c.labels)
+        .unwrap_or_default())
 }
 
 /// The manifest annotations the config implies: `org.opencontainers.image.created` from its
@@ -112,12 +120,15 @@ mod tests {
             ]
         );
         assert_eq!(platform(config).unwrap().to_string(), "linux/arm/v7");
+        assert_eq!(labels(config).unwrap().len(), 2, "every label, OCI or not");
     }
 
     #[test]
     fn a_config_without_them_gives_none() {
         let config = br#"{"os":"linux","architecture":"amd64","config":{"Labels":null}}"#;
         assert!(annotations(config).unwrap().is_empty());
+        assert!(labels(config).unwrap().is_empty());
+        assert!(labels(br#"{"os":"linux"}"#).unwrap().is_empty());
         assert_eq!(
             platform(config).unwrap(),
             Platform {

@@ -247,6 +247,8 @@ impl<F: LayoutFiles + 'static> ImageSource for Layout<F> {
             platform: config::platform(&config).ok(),
             id_kind: IdKind::Config,
             within: None,
+            labels: config::labels(&config)
+                .with_context(|| format!("OCI layout {}: config {config_digest}", self.path))?,
         };
         stream.file(&blob_path(&config_digest), config)?;
         stream.file(&blob_path(&manifest_digest), manifest_bytes)?;

@@ -61,6 +61,7 @@ mod tests {
             platform: None,
             id_kind: crate::model::IdKind::Config,
             within: None,
+            labels: Default::default(),
         };
         assert!(check_layer_count("app:1", &image(LAYER_LIMIT)).is_ok());
         let err = check_layer_count("app:1", &image(LAYER_LIMIT + 1)).unwrap_err();

@@ -26,6 +26,8 @@ pub struct ImageSummary {
     /// When the image is one platform of a multi-platform image: which blobs of the
     /// multi-platform image's export are this platform's.
     pub within: Option<Within>,
+    /// The image's labels (its config's `config.Labels`), as the source states them.
+    pub labels: Labels,
 }
 
 /// What an image ID is the digest of.
@@ -97,7 +99,7 @@ pub struct Held {
 }
 
 impl ImageSummary {
-    /// A summary from a daemon's answer, its digests checked.
+    /// A summary from a daemon's answer, its digests checked; its labels are set apart.
     pub fn parse(
         id: &str,
         diff_ids: &[String],
@@ -114,6 +116,7 @@ impl ImageSummary {
             platform,
             id_kind: IdKind::Config,
             within: None,
+            labels: Labels::new(),
         })
     }
 }
@@ -193,6 +196,9 @@ impl std::fmt::Display for Platform {
 
 /// Manifest annotations, sorted by key so that they serialize the same way every time.
 pub type Annotations = BTreeMap<String, String>;
+
+/// An image's labels, by key.
+pub type Labels = BTreeMap<String, String>;
 
 /// How layers are compressed for the registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -81,6 +81,7 @@ pub fn summary(f: &Fixture) -> ImageSummary {
         }),
         id_kind: IdKind::Config,
         within: None,
+        labels: Default::default(),
     }
 }
 

@@ -240,6 +240,8 @@ function dockerOverTarball(tarball, imageId) {
             size: BigInt(manifest[0].Layers.reduce((sum, layer) => sum + tar.size(layer), 0)),
             // A docker save tarball's image ID is its config's digest.
             idKind: "config",
+            // As the daemon states them: the config's labels, sorted by key.
+            labels: Object.entries(config.config?.Labels ?? {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
           };
         }
         return summary;

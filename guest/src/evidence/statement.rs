@@ -15,7 +15,7 @@ pub const SLSA_PROVENANCE: &str = "https://slsa.dev/provenance/v1";
 pub const BUILD_TYPE: &str = "ocipush:push@v1";
 /// The contract this guest is built against (`wit/ocipush.wit`'s package line; a unit test
 /// keeps them equal).
-pub const CONTRACT: &str = "ocipush:core@0.8.0";
+pub const CONTRACT: &str = "ocipush:core@0.9.0";
 
 /// A point in time, UTC, as the host's clock gives it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -299,6 +299,7 @@ mod tests {
             platform: None,
             id_kind: crate::model::IdKind::Config,
             within: None,
+            labels: Default::default(),
         };
         let sources = [SourceImage {
             name: "app:1".into(),
@@ -349,7 +350,7 @@ mod tests {
         );
         let builder = read_statement(&bytes, &digest).unwrap();
         assert_eq!(builder.guest, guest.as_str());
-        assert_eq!(builder.contract, "0.8.0");
+        assert_eq!(builder.contract, "0.9.0");
         assert!(read_statement(&bytes, &guest).is_err());
     }
 
@@ -364,6 +365,7 @@ mod tests {
                 platform: None,
                 id_kind: crate::model::IdKind::Config,
                 within: None,
+                labels: Default::default(),
             },
             origin,
         };

@@ -1,5 +1,8 @@
 //! What podman (`podman image inspect`) and buildah (`buildah inspect --type image`) say about
-//! an image in containers-storage: its ID (the config's digest), diff IDs, size and platform.
+//! an image in containers-storage: its ID (the config's digest), diff IDs, size, platform and
+//! labels.
+
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
@@ -15,6 +18,8 @@ pub struct StorageImage {
     pub os: Option<String>,
     pub architecture: Option<String>,
     pub variant: Option<String>,
+    /// The config's labels, by key.
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -31,6 +36,9 @@ struct PodmanImage {
     architecture: Option<String>,
     #[serde(default, rename = "Variant")]
     variant: Option<String>,
+    /// podman states the config's labels at the top (`null` when there are none).
+    #[serde(default, rename = "Labels")]
+    labels: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -58,6 +66,15 @@ struct OciConfig {
     variant: Option<String>,
     #[serde(default)]
     rootfs: Option<OciRootFs>,
+    #[serde(default)]
+    config: Option<OciRunConfig>,
+}
+
+/// The OCI config's `config`, where its labels are.
+#[derive(Deserialize)]
+struct OciRunConfig {
+    #[serde(default, rename = "Labels")]
+    labels: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -80,6 +97,7 @@ pub fn podman_inspect(text: &str) -> Result<StorageImage, String> {
         os: non_empty(image.os),
         architecture: non_empty(image.architecture),
         variant: non_empty(image.variant),
+        labels: image.labels.unwrap_or_default(),
     })
 }
 
@@ -93,6 +111,11 @@ pub fn buildah_inspect(text: &str) -> Result<StorageImage, String> {
         os: non_empty(image.config.os),
         architecture: non_empty(image.config.architecture),
         variant: non_empty(image.config.variant),
+        labels: image
+            .config
+            .config
+            .and_then(|c| c.labels)
+            .unwrap_or_default(),
     })
 }
 
@@ -123,6 +146,7 @@ mod tests {
         let text = format!(
             r#"[{{"Id":"{ID}","Digest":"sha256:42dc","RepoTags":["localhost/app:1"],
                 "Architecture":"arm64","Os":"linux","Variant":"v8","Size":3823,
+                "Labels":{{"org.opencontainers.image.source":"https://example.com/app"}},
                 "RootFS":{{"Type":"layers","Layers":["{LAYER}"]}}}}]"#
         );
         let image = podman_inspect(&text).unwrap();
@@ -135,8 +159,15 @@ mod tests {
                 os: Some("linux".into()),
                 architecture: Some("arm64".into()),
                 variant: Some("v8".into()),
+                labels: [(
+                    "org.opencontainers.image.source".to_string(),
+                    "https://example.com/app".to_string()
+                )]
+                .into(),
             }
         );
+        let unlabelled = format!(r#"[{{"Id":"{ID}","Labels":null}}]"#);
+        assert!(podman_inspect(&unlabelled).unwrap().labels.is_empty());
         assert!(podman_inspect("[]").unwrap_err().contains("0 images"));
         let bad = r#"[{"Id":"../../etc"}]"#;
         assert!(podman_inspect(bad)
@@ -148,12 +179,14 @@ mod tests {
     fn buildahs_inspect_answer() {
         let text = format!(
             r#"{{"Type":"buildah 0.0.1","FromImageID":"{ID}","OCIv1":{{"architecture":"amd64",
-                "os":"linux","rootfs":{{"type":"layers","diff_ids":["{LAYER}"]}}}},"Docker":{{}}}}"#
+                "os":"linux","config":{{"Labels":{{"k":"v"}}}},
+                "rootfs":{{"type":"layers","diff_ids":["{LAYER}"]}}}},"Docker":{{}}}}"#
         );
         let image = buildah_inspect(&text).unwrap();
         assert_eq!(image.id, format!("sha256:{ID}"));
         assert_eq!(image.diff_ids, [LAYER]);
         assert_eq!((image.size, image.variant), (0, None));
+        assert_eq!(image.labels, [("k".to_string(), "v".to_string())].into());
         assert!(buildah_inspect("{}").is_err());
     }
 }

@@ -180,6 +180,7 @@ fn storage_summary(image: StorageImage) -> ImageSummary {
         size: image.size,
         platform,
         id_kind: IdKind::Config,
+        labels: sorted(image.labels),
     }
 }
 
@@ -199,6 +200,7 @@ fn summary(image: &str, inspect: ImageInspect) -> Result<ImageSummary, Error> {
         }
         _ => None,
     };
+    let labels = inspect.config.and_then(|c| c.labels).unwrap_or_default();
     Ok(ImageSummary {
         id,
         diff_ids: inspect.root_fs.and_then(|r| r.layers).unwrap_or_default(),
@@ -206,7 +208,16 @@ fn summary(image: &str, inspect: ImageInspect) -> Result<ImageSummary, Error> {
         platform,
         // The caller asks the daemon which store it runs.
         id_kind: IdKind::Config,
+        labels: sorted(labels),
     })
+}
+
+/// Labels as the contract states them: sorted by key, so that a guest sees the same list for
+/// the same image whatever order the daemon's JSON map came in.
+fn sorted(labels: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
+    let mut labels: Vec<_> = labels.into_iter().collect();
+    labels.sort();
+    labels
 }
 
 impl HostExportStream for HostState {
@@ -247,7 +258,7 @@ impl HostBuildJob for HostState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bollard::models::ImageInspectRootFs;
+    use bollard::models::{ImageConfig, ImageInspectRootFs};
 
     #[test]
     fn an_inspect_answer_becomes_the_images_summary() {
@@ -261,9 +272,21 @@ mod tests {
             os: Some("linux".into()),
             architecture: Some("arm64".into()),
             variant: Some("v8".into()),
+            config: Some(ImageConfig {
+                labels: Some(
+                    [("b", "2"), ("a", "1")]
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .into(),
+                ),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let summary = summary("app:1", inspect).unwrap();
+        assert_eq!(
+            summary.labels,
+            [("a".to_string(), "1".to_string()), ("b".into(), "2".into())]
+        );
         assert_eq!(summary.id, "sha256:abc");
         assert_eq!(summary.diff_ids, ["sha256:l1", "sha256:l2"]);
         assert_eq!(summary.size, 1234);
@@ -289,6 +312,7 @@ mod tests {
         assert!(summary.diff_ids.is_empty());
         assert_eq!(summary.size, 0, "a negative size counts as none");
         assert!(summary.platform.is_none(), "no architecture, no platform");
+        assert!(summary.labels.is_empty(), "no config, no labels");
         let err = summary_error(ImageInspect::default());
         assert_eq!(err, "the Docker daemon reported no ID for image app:1");
     }
