@@ -1,4 +1,5 @@
-//! Builds the guest component for wasm32-wasip2 and hands it to the host to embed, so a plain
+//! Builds the standard guest component (guest/standard, the guest library under a policy that
+//! allows every push) for wasm32-wasip2 and hands it to the host to embed, so a plain
 //! `cargo build` produces a working `ocipush`.
 //!
 //! The nested cargo gets its own target directory: sharing the outer one deadlocks on its lock.
@@ -14,7 +15,13 @@ fn main() {
         .parent()
         .expect("host/ sits in the workspace")
         .to_path_buf();
-    for path in ["guest/src", "guest/Cargo.toml", "wit", "Cargo.lock"] {
+    for path in [
+        "guest/src",
+        "guest/Cargo.toml",
+        "guest/standard",
+        "wit",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
@@ -29,7 +36,7 @@ fn main() {
             "--release",
             "--locked",
             "-p",
-            "ocipush-guest",
+            "ocipush-standard-guest",
             "--target",
             "wasm32-wasip2",
             "--target-dir",
@@ -46,7 +53,8 @@ fn main() {
         .env_remove("RUSTC_WRAPPER")
         // simd128 lets sha256 in the guest run about 1.5x faster; the remaps keep build paths
         // out of the component, so the same source builds the same bytes anywhere.
-        // scripts/guest-digest.sh rebuilds it the same way, for auditors and for the tests.
+        // scripts/guest-digest.sh rebuilds it the same way (scripts/lib.sh build_component), for
+        // auditors and for the tests.
         .env(
             "CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS",
             format!(
@@ -62,7 +70,7 @@ fn main() {
             "building the guest failed; is the target installed? (rustup target add wasm32-wasip2)"
         );
     }
-    let wasm = target_dir.join("wasm32-wasip2/release/ocipush_guest.wasm");
+    let wasm = target_dir.join("wasm32-wasip2/release/ocipush_standard_guest.wasm");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("ocipush_guest.wasm");
     std::fs::copy(&wasm, &out).unwrap_or_else(|e| panic!("copying {}: {e}", wasm.display()));
     // `ocipush --version` names the embedded guest and the contract without hashing anything

@@ -33,9 +33,26 @@ stop_services() {
 }
 
 # build_test_guests: the misbehaving and foreign guests tests/guest.rs runs (tests/guests), in
-# target/guest; exports OCIPUSH_TEST_GUESTS, where the tests find them.
+# target/guest, and the example policy guest tests/policy.rs runs (scripts/example-guest.sh);
+# exports OCIPUSH_TEST_GUESTS, where the tests find the former, and OCIPUSH_TEST_POLICY_GUEST.
 build_test_guests() {
 	phase "building the misbehaving test guests (tests/guests)"
 	cargo build --release --locked --target wasm32-wasip2 --target-dir target/guest -p misbehaving-guest -p alien-guest
 	export OCIPUSH_TEST_GUESTS=$PWD/target/guest/wasm32-wasip2/release
+	phase "building the example policy guest (scripts/example-guest.sh)"
+	OCIPUSH_TEST_POLICY_GUEST=$(./scripts/example-guest.sh | tail -n 1)
+	export OCIPUSH_TEST_POLICY_GUEST
+}
+
+# build_component PACKAGE TARGET_DIR: builds the workspace's PACKAGE for wasm32-wasip2 exactly as
+# host/build.rs builds the embedded guest: no outer flags, simd128, and the checkout's and cargo
+# home's paths remapped out of the binary, so the same source, Cargo.lock and toolchain give the
+# same bytes wherever they are built.
+build_component() {
+	local root cargo_home
+	root=$(pwd -P)
+	cargo_home=${CARGO_HOME:-$HOME/.cargo}
+	env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_TARGET -u RUSTC_WORKSPACE_WRAPPER -u RUSTC_WRAPPER \
+		CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS="-C target-feature=+simd128 --remap-path-prefix=$root=/ocipush --remap-path-prefix=$cargo_home=/cargo" \
+		cargo build --quiet --release --locked -p "$1" --target wasm32-wasip2 --target-dir "$2" </dev/null
 }

@@ -29,8 +29,8 @@ echo "DOCKER_HOST=$DOCKER_HOST"
 echo "OCIPUSH_TEST_REGISTRY=$OCIPUSH_TEST_REGISTRY"
 echo "OCIPUSH_TEST_READONLY_REGISTRY=$OCIPUSH_TEST_READONLY_REGISTRY"
 
-phase "guest and parser unit tests (cargo test --release -p ocipush-guest -p ocipush-parse)"
-cargo test --release -p ocipush-guest -p ocipush-parse
+phase "guest, example policy and parser unit tests (cargo test --release -p ocipush-guest -p ocipush-policy-example -p ocipush-parse)"
+cargo test --release -p ocipush-guest -p ocipush-policy-example -p ocipush-parse
 
 build_test_guests
 

@@ -5,6 +5,7 @@
 use anyhow::Result;
 
 use crate::digest::Digest;
+use crate::policy::Policy;
 use crate::ports::{Cache, Destinations, ProgressSink, ReadExport};
 use crate::progress::Event;
 use crate::push::{check_destinations, push, PushRequest, Pushed, Settings};
@@ -41,9 +42,11 @@ pub struct Built {
     pub pushed: Option<Pushed>,
 }
 
-/// Builds `request.build`, then pushes it to `request.destination` if there is one.
+/// Builds `request.build`, then pushes it to `request.destination` if there is one and
+/// `policy` allows it.
 pub fn build_and_push<S: ReadExport + ImageBuilder>(
     request: &BuildPushRequest,
+    policy: &dyn Policy,
     daemon: &mut S,
     destinations: &mut impl Destinations,
     cache: &mut impl Cache,
@@ -51,7 +54,7 @@ pub fn build_and_push<S: ReadExport + ImageBuilder>(
 ) -> Result<Built> {
     // What would stop the push stops the build from starting.
     if let Some(destination) = &request.destination {
-        check_destinations(std::slice::from_ref(destination), &request.settings)?;
+        check_destinations(std::slice::from_ref(destination), &request.settings, policy)?;
     }
     let id = daemon.build(&request.build, &mut |line| {
         progress.report(Event::BuildOutput(line))
@@ -70,6 +73,7 @@ pub fn build_and_push<S: ReadExport + ImageBuilder>(
                 settings: request.settings.clone(),
                 platforms: Vec::new(),
             },
+            policy,
             daemon,
             destinations,
             cache,
@@ -84,6 +88,8 @@ mod tests {
     use super::*;
     use crate::manifest::Format;
     use crate::model::Compression;
+    use crate::policy::{AllowAll, Refusal};
+    use crate::reference::Destination;
     use crate::testing::{Events, Harness, Memory, MemoryCache, MemoryRegistry};
 
     impl ImageBuilder for Memory {
@@ -118,6 +124,7 @@ mod tests {
         };
         let built = build_and_push(
             &request,
+            &AllowAll,
             &mut daemon,
             &mut registry.clone(),
             &mut MemoryCache::default(),
@@ -145,6 +152,7 @@ mod tests {
         let mut events = Events::default();
         assert!(build_and_push(
             &request,
+            &AllowAll,
             &mut daemon,
             &mut registry.clone(),
             &mut MemoryCache::default(),
@@ -152,10 +160,30 @@ mod tests {
         )
         .is_err());
         assert!(events.0.is_empty());
+        // So does a destination the policy refuses.
+        struct Nowhere;
+        impl Policy for Nowhere {
+            fn check_destination(&self, _: &Destination, _: &Settings) -> Result<(), Refusal> {
+                Err(Refusal::new("nowhere", "no destination is allowed"))
+            }
+        }
+        request.destination = Some("127.0.0.1:5000/team/app:1".into());
+        let err = build_and_push(
+            &request,
+            &Nowhere,
+            &mut daemon,
+            &mut registry.clone(),
+            &mut MemoryCache::default(),
+            &mut events,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("rule nowhere"), "{err}");
+        assert!(events.0.is_empty(), "not built");
         // Without a destination, only the build.
         request.destination = None;
         let built = build_and_push(
             &request,
+            &AllowAll,
             &mut daemon,
             &mut MemoryRegistry::default(),
             &mut MemoryCache::default(),

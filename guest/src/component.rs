@@ -1,4 +1,6 @@
-//! The component glue: the pipeline's capabilities implemented over the WIT imports.
+//! The component glue: the pipeline's capabilities implemented over the WIT imports, and the
+//! world's exports over the pipeline under a policy. The export macro is public, so that the
+//! crate that names the policy exports the world (`crate::export_policy!`).
 
 // The generated export glue takes a request's fields flattened into one argument each.
 #![allow(clippy::too_many_arguments)]
@@ -15,6 +17,7 @@ use crate::evidence::{self, Clock, Referrers, Signer};
 use crate::layout::Layout;
 use crate::manifest;
 use crate::model::{self, Blob, Encoding, IdKind, ImageSummary, SourceIndex, Within};
+use crate::policy::Policy;
 use crate::ports::{
     BlobSink, Cache, Destinations, ImageSource, LayerUpload, LayoutFiles, ProgressSink,
     RandomAccess, SkipRead, CHUNK_SIZE,
@@ -23,15 +26,16 @@ use crate::progress;
 use crate::push;
 use crate::reference::{Destination, Source};
 
-wit_bindgen::generate!({ world: "pusher", path: "../wit" });
+wit_bindgen::generate!({ world: "pusher", path: "../wit", pub_export_macro: true });
 
 use ocipush::core::{
     archive, cache, clock, credentials, docker, layout, progress as wit, registry, signer, types,
 };
 
-struct Component;
+/// The world's exports: the pipeline, under the policy `P`.
+pub struct Component<P>(std::marker::PhantomData<P>);
 
-impl Guest for Component {
+impl<P: Policy + Default> Guest for Component<P> {
     fn push(request: PushRequest) -> Result<PushResult, String> {
         let run = || {
             let started = HostClock.now();
@@ -45,6 +49,7 @@ impl Guest for Component {
             let mut source = Recorded::new(HostSource::open(&request.source)?);
             let pushed = push::push(
                 &request,
+                &P::default(),
                 &mut source,
                 &mut HostDestinations,
                 &mut HostCache,
@@ -74,6 +79,7 @@ impl Guest for Component {
             let mut daemon = Recorded::new(Daemon);
             let pushed = push::push_index(
                 &request,
+                &P::default(),
                 &mut daemon,
                 &mut HostDestinations,
                 &mut HostCache,
@@ -96,7 +102,7 @@ impl Guest for Component {
     }
 }
 
-impl Component {
+impl<P: Policy + Default> Component<P> {
     fn build_and_push(request: BuildPushRequest) -> Result<BuildResult> {
         let started = HostClock.now();
         let wanted = request.settings.evidence.clone();
@@ -113,6 +119,7 @@ impl Component {
         let mut daemon = Recorded::new(Daemon);
         let built = build::build_and_push(
             &request,
+            &P::default(),
             &mut daemon,
             &mut HostDestinations,
             &mut HostCache,
@@ -428,8 +435,6 @@ fn result(pushed: Result<push::Pushed>) -> Result<PushResult, String> {
         .map_err(|e| format!("{e:#}"))
 }
 
-export!(Component);
-
 /// The source the user named: an image in the daemon, a `docker save` tarball, or an OCI
 /// image layout directory.
 enum HostSource {
@@ -555,6 +560,7 @@ impl ImageSource for Daemon {
             types::IdKind::Config => IdKind::Config,
             types::IdKind::Manifest => IdKind::Manifest,
         };
+        parsed.labels = summary.labels.into_iter().collect();
         Ok(parsed)
     }
 

@@ -1,9 +1,10 @@
 //! The push pipeline: one image, or several under one index, from a source to registries or
 //! layouts. `prepare` makes every check that can refuse a push before any traffic (for a
-//! multi-platform source, which platforms go and that the source holds each whole) and opens
-//! the destinations (`targets`: each repository once); then, per image, `reuse` asks what each
-//! repository already holds, `stream` exports once and uploads the rest to each repository
-//! that lacks it, and `publish` writes the manifests and, last, the tags.
+//! multi-platform source, which platforms go and that the source holds each whole; the
+//! policy's word on each destination and image) and opens the destinations (`targets`: each
+//! repository once); then, per image, `reuse` asks what each repository already holds, `stream`
+//! exports once and uploads the rest to each repository that lacks it, and `publish` writes the
+//! manifests and, last, the tags.
 
 mod publication;
 mod publish;
@@ -23,6 +24,7 @@ use crate::cache;
 use crate::limits;
 use crate::model::{ImageSummary, Named, OwnManifest, Platform};
 use crate::platforms;
+use crate::policy::{ImageReview, Policy};
 use crate::ports::{BlobSink, Cache, Destinations, ProgressSink, ReadExport};
 use crate::progress::Event;
 use crate::reference::{Destination, Source};
@@ -45,9 +47,11 @@ pub struct IndexRequest {
     pub settings: Settings,
 }
 
-/// Pushes one image from `source` to the registries and layouts `request.destinations` name.
+/// Pushes one image from `source` to the registries and layouts `request.destinations` name,
+/// if `policy` allows it.
 pub fn push(
     request: &PushRequest,
+    policy: &dyn Policy,
     source: &mut impl ReadExport,
     destinations: &mut impl Destinations,
     cache: &mut impl Cache,
@@ -59,6 +63,7 @@ pub fn push(
         settings: &request.settings,
         index: false,
         platforms: &request.platforms,
+        policy,
     };
     let (mut publication, images, shape) = prepare(&plan, source, destinations, cache, progress)?;
     let Shape::Platforms { own, whole } = shape else {
@@ -83,6 +88,7 @@ pub fn push(
 /// index gets the tag.
 pub fn push_index(
     request: &IndexRequest,
+    policy: &dyn Policy,
     daemon: &mut impl ReadExport,
     destinations: &mut impl Destinations,
     cache: &mut impl Cache,
@@ -94,6 +100,7 @@ pub fn push_index(
         settings: &request.settings,
         index: true,
         platforms: &[],
+        policy,
     };
     let (mut publication, images, _) = prepare(&plan, daemon, destinations, cache, progress)?;
     let mut entries = Vec::with_capacity(images.len());
@@ -107,16 +114,20 @@ pub fn push_index(
 }
 
 /// Parses the destinations (one or more, none named twice) and refuses settings the manifest
-/// format cannot say: what would stop a push, checked before anything else starts (a build,
-/// an export).
+/// format cannot say, and what the policy refuses at any of them: what would stop a push,
+/// checked before anything else starts (a build, an export).
 pub fn check_destinations(
     destinations: &[String],
     settings: &Settings,
+    policy: &dyn Policy,
 ) -> Result<Vec<Destination>> {
     let parsed = targets::parse(destinations)?;
     settings
         .format
         .check(&settings.encoding, &settings.annotations)?;
+    for destination in &parsed {
+        policy.check_destination(destination, settings)?;
+    }
     Ok(parsed)
 }
 
@@ -129,6 +140,7 @@ struct Plan<'a> {
     index: bool,
     /// The platforms to take from a multi-platform source (none: all).
     platforms: &'a [Platform],
+    policy: &'a dyn Policy,
 }
 
 /// What a push's images are published as.
@@ -147,10 +159,11 @@ type Prepared<'a, S, R> = (Publication<'a, S, R>, Vec<Image>, Shape);
 
 /// Every check that can refuse a push before any traffic, then the destination opened: the
 /// destination and the settings its format can say, an index's sources (images in the
-/// daemon, at least one, one per platform, to a registry), and what the source says of each
+/// daemon, at least one, one per platform, to a registry), what the source says of each
 /// image (how many layers, which platform; for a multi-platform source, the platforms chosen
-/// and that it holds each whole). The daemon gives the diff IDs up front: enough to find what
-/// the registry already has, and to verify each layer as it streams.
+/// and that it holds each whole), and the policy's word on each destination and on each image
+/// pushed (each platform's, as its config states it). The daemon gives the diff IDs up front:
+/// enough to find what the registry already has, and to verify each layer as it streams.
 fn prepare<'a, S: ReadExport, D: Destinations>(
     plan: &Plan<'a>,
     source: &'a mut S,
@@ -166,7 +179,7 @@ fn prepare<'a, S: ReadExport, D: Destinations>(
         }
     }
     let settings = plan.settings;
-    let parsed = check_destinations(plan.destinations, settings)?;
+    let parsed = check_destinations(plan.destinations, settings, plan.policy)?;
     if plan.index {
         if let Some((name, _)) = plan
             .destinations
@@ -212,6 +225,16 @@ fn prepare<'a, S: ReadExport, D: Destinations>(
         {
             bail!("destination {name}: a multi-platform image goes to a registry (OCI layout directories take single images): choose one platform with --platform");
         }
+    }
+    // Each image as it will be pushed: a multi-platform source's platforms each by its own
+    // config, once the platforms are chosen.
+    for image in &images {
+        plan.policy.check_image(&ImageReview {
+            source: &image.name,
+            image: &image.summary,
+            destinations: &parsed,
+            settings,
+        })?;
     }
     let targets = Targets::open(parsed, destinations)?;
     let publication = Publication {
@@ -314,6 +337,7 @@ mod tests {
     use crate::digest::Digest;
     use crate::manifest::Format;
     use crate::model::{Annotations, Compression, Encoding, Platform};
+    use crate::policy::{AllowAll, Refusal};
     use crate::testing::{
         arm_fixture, classic_export, fixture, summary, Events, Fixture, Harness, Memory,
         MemoryCache, MemoryRegistry, TwoImages,
@@ -335,9 +359,15 @@ mod tests {
     /// Runs the pipeline against the harness's in-memory capabilities; its events are this
     /// push's only.
     fn run(h: &mut Harness, request: &PushRequest) -> Result<Pushed> {
+        run_under(&AllowAll, h, request)
+    }
+
+    /// `run` under `policy`.
+    fn run_under(policy: &dyn Policy, h: &mut Harness, request: &PushRequest) -> Result<Pushed> {
         h.events = Events::default();
         push(
             request,
+            policy,
             &mut h.source,
             &mut h.registry.clone(),
             &mut h.cache,
@@ -487,6 +517,98 @@ mod tests {
         image.diff_ids = vec![f.diff_ids[0].clone(); crate::limits::LAYER_LIMIT + 1];
         let err = refused_before_traffic(&request(), Memory::new(classic_export(&f), image));
         assert!(err.contains("1001 layers"), "{err}");
+    }
+
+    /// Refuses what a test names, and records what it was shown.
+    #[derive(Default)]
+    struct Strict {
+        destination: Option<&'static str>,
+        label: Option<&'static str>,
+        seen: std::cell::RefCell<Vec<String>>,
+    }
+
+    impl Policy for Strict {
+        fn check_destination(
+            &self,
+            destination: &Destination,
+            settings: &Settings,
+        ) -> Result<(), Refusal> {
+            self.seen.borrow_mut().push(format!(
+                "destination {} {}",
+                destination.location(),
+                settings.encoding.name()
+            ));
+            match self.destination {
+                Some(refused) if destination.location() == refused => {
+                    Err(Refusal::new("destination", "not that one"))
+                }
+                _ => Ok(()),
+            }
+        }
+
+        fn check_image(&self, review: &ImageReview<'_>) -> Result<(), Refusal> {
+            let tags: Vec<&str> = review.destinations.iter().map(|d| d.tag()).collect();
+            self.seen.borrow_mut().push(format!(
+                "image {} {} {:?} {}",
+                review.source,
+                review.image.id,
+                review.image.labels,
+                tags.join(",")
+            ));
+            match self.label {
+                Some(label) if !review.image.labels.contains_key(label) => {
+                    Err(Refusal::new("label", format!("no {label}")))
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_policy_sees_the_destination_then_the_image_before_any_traffic() {
+        let mut h = Harness::default();
+        let policy = Strict {
+            label: Some("org.opencontainers.image.source"),
+            ..Strict::default()
+        };
+        let err = run_under(&policy, &mut h, &request()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "refused by policy rule label: no org.opencontainers.image.source"
+        );
+        assert!(err.downcast_ref::<Refusal>().is_some(), "a typed refusal");
+        assert!(h.registry.0.borrow().calls.is_empty());
+        assert_eq!(h.source.exports, 0);
+        assert_eq!(
+            *policy.seen.borrow(),
+            [
+                "destination 127.0.0.1:5000/team/app gzip-6".to_string(),
+                format!("image app:1 {} {{}} 1.0", h.f.id),
+            ]
+        );
+
+        // Labelled, the same image passes and is pushed as without a policy.
+        let source = "https://example.com/app".to_string();
+        h.source.image.labels = [("org.opencontainers.image.source".to_string(), source)].into();
+        let pushed = run_under(&policy, &mut h, &request()).unwrap();
+        assert_eq!(pushed, run(&mut Harness::default(), &request()).unwrap());
+    }
+
+    #[test]
+    fn a_destination_the_policy_refuses_is_refused_before_the_source_is_inspected() {
+        let mut h = Harness::default();
+        let policy = Strict {
+            destination: Some("127.0.0.1:5000/team/app"),
+            ..Strict::default()
+        };
+        let err = run_under(&policy, &mut h, &request()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "refused by policy rule destination: not that one"
+        );
+        assert_eq!(policy.seen.borrow().len(), 1, "no image was reviewed");
+        assert!(h.registry.0.borrow().calls.is_empty());
+        assert_eq!(h.source.exports, 0);
     }
 
     #[test]
@@ -1121,6 +1243,7 @@ mod tests {
     ) -> Result<Pushed> {
         push_index(
             request,
+            &AllowAll,
             source,
             &mut registry.clone(),
             &mut MemoryCache::default(),
