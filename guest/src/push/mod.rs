@@ -612,6 +612,49 @@ mod tests {
     }
 
     #[test]
+    fn the_policy_sees_every_destination_and_one_refusal_stops_the_push() {
+        let mut h = Harness::default();
+        let policy = Strict {
+            destination: Some("127.0.0.1:5000/other/app"),
+            ..Strict::default()
+        };
+        let request = PushRequest {
+            destinations: vec![
+                "127.0.0.1:5000/team/app:1.0".into(),
+                "127.0.0.1:5000/other/app:2".into(),
+            ],
+            ..request()
+        };
+        let err = run_under(&policy, &mut h, &request).unwrap_err();
+        assert!(err.to_string().contains("rule destination"), "{err}");
+        assert!(h.registry.0.borrow().calls.is_empty());
+        assert_eq!(h.source.exports, 0);
+        assert_eq!(
+            *policy.seen.borrow(),
+            [
+                "destination 127.0.0.1:5000/team/app gzip-6",
+                "destination 127.0.0.1:5000/other/app gzip-6"
+            ]
+        );
+
+        // Allowed, the image review names both, in the order given.
+        let policy = Strict::default();
+        let request = PushRequest {
+            destinations: vec![
+                "127.0.0.1:5000/team/app:1.0".into(),
+                "127.0.0.1:5000/team/app:2".into(),
+            ],
+            ..request
+        };
+        run_under(&policy, &mut h, &request).unwrap();
+        assert!(
+            policy.seen.borrow()[2].ends_with(" 1.0,2"),
+            "{:?}",
+            policy.seen.borrow()
+        );
+    }
+
+    #[test]
     fn a_bad_destination_is_refused_before_any_traffic() {
         let f = fixture();
         let request = PushRequest {

@@ -275,6 +275,7 @@ mod tests {
         h.events = Events::default();
         push(
             request,
+            &crate::policy::AllowAll,
             &mut h.source,
             &mut registries.clone(),
             &mut h.cache,
