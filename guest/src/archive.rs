@@ -344,6 +344,7 @@ impl<F: RandomAccess + 'static> ImageSource for Archive<F> {
                 platform: None,
                 id_kind: IdKind::Manifest,
                 within: None,
+                labels: Default::default(),
             });
         }
         let cut = self.cut(&index, manifest, config, diff_ids)?;

@@ -202,6 +202,7 @@ impl<F: LayoutFiles + 'static> ImageSource for Layout<F> {
                 platform: None,
                 id_kind: IdKind::Manifest,
                 within: None,
+                labels: Default::default(),
             });
         }
         if !MANIFEST_TYPES.contains(&descriptor.media_type.as_str()) {

@@ -96,6 +96,8 @@ pub struct Held {
     pub config: Blob,
     pub diff_ids: Vec<Digest>,
     pub layers: Vec<Blob>,
+    /// Its config's labels: a policy judges each platform by its own.
+    pub labels: Labels,
 }
 
 impl ImageSummary {

@@ -215,10 +215,13 @@ fn held(manifest: &Blob, source: &impl Holdings, what: &str) -> Result<Result<He
         }
         layers.push(blob);
     }
+    let labels = config::labels(&config_bytes)
+        .with_context(|| format!("{what}: config {}", config.digest))?;
     Ok(Ok(Held {
         config,
         diff_ids,
         layers,
+        labels,
     }))
 }
 
@@ -312,6 +315,7 @@ impl PlatformEntry {
             diff_ids: held.diff_ids.clone(),
             size: held.layers.iter().map(|l| l.size).sum(),
             platform: Some(self.platform.clone()),
+            labels: held.labels.clone(),
             id_kind: IdKind::Config,
             within: Some(Within {
                 index: index.clone(),
@@ -523,6 +527,7 @@ mod tests {
             platform: Some(platform("linux/amd64")),
             id_kind: IdKind::Config,
             within: None,
+            labels: Default::default(),
         };
         check_single(&summary, &[], "app:1").unwrap();
         check_single(&summary, &[platform("linux/amd64")], "app:1").unwrap();

@@ -360,12 +360,14 @@ impl ImageSource for TwoImages {
     }
 }
 
-/// The fixture, for linux/arm64/v8.
+/// The fixture, for linux/arm64/v8, with a label of its own (not an `org.opencontainers.image.*`
+/// one, which would become a manifest annotation).
 pub fn arm_fixture() -> Fixture {
     let mut f = fixture();
     let mut config: serde_json::Value = serde_json::from_slice(&f.config).unwrap();
     config["architecture"] = "arm64".into();
     config["variant"] = "v8".into();
+    config["config"] = serde_json::json!({"Labels": {"org.example.platform": "arm"}});
     f.config = serde_json::to_vec(&config).unwrap();
     f.id = Digest::of(&f.config);
     f

@@ -4,7 +4,7 @@
 use super::*;
 use ocipush_guest::digest::Digest;
 use ocipush_guest::manifest::Format;
-use ocipush_guest::model::{Compression, ImageSummary, Labels};
+use ocipush_guest::model::{Compression, IdKind, ImageSummary, Labels};
 
 fn destination(text: &str) -> Result<(), String> {
     let parsed = Destination::parse(text).unwrap();
@@ -67,6 +67,8 @@ fn review_of(labels: &[(&str, &str)], check: impl FnOnce(&ImageReview<'_>)) {
         diff_ids: vec![Digest::of(b"layer")],
         size: 5,
         platform: None,
+        id_kind: IdKind::Config,
+        within: None,
         labels: labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -611,6 +611,46 @@ mod tests {
         assert_eq!(h.source.exports, 0);
     }
 
+    /// A multi-platform image is judged platform by platform, each by its own config's labels
+    /// (what the daemon's inspect says is one platform's word), before any upload.
+    #[test]
+    fn the_policy_judges_each_platform_of_a_multi_platform_image_by_its_config() {
+        let policy = Strict {
+            label: Some("org.example.platform"),
+            ..Strict::default()
+        };
+        let (mut h, _, _) = Harness::two_platforms(true);
+        h.source.image.labels = [("org.example.platform".to_string(), "x".to_string())].into();
+        let err = run_under(&policy, &mut h, &request()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "refused by policy rule label: no org.example.platform"
+        );
+        assert!(h.registry.0.borrow().calls.is_empty());
+        assert_eq!(h.source.exports, 1, "only the look over the export");
+        assert_eq!(
+            policy.seen.borrow()[1],
+            format!("image app:1 (linux/amd64) {} {{}} 1.0", h.f.id),
+            "amd64's config has no labels, whatever the daemon said"
+        );
+
+        // arm64 alone carries it, and goes.
+        let policy = Strict {
+            label: Some("org.example.platform"),
+            ..Strict::default()
+        };
+        let (mut h, _, [_, arm]) = Harness::two_platforms(true);
+        let pushed = run_under(&policy, &mut h, &platforms_request(&["linux/arm64"])).unwrap();
+        assert_eq!(pushed.digest, Digest::of(&arm));
+        let arm_id = crate::testing::arm_fixture().id;
+        assert_eq!(
+            policy.seen.borrow()[1],
+            format!(
+                "image app:1 (linux/arm64/v8) {arm_id} {{\"org.example.platform\": \"arm\"}} 1.0"
+            )
+        );
+    }
+
     #[test]
     fn the_policy_sees_every_destination_and_one_refusal_stops_the_push() {
         let mut h = Harness::default();
