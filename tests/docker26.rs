@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 
@@ -371,15 +371,6 @@ fn containerd_store_rebuilds_its_own_manifest_only_when_asked_and_says_so() {
         "{}",
         pushed.describe()
     );
-}
-
-/// An OCI layer: a tar with one file, gzipped. Returns (blob, diff ID).
-fn gzip_layer(name: &str, content: &[u8]) -> (Vec<u8>, String) {
-    let tar = Tar::new().file(name, 0o644, content).finish();
-    let diff_id = digest(&tar);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&tar).unwrap();
-    (gz.finish().unwrap(), diff_id)
 }
 
 fn digest(bytes: &[u8]) -> String {

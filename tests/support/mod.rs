@@ -475,6 +475,24 @@ pub fn registry_get(
     (status, body[..nl].to_vec())
 }
 
+/// The status of HEAD http://REGISTRY/v2/REPO/blobs/DIGEST: 404 when the repository does not
+/// hold the blob.
+pub fn blob_status(registry: &str, repo: &str, digest: &str) -> u16 {
+    let out = run(Command::new("curl").args([
+        "-sS",
+        "-I",
+        "-o",
+        "/dev/null",
+        "--max-time",
+        "60",
+        "-w",
+        "%{http_code}",
+        &format!("http://{registry}/v2/{repo}/blobs/{digest}"),
+    ]));
+    assert!(out.status.success(), "curl failed\n{}", describe(&out));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
 /// The tags of REPO in REGISTRY (empty if the repository does not exist).
 pub fn tags(registry: &str, repo: &str) -> Vec<String> {
     let (status, body) = registry_get(registry, repo, "tags/list", None);
@@ -848,4 +866,13 @@ pub fn docker_load(archive: &[u8]) {
     let path = dir.path().join("image.tar");
     std::fs::write(&path, archive).unwrap();
     docker_ok(&["load", "-q", "-i", path.to_str().unwrap()]);
+}
+
+/// An OCI layer: a tar with one file, gzipped. Returns (blob, diff ID).
+pub fn gzip_layer(name: &str, content: &[u8]) -> (Vec<u8>, String) {
+    let tar = Tar::new().file(name, 0o644, content).finish();
+    let diff_id = format!("sha256:{}", sha256_hex(&tar));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    (gz.finish().unwrap(), diff_id)
 }

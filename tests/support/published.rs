@@ -76,28 +76,43 @@ fn get_ok(registry: &str, repo: &str, path: &str, accept: Option<&str>) -> Vec<u
 /// registry destination is read back when it is the services' plain-HTTP registry (pushes to
 /// TLS or authenticating registries are read back by their own tests through skopeo).
 pub fn parse_published(dest: &str, digest: &str) {
+    if let Some(store) = store_of(dest) {
+        parse(&store, digest);
+    }
+}
+
+/// The image config of the manifest DEST holds at DIGEST, read back and parsed with oci-spec
+/// (DEST: the services' plain-HTTP registry or an OCI layout).
+pub fn published_config(dest: &str, digest: &str) -> ImageConfiguration {
+    let store =
+        store_of(dest).unwrap_or_else(|| panic!("{dest} is not a destination read back here"));
+    let manifest = ImageManifest::from_reader(&store.manifest(digest)[..])
+        .unwrap_or_else(|e| panic!("oci-spec cannot read manifest {digest}: {e}"));
+    ImageConfiguration::from_reader(&store.blob(manifest.config().digest().as_ref())[..])
+        .unwrap_or_else(|e| panic!("oci-spec cannot read the config of {digest}: {e}"))
+}
+
+/// Where DEST's pushes are read back from: its OCI layout, or the services' plain-HTTP
+/// registry; `None` for another registry.
+fn store_of(dest: &str) -> Option<Store<'_>> {
     if let Some(layout) = dest.strip_prefix("oci:") {
         let dir = match layout.rsplit_once(':') {
             Some((dir, tag)) if !tag.contains('/') => dir,
             _ => layout,
         };
-        return parse(&Store::Layout(Path::new(dir)), digest);
+        return Some(Store::Layout(Path::new(dir)));
     }
-    let Ok(plain) = std::env::var("OCIPUSH_TEST_REGISTRY") else {
-        return;
-    };
+    let plain = std::env::var("OCIPUSH_TEST_REGISTRY").ok()?;
     let dest = dest.strip_prefix("docker://").unwrap_or(dest);
-    let Some((registry, path)) = dest.split_once('/') else {
-        return;
-    };
+    let (registry, path) = dest.split_once('/')?;
     if registry != plain.trim() {
-        return;
+        return None;
     }
     let repo = match path.rsplit_once(':') {
         Some((repo, tag)) if !tag.contains('/') => repo,
         _ => path,
     };
-    parse(&Store::Registry { registry, repo }, digest);
+    Some(Store::Registry { registry, repo })
 }
 
 fn parse(store: &Store, digest: &str) {
