@@ -140,21 +140,8 @@ enum Command {
         /// The ECDSA P-256 public key (PEM, PUBLIC KEY) the signature must verify with.
         #[arg(long, value_name = "PUB.pem")]
         key: PathBuf,
-        /// Credentials from this auth file, as for push.
-        #[arg(long, value_name = "PATH")]
-        authfile: Option<PathBuf>,
-        /// Speak plain HTTP to the registry, whatever its host.
-        #[arg(long)]
-        plain_http: bool,
-        /// Also trust the CA certificates in this PEM file.
-        #[arg(long, value_name = "PEM")]
-        ca_file: Option<PathBuf>,
-        /// Do not verify the registry's TLS certificate.
-        #[arg(long)]
-        insecure: bool,
-        /// How many times a failed registry request is tried again.
-        #[arg(long, default_value_t = 5, value_name = "N")]
-        retries: u32,
+        #[command(flatten)]
+        registry: RegistryOptions,
     },
     /// Audit the guest component: show it, or write it out.
     Guest {
@@ -213,24 +200,8 @@ struct PushOptions {
     /// Read the password (or token) for --username from the first line of stdin.
     #[arg(long, requires = "username")]
     password_stdin: bool,
-    /// Credentials from this auth file (podman's auth.json format, or Docker's config.json)
-    /// before Docker's config.json and podman's default auth.json; it must exist. Default:
-    /// REGISTRY_AUTH_FILE.
-    #[arg(long, value_name = "PATH")]
-    authfile: Option<PathBuf>,
-    /// Speak plain HTTP to the destination registry, whatever its host (no TLS at all).
-    #[arg(long)]
-    plain_http: bool,
-    /// Also trust the CA certificates in this PEM file.
-    #[arg(long, value_name = "PEM")]
-    ca_file: Option<PathBuf>,
-    /// Do not verify registries' TLS certificates (e.g. a self-signed development registry).
-    #[arg(long)]
-    insecure: bool,
-    /// How many times a failed registry request is tried again (lost connections, 408, 429
-    /// and 5xx), with exponential backoff and jitter, honouring Retry-After.
-    #[arg(long, default_value_t = 5, value_name = "N")]
-    retries: u32,
+    #[command(flatten)]
+    registry: RegistryOptions,
     /// The largest piece of a layer sent in one request, e.g. 4M or 512K (at least 256K).
     /// Smaller chunks are used on their own when a registry refuses large ones.
     #[arg(long, default_value_t = Size(registry::DEFAULT_CHUNK_SIZE), value_parser = parse_size, value_name = "SIZE")]
@@ -254,6 +225,46 @@ struct PushOptions {
     /// The passphrase of an encrypted --sign-key (ENCRYPTED PRIVATE KEY): this file's first line.
     #[arg(long, value_name = "PATH", requires = "sign_key")]
     sign_key_passphrase_file: Option<PathBuf>,
+}
+
+/// How a command reaches registries: the same flags for every command that talks to one.
+#[derive(clap::Args)]
+struct RegistryOptions {
+    /// Credentials from this auth file (podman's auth.json format, or Docker's config.json)
+    /// before Docker's config.json and podman's default auth.json; it must exist. Default:
+    /// REGISTRY_AUTH_FILE.
+    #[arg(long, value_name = "PATH")]
+    authfile: Option<PathBuf>,
+    /// Speak plain HTTP to the destination registry, whatever its host (no TLS at all).
+    #[arg(long)]
+    plain_http: bool,
+    /// Also trust the CA certificates in this PEM file.
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// Do not verify registries' TLS certificates (e.g. a self-signed development registry).
+    #[arg(long)]
+    insecure: bool,
+    /// How many times a failed registry request is tried again (lost connections, 408, 429
+    /// and 5xx), with exponential backoff and jitter, honouring Retry-After.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    retries: u32,
+}
+
+impl RegistryOptions {
+    /// TLS and plain HTTP per registry: these flags over registries.conf.
+    fn tls(&self) -> Result<tls::TlsOptions> {
+        Ok(tls::TlsOptions {
+            ca_file: self.ca_file.clone(),
+            insecure: self.insecure,
+            plain_http: self.plain_http,
+            registries: RegistriesConf::load()?,
+        })
+    }
+
+    /// The credentials: `--username`'s when given, then the auth files.
+    fn credentials(&self, cli: Option<credentials::Credential>) -> Result<credentials::Sources> {
+        Ok(credentials::Sources::new(cli, self.authfile.clone())?)
+    }
 }
 
 /// Layer uploads in flight unless `--jobs` says otherwise: one per core, at least two (so the
@@ -556,19 +567,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Verify {
             destination,
             key,
-            authfile,
-            plain_http,
-            ca_file,
-            insecure,
-            retries,
+            registry,
         } => {
-            let tls = tls::TlsOptions {
-                ca_file,
-                insecure,
-                plain_http,
-                registries: RegistriesConf::load()?,
-            };
-            let credentials = credentials::Sources::new(None, authfile)?;
+            let tls = registry.tls()?;
+            let credentials = registry.credentials(None)?;
+            let retries = registry.retries;
             interrupt::catch(rt.handle()).context("catching SIGINT and SIGTERM")?;
             let runtime = interrupt::Runtime::new(rt.handle().clone());
             let verified = ocipush::verify::verify(&runtime, &destination, &key, |target| {
@@ -668,18 +671,13 @@ fn publish(
             },
         },
         compute_limit: std::time::Duration::from_secs(options.guest_cpu_limit),
-        tls: tls::TlsOptions {
-            ca_file: options.ca_file,
-            insecure: options.insecure,
-            plain_http: options.plain_http,
-            registries: RegistriesConf::load()?,
-        },
+        tls: options.registry.tls()?,
         transfer: registry::Transfer {
-            retries: options.retries,
+            retries: options.registry.retries,
             chunk_size: options.chunk_size.0,
         },
         docker_context,
-        credentials: credentials::Sources::new(cli_credential, options.authfile)?,
+        credentials: options.registry.credentials(cli_credential)?,
         // Loaded before any traffic: a key that does not load stops the push here.
         signing_key: match &options.sign_key {
             Some(path) => Some(std::sync::Arc::new(
@@ -787,5 +785,47 @@ mod tests {
         assert!(Cli::try_parse_from(["ocipush", "-q", "-v", "man"]).is_err());
         let parsed = Cli::try_parse_from(["ocipush", "push", "a", "r/b", "-q"]).unwrap();
         assert!(parsed.quiet);
+    }
+
+    #[test]
+    fn every_command_that_reaches_a_registry_takes_the_same_registry_flags() {
+        let flags = [
+            "--authfile",
+            "auth.json",
+            "--plain-http",
+            "--ca-file",
+            "ca.pem",
+            "--insecure",
+            "--retries",
+            "2",
+        ];
+        let commands: [&[&str]; 4] = [
+            &["push", "a", "r/b"],
+            &["index", "r/b", "a"],
+            &["build", ".", "-t", "a"],
+            &["verify", "r/b", "--key", "k.pem"],
+        ];
+        for command in commands {
+            let args = ["ocipush"].iter().chain(command).chain(&flags);
+            let registry = match Cli::try_parse_from(args).unwrap().command {
+                Command::Push { options, .. }
+                | Command::Index { options, .. }
+                | Command::Build { options, .. } => options.registry,
+                Command::Verify { registry, .. } => registry,
+                _ => unreachable!("a command that reaches a registry"),
+            };
+            assert_eq!(registry.authfile, Some(PathBuf::from("auth.json")));
+            assert!(registry.plain_http && registry.insecure);
+            assert_eq!(registry.ca_file, Some(PathBuf::from("ca.pem")));
+            assert_eq!(registry.retries, 2);
+        }
+        let Command::Verify { registry, .. } =
+            Cli::try_parse_from(["ocipush", "verify", "r/b", "--key", "k.pem"])
+                .unwrap()
+                .command
+        else {
+            unreachable!("parsed as verify");
+        };
+        assert_eq!(registry.retries, 5, "the default, as push's");
     }
 }
