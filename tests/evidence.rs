@@ -3,7 +3,8 @@
 //! `--provenance` (an in-toto SLSA provenance artifact whose subject is the pushed manifest and
 //! which names the guest's digest), `--sign-key` (cosign's signature manifest, checked with
 //! `openssl dgst -verify`, the outside verifier: Debian's skopeo is built without sigstore
-//! verification), and `ocipush verify` on signed, unsigned, wrong-key and tampered images.
+//! verification), and `ocipush verify` on signed, unsigned, wrong-key and tampered images, in
+//! the registry and in an `oci:` layout.
 //! Keys are made by openssl in each test.
 
 mod support;
@@ -181,6 +182,27 @@ fn verify_fails(dest: &str, key: &Path) -> String {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with("ocipush: error: "), "{stderr}");
     stderr
+}
+
+/// `ocipush verify DEST` passes with `public`, naming the image and the provenance by the
+/// embedded guest signed by that key, and fails with `other_public`.
+fn verifies_only_with(dest: &str, digest: &str, public: &Path, other_public: &Path) {
+    let out = verify(dest, public);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("verified {dest}@{digest}: signed by that key")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "provenance: pushed by guest {} (ocipush:core@0.9.0), signed by that key",
+            embedded_guest()
+        )),
+        "{stdout}"
+    );
+    let line = verify_fails(dest, other_public);
+    assert!(line.contains("has no signature by the key in"), "{line}");
 }
 
 /// Reads back what `tag` names as every push's result is read back (support/published.rs):
@@ -471,22 +493,7 @@ fn signatures_verify_with_openssl_and_ocipush_verify_only_with_their_key() {
     assert!(openssl(&public).status.success());
 
     // ocipush verify: this key passes and names the guest; another key does not.
-    let out = verify(&dest, &public);
-    assert!(out.status.success(), "{}", describe(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains(&format!("verified {dest}@{digest}: signed by that key")),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains(&format!(
-            "provenance: pushed by guest {} (ocipush:core@0.9.0), signed by that key",
-            embedded_guest()
-        )),
-        "{stdout}"
-    );
-    let line = verify_fails(&dest, &other_public);
-    assert!(line.contains("has no signature by the key in"), "{line}");
+    verifies_only_with(&dest, &digest, &public, &other_public);
 
     // A second key's signature is added beside the first.
     let other_arg = other_key.display().to_string();
@@ -658,6 +665,32 @@ fn an_encrypted_key_signs_with_its_passphrase_file_and_is_refused_without_it() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("provenance: none"));
 }
 
+/// The digest the `index.json` of the layout at `layout` names under `name`.
+fn layout_tagged(layout: &Path, name: &str) -> String {
+    let index: ImageIndex =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    index
+        .manifests()
+        .iter()
+        .find(|m| {
+            m.annotations()
+                .as_ref()
+                .and_then(|a| a.get("org.opencontainers.image.ref.name"))
+                .map(String::as_str)
+                == Some(name)
+        })
+        .unwrap_or_else(|| panic!("no {name} in index.json"))
+        .digest()
+        .to_string()
+}
+
+/// The file of blob `digest` in the layout at `layout`.
+fn layout_blob(layout: &Path, digest: &str) -> PathBuf {
+    layout
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
 #[test]
 fn an_oci_layout_destination_gets_the_provenance_artifact() {
     let out = tempfile::tempdir().unwrap();
@@ -665,33 +698,11 @@ fn an_oci_layout_destination_gets_the_provenance_artifact() {
     let dest = format!("oci:{}:1", layout.display());
     let source = image("layout-prov");
     let digest = push_args(&source, &dest, "none", &["--provenance"], NO_ENV).expect_success(&dest);
-    let index: ImageIndex =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
     let tag = format!("sha256-{}", digest.trim_start_matches("sha256:"));
-    let by_name = |name: &str| {
-        index
-            .manifests()
-            .iter()
-            .find(|m| {
-                m.annotations().as_ref().and_then(|a| {
-                    a.get("org.opencontainers.image.ref.name")
-                        .map(String::as_str)
-                }) == Some(name)
-            })
-            .unwrap_or_else(|| panic!("no {name} in index.json"))
-            .clone()
-    };
-    assert_eq!(by_name("1").digest().to_string(), digest);
-    let blob = |digest: &str| {
-        std::fs::read(
-            layout
-                .join("blobs/sha256")
-                .join(digest.trim_start_matches("sha256:")),
-        )
-        .unwrap()
-    };
+    assert_eq!(layout_tagged(&layout, "1"), digest);
+    let blob = |digest: &str| std::fs::read(layout_blob(&layout, digest)).unwrap();
     let referrers: ImageIndex =
-        serde_json::from_slice(&blob(by_name(&tag).digest().as_ref())).unwrap();
+        serde_json::from_slice(&blob(&layout_tagged(&layout, &tag))).unwrap();
     assert_eq!(referrers.manifests().len(), 1);
     let artifact: ImageManifest =
         serde_json::from_slice(&blob(referrers.manifests()[0].digest().as_ref())).unwrap();
@@ -710,6 +721,123 @@ fn an_oci_layout_destination_gets_the_provenance_artifact() {
         run_ok(Command::new("skopeo").args(["inspect", &format!("oci:{}:1", layout.display())]));
     let inspected: Value = serde_json::from_str(&inspected).unwrap();
     assert_eq!(inspected["Digest"], digest);
+}
+
+#[test]
+fn ocipush_verify_reads_an_oci_layout_with_the_checks_it_makes_of_a_registry() {
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = sec1_key(keys.path(), "signer");
+    let (_, other_public) = pkcs8_key(keys.path(), "other");
+    let key_arg = key.display().to_string();
+    let out = tempfile::tempdir().unwrap();
+    let layout = out.path().join("layout");
+    let dest = format!("oci:{}:1", layout.display());
+    let source = image("layout-verify");
+
+    // Unsigned first: verify says so.
+    let digest = push(&source, &dest).expect_success(&dest);
+    let line = verify_fails(&dest, &public);
+    assert!(
+        line.contains(&format!("{dest}@{digest} is not signed")),
+        "{line}"
+    );
+
+    let signed = push_args(
+        &source,
+        &dest,
+        "none",
+        &["--provenance", "--sign-key", &key_arg],
+        NO_ENV,
+    );
+    assert_eq!(signed.expect_success(&dest), digest);
+    verifies_only_with(&dest, &digest, &public, &other_public);
+
+    // Tampered: the payload file rewritten in the layout to name another layout. Restored, the
+    // signature verifies again.
+    let sig_tag = format!("sha256-{}.sig", digest.trim_start_matches("sha256:"));
+    let sig_manifest: Value = serde_json::from_slice(
+        &std::fs::read(layout_blob(&layout, &layout_tagged(&layout, &sig_tag))).unwrap(),
+    )
+    .unwrap();
+    let payload_file = layout_blob(
+        &layout,
+        sig_manifest["layers"][0]["digest"].as_str().unwrap(),
+    );
+    let payload = std::fs::read(&payload_file).unwrap();
+    let mut tampered: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(
+        tampered["critical"]["identity"]["docker-reference"],
+        format!("oci:{}", layout.display())
+    );
+    tampered["critical"]["identity"]["docker-reference"] = "oci:/elsewhere".into();
+    std::fs::write(&payload_file, serde_json::to_vec(&tampered).unwrap()).unwrap();
+    let line = verify_fails(&dest, &public);
+    assert!(
+        line.contains("none of its 1 signatures verifies with it over an intact payload"),
+        "{line}"
+    );
+    std::fs::write(&payload_file, &payload).unwrap();
+    verifies_only_with(&dest, &digest, &public, &other_public);
+
+    // Another image's signatures under this digest's .sig tag: a valid signature by the key,
+    // naming another digest.
+    let second_dest = format!("oci:{}:2", layout.display());
+    let second = push_args(
+        &image("layout-verify-b"),
+        &second_dest,
+        "none",
+        &["--sign-key", &key_arg],
+        NO_ENV,
+    )
+    .expect_success(&second_dest);
+    let index_file = layout.join("index.json");
+    let index = std::fs::read(&index_file).unwrap();
+    let second_sigs = layout_tagged(
+        &layout,
+        &format!("sha256-{}.sig", second.trim_start_matches("sha256:")),
+    );
+    let mut moved: Value = serde_json::from_slice(&index).unwrap();
+    for entry in moved["manifests"].as_array_mut().unwrap() {
+        if entry["annotations"]["org.opencontainers.image.ref.name"] == sig_tag {
+            entry["digest"] = second_sigs.clone().into();
+        }
+    }
+    std::fs::write(&index_file, serde_json::to_vec(&moved).unwrap()).unwrap();
+    let line = verify_fails(&dest, &public);
+    assert!(
+        line.contains(&format!("names digest {second}, not this one")),
+        "{line}"
+    );
+    std::fs::write(&index_file, &index).unwrap();
+    verifies_only_with(&dest, &digest, &public, &other_public);
+
+    // The image manifest's file rewritten: one line naming it.
+    let manifest_file = layout_blob(&layout, &digest);
+    std::fs::write(&manifest_file, b"{}").unwrap();
+    let line = verify_fails(&dest, &public);
+    assert!(
+        line.contains(&format!(
+            "{} does not hold the manifest its name says",
+            manifest_file.display()
+        )),
+        "{line}"
+    );
+
+    // A signature names the layout as its push spelt it: the same directory named otherwise
+    // is another reference.
+    let elsewhere = out.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let spelt = format!("oci:{}/.:1", elsewhere.display());
+    push_args(&source, &spelt, "none", &["--sign-key", &key_arg], NO_ENV).expect_success(&spelt);
+    assert!(verify(&spelt, &public).status.success());
+    let line = verify_fails(&format!("oci:{}:1", elsewhere.display()), &public);
+    assert!(
+        line.contains(&format!(
+            "names layout oci:{}/., not this one",
+            elsewhere.display()
+        )),
+        "{line}"
+    );
 }
 
 #[test]

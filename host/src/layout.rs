@@ -46,6 +46,11 @@ pub enum Error {
         digest: String,
         actual: String,
     },
+    /// A manifest file whose bytes are not what its name says, read from a layout.
+    Corrupt {
+        path: PathBuf,
+        actual: String,
+    },
     /// A file over its limit (`what` names the limit).
     TooLarge {
         path: PathBuf,
@@ -91,6 +96,11 @@ impl fmt::Display for Error {
                 f,
                 "refusing to store blob {digest}: its bytes hash to {actual}"
             ),
+            Self::Corrupt { path, actual } => write!(
+                f,
+                "{} does not hold the manifest its name says: its bytes hash to {actual}",
+                path.display()
+            ),
             Self::TooLarge { path, what } => write!(f, "{} is {what}", path.display()),
             Self::NotAnIndex(path) => write!(f, "{} is not an OCI image index", path.display()),
             Self::Unconfirmed {
@@ -134,6 +144,56 @@ fn blob_path(root: &Path, digest: &str) -> Result<PathBuf, Error> {
 
 fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// The digest `reference` stands for: itself when it is one, else the one `index.json` names
+/// under the tag `reference`, if any.
+fn resolve(root: &Path, reference: &str) -> Result<Option<String>, Error> {
+    if reference.starts_with("sha256:") {
+        return Ok(Some(reference.to_string()));
+    }
+    let path = root.join("index.json");
+    let at = || IoError::at(path.display());
+    let bytes = match std::fs::metadata(&path) {
+        Ok(meta) if meta.len() > INDEX_LIMIT => {
+            return Err(Error::TooLarge {
+                path,
+                what: "larger than 64 MiB",
+            })
+        }
+        Ok(_) => std::fs::read(&path).map_err(at())?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(at()(e).into()),
+    };
+    let index: Value =
+        serde_json::from_slice(&bytes).map_err(|_| Error::NotAnIndex(path.clone()))?;
+    Ok(index["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["annotations"][REF_NAME].as_str() == Some(reference))
+        .and_then(|m| m["digest"].as_str())
+        .map(str::to_string))
+}
+
+/// A blob read whole, at most `MANIFEST_LIMIT` bytes (`over` says what a larger one is not), as
+/// the file holds it; `None` when the layout lacks it.
+fn read_small(root: &Path, digest: &str, over: &'static str) -> Result<Option<Vec<u8>>, Error> {
+    let path = blob_path(root, digest)?;
+    let at = || IoError::at(path.display());
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(at()(e).into()),
+    };
+    let mut body = Vec::new();
+    file.take(MANIFEST_LIMIT as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(at())?;
+    if body.len() > MANIFEST_LIMIT {
+        return Err(Error::TooLarge { path, what: over });
+    }
+    Ok(Some(body))
 }
 
 /// One layout directory, opened for writing.
@@ -210,66 +270,14 @@ impl Directory {
     /// the tag `reference`; at most 4 MiB. Read back for `--verify`, and to extend a referrers
     /// index; the directory holds it, so it counts as confirmed.
     pub fn get_manifest(&mut self, reference: &str) -> Result<Option<Vec<u8>>, Error> {
-        let digest = if reference.starts_with("sha256:") {
-            reference.to_string()
-        } else {
-            match self.tagged(reference)? {
-                Some(digest) => digest,
-                None => return Ok(None),
-            }
+        let Some(digest) = resolve(&self.root, reference)? else {
+            return Ok(None);
         };
-        let body = self.read_manifest(&digest)?;
+        let body = read_small(&self.root, &digest, "over 4 MiB: not a manifest")?;
         if let Some(body) = &body {
             self.confirmed.insert(sha256(body));
         }
         Ok(body)
-    }
-
-    /// The digest `index.json` names under `tag`, if any.
-    fn tagged(&self, tag: &str) -> Result<Option<String>, Error> {
-        let path = self.root.join("index.json");
-        let at = || IoError::at(path.display());
-        let bytes = match std::fs::metadata(&path) {
-            Ok(meta) if meta.len() > INDEX_LIMIT => {
-                return Err(Error::TooLarge {
-                    path,
-                    what: "larger than 64 MiB",
-                })
-            }
-            Ok(_) => std::fs::read(&path).map_err(at())?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(at()(e).into()),
-        };
-        let index: Value =
-            serde_json::from_slice(&bytes).map_err(|_| Error::NotAnIndex(path.clone()))?;
-        Ok(index["manifests"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|m| m["annotations"][REF_NAME].as_str() == Some(tag))
-            .and_then(|m| m["digest"].as_str())
-            .map(str::to_string))
-    }
-
-    fn read_manifest(&self, digest: &str) -> Result<Option<Vec<u8>>, Error> {
-        let path = blob_path(&self.root, digest)?;
-        let at = || IoError::at(path.display());
-        let file = match File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(at()(e).into()),
-        };
-        let mut body = Vec::new();
-        file.take(MANIFEST_LIMIT as u64 + 1)
-            .read_to_end(&mut body)
-            .map_err(at())?;
-        if body.len() > MANIFEST_LIMIT {
-            return Err(Error::TooLarge {
-                path,
-                what: "over 4 MiB: not a manifest",
-            });
-        }
-        Ok(Some(body))
     }
 
     /// Stores the manifest as a blob and points `index.json` at it under `tag`, replacing an
@@ -465,6 +473,36 @@ impl Reader {
         Ok(std::fs::read(&path).map_err(at())?)
     }
 
+    /// The manifest stored as blob `reference` (a digest), or the one `index.json` names under
+    /// the tag `reference`; at most 4 MiB, and refused unless its bytes hash to its digest (what
+    /// `ocipush verify` takes as the image's identity).
+    pub fn manifest(&self, reference: &str) -> Result<Option<Vec<u8>>, Error> {
+        let Some(digest) = resolve(&self.root, reference)? else {
+            return Ok(None);
+        };
+        let body = read_small(&self.root, &digest, "over 4 MiB: not a manifest")?;
+        if let Some(body) = &body {
+            let actual = sha256(body);
+            if actual != digest {
+                return Err(Error::Corrupt {
+                    path: blob_path(&self.root, &digest)?,
+                    actual,
+                });
+            }
+        }
+        Ok(body)
+    }
+
+    /// A blob of at most 4 MiB (a signature payload, a statement) as its file holds it, or
+    /// `None`; the caller checks it against its digest, as it checks a registry's.
+    pub fn small_blob(&self, digest: &str) -> Result<Option<Vec<u8>>, Error> {
+        read_small(
+            &self.root,
+            digest,
+            "over 4 MiB: not a signature payload or statement",
+        )
+    }
+
     /// Up to `max` bytes of a blob from `offset`; short only at its end.
     pub fn read_blob(&self, digest: &str, offset: u64, max: u32) -> Result<Vec<u8>, Error> {
         let path = blob_path(&self.root, digest)?;
@@ -612,5 +650,45 @@ mod tests {
         let read: Value = serde_json::from_slice(&reader.index().unwrap()).unwrap();
         assert_eq!(read, index(dir.path()));
         assert_eq!(reader.read_blob(&layer, 2, 100).unwrap(), b"yer");
+    }
+
+    #[test]
+    fn a_reader_gives_manifests_by_tag_or_digest_only_when_their_bytes_are_their_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut layout = Directory::open(dir.path()).unwrap();
+        let body = manifest(&[]);
+        let digest = layout.put_manifest("v1", "m/1", &body).unwrap();
+        layout.put_blob(&sha256(b"payload"), b"payload").unwrap();
+        let reader = Reader::open(dir.path()).unwrap();
+        assert_eq!(reader.manifest("v1").unwrap(), Some(body.clone()));
+        assert_eq!(reader.manifest(&digest).unwrap(), Some(body));
+        assert_eq!(reader.manifest("v2").unwrap(), None);
+        assert_eq!(reader.manifest(&sha256(b"absent")).unwrap(), None);
+        assert_eq!(
+            reader.small_blob(&sha256(b"payload")).unwrap().as_deref(),
+            Some(&b"payload"[..])
+        );
+
+        // Rewritten in place: the blob is read as it is, the manifest refused.
+        std::fs::write(
+            blob_path(dir.path(), &sha256(b"payload")).unwrap(),
+            b"other",
+        )
+        .unwrap();
+        assert_eq!(
+            reader.small_blob(&sha256(b"payload")).unwrap().as_deref(),
+            Some(&b"other"[..])
+        );
+        let path = blob_path(dir.path(), &digest).unwrap();
+        std::fs::write(&path, b"{}").unwrap();
+        let err = reader.manifest("v1").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{} does not hold the manifest its name says: its bytes hash to {}",
+                path.display(),
+                sha256(b"{}")
+            )
+        );
     }
 }

@@ -132,10 +132,11 @@ enum Command {
         options: PushOptions,
     },
     /// Verify a pushed image: exit 0 only when a signature by KEY (cosign's, under the
-    /// sha256-HEX.sig tag) covers the digest DEST's tag names and names DEST's repository; print
-    /// which guest's provenance refers to it. One line and exit 1 otherwise.
+    /// sha256-HEX.sig tag) covers the digest DEST's tag names and names DEST's repository (or
+    /// layout); print which guest's provenance refers to it. One line and exit 1 otherwise.
     Verify {
-        /// The image: host[:port]/repository[:tag].
+        /// The image: host[:port]/repository[:tag] (a registry), or oci:DIR[:TAG] (an OCI image
+        /// layout a push wrote; the tag defaults to latest).
         destination: String,
         /// The ECDSA P-256 public key (PEM, PUBLIC KEY) the signature must verify with.
         #[arg(long, value_name = "PUB.pem")]

@@ -1,7 +1,7 @@
 //! `ocipush verify DEST --key PUB.pem`: is the manifest DEST's tag names signed by that key
-//! for that repository, and which guest published its provenance? The network is here; what a
-//! signature manifest, payload, envelope or statement says is read by the guest crate's pure
-//! `evidence` modules, natively.
+//! for that repository (or `oci:` layout), and which guest published its provenance? Reading is
+//! here, behind `Store`; what a signature manifest, payload, envelope or statement says is read
+//! by the guest crate's pure `evidence` modules, natively.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -15,8 +15,63 @@ use ocipush_guest::evidence::statement::{self, Builder};
 use ocipush_guest::reference::{Destination, Target};
 
 use crate::interrupt::Runtime;
+use crate::layout;
 use crate::registry::{self, Repository};
 use crate::signing::PublicKey;
+
+/// Where an image and its evidence are read from: a registry repository, or an OCI layout
+/// directory, into which a push writes the same artifacts under the same tags.
+trait Store {
+    /// A manifest by tag or digest, or `None`.
+    fn manifest(&self, reference: &str) -> Result<Option<Vec<u8>>, Error>;
+    /// A small blob as stored, or `None`; the caller checks it against its digest.
+    fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>, Error>;
+    /// The referrers API's index of `digest`'s referrers, or `None` where there is no API.
+    fn referrers(&self, digest: &Digest) -> Result<Option<Vec<u8>>, Error>;
+}
+
+/// A registry repository, read through the runtime a signal interrupts.
+struct Registry<'a> {
+    rt: &'a Runtime,
+    repository: Repository,
+}
+
+impl Store for Registry<'_> {
+    fn manifest(&self, reference: &str) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self
+            .rt
+            .block_on(self.repository.get_manifest(reference))??)
+    }
+
+    fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.rt.block_on(self.repository.get_blob(digest))??)
+    }
+
+    fn referrers(&self, digest: &Digest) -> Result<Option<Vec<u8>>, Error> {
+        // A registry without the API answers 404, or with an error of its own: either way, the
+        // tag schema is where a client that found no API wrote its referrers.
+        Ok(self
+            .rt
+            .block_on(self.repository.get_referrers(digest.as_str()))?
+            .ok()
+            .flatten())
+    }
+}
+
+impl Store for layout::Reader {
+    fn manifest(&self, reference: &str) -> Result<Option<Vec<u8>>, Error> {
+        layout::Reader::manifest(self, reference).map_err(Error::Layout)
+    }
+
+    fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>, Error> {
+        self.small_blob(digest).map_err(Error::Layout)
+    }
+
+    /// A layout has no referrers API: a push lists its artifacts under the tag schema's tag.
+    fn referrers(&self, _: &Digest) -> Result<Option<Vec<u8>>, Error> {
+        Ok(None)
+    }
+}
 
 /// Why an image does not verify.
 #[derive(Debug)]
@@ -31,7 +86,8 @@ pub enum Failure {
         key: PathBuf,
         signatures: usize,
     },
-    /// A signature by this key, whose payload names something else.
+    /// A signature by this key, whose payload names something else (`what`: digest,
+    /// repository or layout).
     Names {
         image: String,
         what: &'static str,
@@ -71,6 +127,7 @@ pub enum Error {
     /// The registry's HTTP client could not be built (its CA file, for one).
     Client(String),
     Registry(registry::Error),
+    Layout(layout::Error),
     Interrupted(crate::interrupt::Interrupted),
     Failed(Failure),
 }
@@ -81,6 +138,7 @@ impl fmt::Display for Error {
             Self::Key(e) => e.fmt(f),
             Self::Destination(e) | Self::Client(e) => f.write_str(e),
             Self::Registry(e) => e.fmt(f),
+            Self::Layout(e) => e.fmt(f),
             Self::Interrupted(e) => e.fmt(f),
             Self::Failed(e) => e.fmt(f),
         }
@@ -112,7 +170,7 @@ pub struct Found {
 /// What a verify that passed found.
 #[derive(Debug)]
 pub struct Verified {
-    /// `host/name:tag@sha256:…`.
+    /// `host/name:tag@sha256:…` or `oci:DIR:tag@sha256:…`.
     pub image: String,
     pub provenance: Vec<Found>,
 }
@@ -144,48 +202,85 @@ fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-/// Opens DEST's repository with `open` and verifies it with the public key in `key`.
+/// Verifies DEST with the public key in `key`: an `oci:` layout read from its directory, a
+/// registry repository opened with `open`.
 pub fn verify(
     rt: &Runtime,
     destination: &str,
     key: &Path,
     open: impl FnOnce(&Target) -> Result<Repository, Error>,
 ) -> Result<Verified, Error> {
-    let target = match Destination::parse(destination) {
-        Ok(Destination::Registry(target)) => target,
-        Ok(Destination::Layout(_)) => {
-            return Err(Error::Destination(format!(
-                "verify reads registries: {destination} is an OCI layout directory"
-            )))
-        }
-        Err(e) => return Err(Error::Destination(format!("{e:#}"))),
-    };
+    let parsed =
+        Destination::parse(destination).map_err(|e| Error::Destination(format!("{e:#}")))?;
     let public = PublicKey::load(key).map_err(Error::Key)?;
-    let repository = open(&target)?;
-    let name = format!("{}:{}", target.repository_url(), target.tag);
-    let Some(manifest) = rt.block_on(repository.get_manifest(&target.tag))?? else {
-        return Err(Error::Failed(Failure::NoImage(name)));
+    let image = Image {
+        name: format!("{}:{}", parsed.location(), parsed.tag()),
+        tag: parsed.tag(),
+        // What a push's signature names: the repository, or `oci:DIR` as the push named it.
+        reference: parsed.location(),
+        kind: match parsed {
+            Destination::Registry(_) => "repository",
+            Destination::Layout(_) => "layout",
+        },
     };
-    let digest = Digest::of(&manifest);
-    let image = format!("{name}@{digest}");
-    check_signature(rt, &repository, &target, &digest, &image, &public, key)?;
-    let provenance = provenance(rt, &repository, &digest, &public)?;
-    Ok(Verified { image, provenance })
+    match &parsed {
+        Destination::Registry(target) => {
+            let store = Registry {
+                rt,
+                repository: open(target)?,
+            };
+            check(&store, &image, &public, key)
+        }
+        Destination::Layout(target) => {
+            let store = layout::Reader::open(Path::new(&target.path)).map_err(Error::Layout)?;
+            check(&store, &image, &public, key)
+        }
+    }
 }
 
-/// Passes when a signature by `public` over an intact payload names `digest` in this
-/// repository.
+/// The image verify is asked about.
+struct Image<'a> {
+    /// `host/name:tag` or `oci:DIR:tag`.
+    name: String,
+    tag: &'a str,
+    /// What its signature must name.
+    reference: String,
+    /// What `reference` is, for the line that says a signature names another one.
+    kind: &'static str,
+}
+
+/// The manifest under the image's tag, its signature by `public`, and its provenance.
+fn check(
+    store: &impl Store,
+    image: &Image<'_>,
+    public: &PublicKey,
+    key: &Path,
+) -> Result<Verified, Error> {
+    let Some(manifest) = store.manifest(image.tag)? else {
+        return Err(Error::Failed(Failure::NoImage(image.name.clone())));
+    };
+    let digest = Digest::of(&manifest);
+    let shown = format!("{}@{digest}", image.name);
+    check_signature(store, image, &digest, &shown, public, key)?;
+    let provenance = provenance(store, &digest, public)?;
+    Ok(Verified {
+        image: shown,
+        provenance,
+    })
+}
+
+/// Passes when a signature by `public` over an intact payload names `digest` and the image's
+/// repository or layout.
 fn check_signature(
-    rt: &Runtime,
-    repository: &Repository,
-    target: &Target,
+    store: &impl Store,
+    asked: &Image<'_>,
     digest: &Digest,
     image: &str,
     public: &PublicKey,
     key: &Path,
 ) -> Result<(), Error> {
     let tag = signature::signature_tag(digest);
-    let Some(manifest) = rt.block_on(repository.get_manifest(&tag))?? else {
+    let Some(manifest) = store.manifest(&tag)? else {
         return Err(Error::Failed(Failure::Unsigned {
             image: image.to_string(),
             tag,
@@ -194,7 +289,7 @@ fn check_signature(
     let signatures = signature::signatures(&manifest).unwrap_or_default();
     let mut names_other = None;
     for signed in &signatures {
-        let Some(payload) = rt.block_on(repository.get_blob(signed.payload.as_str()))?? else {
+        let Some(payload) = store.blob(signed.payload.as_str())? else {
             continue;
         };
         if sha256(&payload) != signed.payload.as_str()
@@ -206,8 +301,8 @@ fn check_signature(
             Ok(claim) if claim.digest != *digest => {
                 names_other = Some(("digest", claim.digest.to_string()))
             }
-            Ok(claim) if claim.docker_reference != target.repository_url() => {
-                names_other = Some(("repository", claim.docker_reference))
+            Ok(claim) if claim.docker_reference != asked.reference => {
+                names_other = Some((asked.kind, claim.docker_reference))
             }
             Ok(_) => return Ok(()),
             Err(_) => continue,
@@ -231,16 +326,13 @@ fn check_signature(
 /// has one, else the referrers tag schema's index. Statements that do not read as ocipush's
 /// provenance about this digest are left out.
 fn provenance(
-    rt: &Runtime,
-    repository: &Repository,
+    store: &impl Store,
     digest: &Digest,
     public: &PublicKey,
 ) -> Result<Vec<Found>, Error> {
-    // A registry without the API answers 404, or with an error of its own: either way, the tag
-    // schema is where a client that found no API wrote its referrers.
-    let index = match rt.block_on(repository.get_referrers(digest.as_str()))? {
-        Ok(Some(index)) => Some(index),
-        _ => rt.block_on(repository.get_manifest(&referrers_tag(digest)))??,
+    let index = match store.referrers(digest)? {
+        Some(index) => Some(index),
+        None => store.manifest(&referrers_tag(digest))?,
     };
     let Some(index) = index else {
         return Ok(Vec::new());
@@ -254,7 +346,7 @@ fn provenance(
         let Some(reference) = entry["digest"].as_str() else {
             continue;
         };
-        let Some(artifact) = rt.block_on(repository.get_manifest(reference))?? else {
+        let Some(artifact) = store.manifest(reference)? else {
             continue;
         };
         let artifact: serde_json::Value = serde_json::from_slice(&artifact).unwrap_or_default();
@@ -265,7 +357,7 @@ fn provenance(
         let Some(layer_digest) = layer["digest"].as_str() else {
             continue;
         };
-        let Some(blob) = rt.block_on(repository.get_blob(layer_digest))?? else {
+        let Some(blob) = store.blob(layer_digest)? else {
             continue;
         };
         if sha256(&blob) != layer_digest {
