@@ -722,9 +722,10 @@ impl LayerUpload for Upload {
         }
     }
 
-    fn close(&mut self) -> Result<Blob> {
+    fn close(&mut self, written: &Digest) -> Result<Blob> {
         stored(match self {
-            Upload::Registry(u) => u.close(),
+            Upload::Registry(u) => u.close(written.as_str()),
+            // A layout's host hashes what it writes: its blobs have no other check.
             Upload::Layout(u) => u.close(),
         })
     }

@@ -189,8 +189,9 @@ pub trait LayerUpload {
     /// Encoded bytes sent to the registry so far.
     fn sent(&self) -> u64;
     /// Ends the stream: the encoded blob, which the host goes on sending. It is not in the
-    /// destination until `finish` says so.
-    fn close(&mut self) -> Result<Blob>;
+    /// destination until `finish` says so. `written` is the digest of the bytes written (the
+    /// blob's own when they are stored as they are: the host need not hash them again).
+    fn close(&mut self, written: &Digest) -> Result<Blob>;
     /// Completes (closing it if need be) and commits the upload.
     fn finish(self) -> Result<Blob>;
 }

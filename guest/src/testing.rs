@@ -557,9 +557,15 @@ impl LayerUpload for MemoryUpload {
     fn sent(&self) -> u64 {
         self.data.len() as u64
     }
-    fn close(&mut self) -> Result<Blob> {
+    fn close(&mut self, written: &Digest) -> Result<Blob> {
+        let digest = Digest::of(&self.data);
+        // The pipeline says what it hashed: for bytes stored as they are, the blob's digest.
+        assert_eq!(
+            written, &digest,
+            "close is told the digest of the bytes written"
+        );
         Ok(Blob {
-            digest: Digest::of(&self.data),
+            digest,
             size: self.data.len() as u64,
         })
     }

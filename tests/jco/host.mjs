@@ -306,8 +306,11 @@ function registryOverLayout(outDir) {
     progress() {
       return { written: this.#written, sent: this.#written };
     }
-    /** Ends the stream; the blob is stored by `finish`. */
-    close() {
+    /**
+     * Ends the stream; the blob is stored by `finish`. The guest's digest of what it wrote is
+     * not taken: this host hashes what it writes, the only check an image layout has.
+     */
+    close(_written) {
       return result(() => this.#close());
     }
     #close() {

@@ -227,7 +227,7 @@ impl<R: BlobSink> Publish for Publisher<'_, R> {
                 self.image.id
             );
         };
-        let blob = uploads.close()?;
+        let blob = uploads.close(&diff_id)?;
         if let Some((_, present)) = promised {
             self.same_as_held(&diff_id, present, &blob)?;
         }
@@ -260,7 +260,7 @@ impl<R: BlobSink> Publish for Publisher<'_, R> {
                 layer.entry
             );
         }
-        let blob = upload.close()?;
+        let blob = upload.close(&hashed)?;
         if &blob.digest != digest {
             bail!("the destination stored blob {digest} as {}", blob.digest);
         }

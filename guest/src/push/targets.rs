@@ -6,6 +6,7 @@
 
 use anyhow::{bail, Context, Result};
 
+use crate::digest::Digest;
 use crate::model::{Blob, Encoding};
 use crate::ports::{BlobSink, Destinations, LayerUpload};
 use crate::reference::Destination;
@@ -188,14 +189,12 @@ impl<U: LayerUpload> Uploads<U> {
             .unwrap_or(0)
     }
 
-    /// Ends every upload: the blob each host encoded, while they go on sending it. The same
-    /// everywhere, as `finish` checks.
-    pub fn close(&mut self) -> Result<Blob> {
-        agreed(
-            self.each
-                .iter_mut()
-                .map(|(label, location, upload)| (location.clone(), named(label, upload.close()))),
-        )
+    /// Ends every upload, whose bytes hashed to `written`: the blob each host encoded, while
+    /// they go on sending it. The same everywhere, as `finish` checks.
+    pub fn close(&mut self, written: &Digest) -> Result<Blob> {
+        agreed(self.each.iter_mut().map(|(label, location, upload)| {
+            (location.clone(), named(label, upload.close(written)))
+        }))
     }
 
     /// Commits every upload. The encoding is deterministic, so each repository must have

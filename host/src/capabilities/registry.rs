@@ -154,9 +154,13 @@ impl HostLayerUpload for HostState {
         Ok(UploadProgress { written, sent })
     }
 
-    fn close(&mut self, upload: Resource<LayerUpload>) -> Result<BlobDescriptor, HostError> {
+    fn close(
+        &mut self,
+        upload: Resource<LayerUpload>,
+        written: String,
+    ) -> Result<BlobDescriptor, HostError> {
         let upload = self.table.get_mut(&upload)?;
-        let encoded = timed(&mut self.waits.finish, || upload.close())?;
+        let encoded = timed(&mut self.waits.finish, || upload.close(Some(&written)))?;
         Ok(descriptor(encoded, &mut self.encodings))
     }
 

@@ -4,7 +4,9 @@
 //!
 //! A `Pipeline` is an encoder on a native thread fed by the guest's writes: it compresses (on
 //! several threads where the encoding allows), hashes the encoded bytes, appends them to a file
-//! and tells whoever waits on `Produced` how far it is.
+//! and tells whoever waits on `Produced` how far it is. Bytes stored as they are for a registry
+//! (`Pipeline::unhashed`) are not hashed here: the guest hashed them, and says their digest
+//! (`Pipeline::claim`), which the registry checks on commit.
 
 pub mod gzip;
 pub mod zstd;
@@ -124,25 +126,49 @@ pub enum Closed {
 /// An encoder thread and its input.
 pub struct Pipeline {
     input: Option<SyncSender<Vec<u8>>>,
-    encoder: Option<JoinHandle<Result<Encoded, Error>>>,
+    encoder: Option<JoinHandle<Result<Spooled, Error>>>,
     produced: watch::Receiver<Produced>,
     /// Uncompressed bytes the guest has written.
     written: u64,
+    /// The file the encoder writes, for hashing it when nobody said its digest.
+    file: Arc<File>,
+    /// The digest the guest said the bytes of an unhashed pipeline have.
+    claimed: Option<String>,
+}
+
+/// What the encoder thread wrote: its digest, unless it was told not to hash.
+struct Spooled {
+    digest: Option<String>,
+    size: u64,
+    encoding: Encoding,
 }
 
 impl Pipeline {
-    /// Starts encoding into `file` (empty) with `codec`. With `sync`, the finished file is
-    /// synced to disk, and `sync` names it in an error.
+    /// Starts encoding into `file` (empty) with `codec`, hashing what it writes. With `sync`,
+    /// the finished file is synced to disk, and `sync` names it in an error.
     pub fn start(file: Arc<File>, codec: Codec, sync: Option<PathBuf>) -> Self {
+        Self::spawn(file, codec, sync, true)
+    }
+
+    /// Starts storing bytes as they are into `file` (empty), without hashing them: their
+    /// digest is the one `claim` gives (the guest's, which hashed every byte), else the file
+    /// is hashed when the layer ends.
+    pub fn unhashed(file: Arc<File>) -> Self {
+        Self::spawn(file, Codec::None, None, false)
+    }
+
+    fn spawn(file: Arc<File>, codec: Codec, sync: Option<PathBuf>, hash: bool) -> Self {
         let (input, chunks) = mpsc::sync_channel::<Vec<u8>>(INPUT_QUEUE);
         let (tell, produced) = watch::channel(Produced::default());
+        let spool = file.clone();
         let encoder = std::thread::spawn(move || {
-            let encoded = encode(chunks, &file, &tell, codec);
+            let encoded = encode(chunks, &spool, &tell, codec, hash);
             // The layer's buffers, freed on this thread and its workers, go back now.
             crate::memory::release();
             let encoded = encoded?;
             if let Some(path) = sync {
-                file.sync_all()
+                spool
+                    .sync_all()
                     .map_err(|error| Error::Sync { path, error })?;
             }
             Ok(encoded)
@@ -152,7 +178,14 @@ impl Pipeline {
             encoder: Some(encoder),
             produced,
             written: 0,
+            file,
+            claimed: None,
         }
+    }
+
+    /// Says the digest of the bytes written, for an unhashed pipeline to take as theirs.
+    pub fn claim(&mut self, digest: String) {
+        self.claimed = Some(digest);
     }
 
     /// Hands `data` to the encoder, waiting while its queue is full.
@@ -168,7 +201,18 @@ impl Pipeline {
     pub fn finish(&mut self) -> Option<Result<Encoded, Error>> {
         self.input = None;
         let encoder = self.encoder.take()?;
-        Some(encoder.join().unwrap_or(Err(Error::Panicked)))
+        let spooled = encoder.join().unwrap_or(Err(Error::Panicked));
+        Some(spooled.and_then(|spooled| {
+            let digest = match spooled.digest.or_else(|| self.claimed.take()) {
+                Some(digest) => digest,
+                None => hash_file(&self.file, spooled.size).map_err(Error::Spool)?,
+            };
+            Ok(Encoded {
+                digest,
+                size: spooled.size,
+                encoding: spooled.encoding,
+            })
+        }))
     }
 
     /// Where a reader of the file learns how far the encoder is.
@@ -189,30 +233,50 @@ impl Drop for Pipeline {
     }
 }
 
-/// Compresses what arrives on `chunks`, hashes the encoded bytes and appends them to `file`,
-/// telling `produced` how far it is and, at the end, whether it completed.
+/// Compresses what arrives on `chunks`, hashes the encoded bytes (if `hash`) and appends them
+/// to `file`, telling `produced` how far it is and, at the end, whether it completed.
 fn encode(
     chunks: mpsc::Receiver<Vec<u8>>,
     file: &File,
     produced: &watch::Sender<Produced>,
     codec: Codec,
-) -> Result<Encoded, Error> {
+    hash: bool,
+) -> Result<Spooled, Error> {
     let mut out = Spooler {
         file,
         produced,
-        hasher: Sha256::new(),
+        hasher: hash.then(Sha256::new),
         size: 0,
         head: Vec::new(),
     };
     let encoded = encode_into(chunks, &mut out, codec)
-        .map(|()| Encoded {
+        .map(|()| Spooled {
             encoding: Encoding::of(codec, &out.head),
-            digest: format!("sha256:{}", hex::encode(out.hasher.finalize())),
+            digest: out.hasher.take().map(sha256_name),
             size: out.size,
         })
         .map_err(Error::Spool);
     produced.send_modify(|p| p.end = Some(encoded.is_ok()));
     encoded
+}
+
+/// A finished hash as a digest string.
+fn sha256_name(hasher: Sha256) -> String {
+    format!("sha256:{}", hex::encode(hasher.finalize()))
+}
+
+/// The digest of the first `size` bytes of `file`, read back in 1 MiB pieces.
+fn hash_file(file: &File, size: u64) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut piece = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < size {
+        let n = (size - at).min(piece.len() as u64) as usize;
+        file.read_exact_at(&mut piece[..n], at)?;
+        hasher.update(&piece[..n]);
+        at += n as u64;
+    }
+    Ok(sha256_name(hasher))
 }
 
 fn encode_into(
@@ -249,7 +313,8 @@ fn encode_into(
 struct Spooler<'a> {
     file: &'a File,
     produced: &'a watch::Sender<Produced>,
-    hasher: Sha256,
+    /// `None` for bytes whose digest the guest says.
+    hasher: Option<Sha256>,
     size: u64,
     /// The first bytes, enough for a magic number.
     head: Vec<u8>,
@@ -263,7 +328,9 @@ impl Write for Spooler<'_> {
         self.file.write_all_at(buf, self.size)?;
         let missing = HEAD.saturating_sub(self.head.len()).min(buf.len());
         self.head.extend_from_slice(&buf[..missing]);
-        self.hasher.update(buf);
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(buf);
+        }
         self.size += buf.len() as u64;
         let len = self.size;
         self.produced.send_modify(|p| p.len = len);
@@ -338,6 +405,28 @@ pub(crate) mod tests {
         let (z, encoded_z) = encoded(Codec::Zstd { level: 3 }, &[&data[..7], &data[7..]]);
         assert_eq!(encoded_z.size, z.len() as u64);
         assert!(::zstd::decode_all(&z[..]).unwrap() == data);
+    }
+
+    /// An unhashed pipeline takes the digest it is told, and hashes its file only when told
+    /// none.
+    #[test]
+    fn unhashed_bytes_take_the_claimed_digest_or_are_hashed_at_the_end() {
+        let told = format!("sha256:{}", "ab".repeat(32));
+        for claim in [Some(told.clone()), None] {
+            let file = Arc::new(tempfile::tempfile().unwrap());
+            let mut pipeline = Pipeline::unhashed(file);
+            pipeline.write(b"abc".to_vec()).unwrap();
+            pipeline.write(vec![7u8; 3 << 20]).unwrap();
+            if let Some(digest) = &claim {
+                pipeline.claim(digest.clone());
+            }
+            let encoded = pipeline.finish().unwrap().unwrap();
+            assert_eq!(encoded.size, 3 + (3 << 20));
+            let mut all = b"abc".to_vec();
+            all.extend(vec![7u8; 3 << 20]);
+            let hashed = format!("sha256:{}", hex::encode(Sha256::digest(&all)));
+            assert_eq!(encoded.digest, claim.unwrap_or(hashed));
+        }
     }
 
     #[test]

@@ -210,6 +210,8 @@ pub enum Error {
         digest: String,
         actual: String,
     },
+    /// What the guest said is the digest of a layer's bytes is not a sha256 digest.
+    NotADigest(String),
     /// A manifest naming a blob not confirmed in this repository.
     Unconfirmed {
         registry: String,
@@ -361,6 +363,10 @@ impl fmt::Display for Error {
             Self::Mismatch { digest, actual } => write!(
                 f,
                 "refusing to upload blob {digest}: its bytes hash to {actual}"
+            ),
+            Self::NotADigest(digest) => write!(
+                f,
+                "the digest given for a layer's bytes, {digest:?}, is not a sha256 digest"
             ),
             Self::Unconfirmed {
                 registry,

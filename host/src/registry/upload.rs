@@ -98,7 +98,12 @@ impl LayerUpload {
                 doing: "creating a temporary file to spool a layer",
                 error,
             })?;
-        let pipeline = Pipeline::start(spool.clone(), codec, None);
+        // Bytes stored as they are were hashed by the guest, which says their digest at
+        // `close`; the registry checks it on commit.
+        let pipeline = match codec {
+            Codec::None => Pipeline::unhashed(spool.clone()),
+            codec => Pipeline::start(spool.clone(), codec, None),
+        };
         let sent = Arc::new(AtomicU64::new(0));
         let session = Arc::new(Mutex::new(location));
         let sender = rt.spawn(
@@ -174,9 +179,17 @@ impl LayerUpload {
     }
 
     /// Ends the layer and waits for the encoder only: returns what it encoded, while the rest
-    /// is sent and the blob committed in the background (`finish` waits for that).
-    pub fn close(&mut self) -> Result<Encoded, Error> {
+    /// is sent and the blob committed in the background (`finish` waits for that). `written`
+    /// is the digest the guest computed of the bytes it wrote: a layer stored as it is takes
+    /// it for its own (without it, the spool is hashed).
+    pub fn close(&mut self, written: Option<&str>) -> Result<Encoded, Error> {
         self.failed.check()?;
+        if let Some(written) = written {
+            if !is_sha256(written) {
+                return Err(Error::NotADigest(written.to_string()));
+            }
+            self.pipeline.claim(written.to_string());
+        }
         let encoded = match self.pipeline.finish() {
             None => return Err(Error::Ended),
             Some(Ok(encoded)) => encoded,
@@ -221,7 +234,7 @@ impl LayerUpload {
     /// commits it under the digest of the encoded bytes; a committed layer is confirmed.
     pub fn finish(&mut self) -> Result<Encoded, Error> {
         if self.commit.is_none() {
-            self.close()?;
+            self.close(None)?;
         }
         let commit = self.commit.as_mut().ok_or(Error::Ended)?;
         // On a signal the commit stays, for dropping the upload to stop it.
@@ -468,6 +481,16 @@ impl Sender {
     }
 }
 
+/// Whether `digest` is `sha256:` and 64 lower-case hex digits, as a commit's `?digest=` takes.
+fn is_sha256(digest: &str) -> bool {
+    digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 /// How many bytes an upload status `Range: 0-N` says the registry holds: N + 1. Distribution
 /// answers `0-0` for an empty upload as well as for one byte; it counts as empty (a byte sent
 /// twice is caught by the digest the registry checks on commit).
@@ -486,6 +509,15 @@ fn upload_range_end(value: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_sha256_digests_are_taken_from_the_guest() {
+        assert!(is_sha256(&format!("sha256:{}", "0a".repeat(32))));
+        assert!(!is_sha256(&format!("sha256:{}", "0A".repeat(32))));
+        assert!(!is_sha256(&format!("sha256:{}", "0a".repeat(31))));
+        assert!(!is_sha256(&format!("sha512:{}", "0a".repeat(32))));
+        assert!(!is_sha256(&format!("sha256:{}&x=1", "0a".repeat(30))));
+    }
 
     #[test]
     fn upload_status_ranges_count_held_bytes() {
