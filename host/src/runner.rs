@@ -371,6 +371,7 @@ pub fn describe(guest: &Guest, cache_dir: Option<&Path>) -> Result<String> {
 fn engine() -> Result<Engine> {
     let mut config = Config::new();
     config.epoch_interruption(true);
+    config.parallel_compilation(false);
     Engine::new(&config).map_err(anyhow::Error::from)
 }
 
@@ -455,9 +456,14 @@ fn load_component(engine: &Engine, guest: &Guest, cache_dir: Option<&Path>) -> R
                 Some(component) => component,
                 None => {
                     tracing::debug!(guest = %guest.origin, "compiling the guest");
-                    let bytes = engine.precompile_component(&guest.bytes).map_err(|e| {
+                    // An engine of its own compiles, dropped with its compiler, which keeps
+                    // its contexts (cranelift's buffers) for reuse as long as it lives: several
+                    // MiB that the push would otherwise carry to its end.
+                    let compiler = self::engine()?;
+                    let bytes = compiler.precompile_component(&guest.bytes).map_err(|e| {
                         anyhow!("guest {} is not a WebAssembly component: {e}", guest.origin)
                     })?;
+                    drop(compiler);
                     if let Some(path) = &path {
                         let mut file = Sha256::digest(&bytes).to_vec();
                         file.extend_from_slice(&bytes);
@@ -466,7 +472,8 @@ fn load_component(engine: &Engine, guest: &Guest, cache_dir: Option<&Path>) -> R
                         }
                     }
                     let component = compiled(&bytes)?;
-                    // Compiling left tens of MiB free in the compiler threads' arenas.
+                    drop(bytes);
+                    // Compiling left tens of MiB free in malloc's arenas.
                     crate::memory::release();
                     component
                 }
