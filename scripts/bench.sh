@@ -2,7 +2,9 @@
 # Benchmark: ocipush against skopeo, pushing a ~1 GB, 5-layer image from a private dockerd
 # (Docker 20.10) to fresh loopback registries: fresh (gzip, and ocipush with --compression none),
 # repeat, then an app image on top of it (the registry holds the base) and the app rebuilt with a
-# new 1 MiB top layer. `docker save > /dev/null` of the same image is the floor of each row.
+# new 1 MiB top layer. `docker save > /dev/null` of the same image is the floor of each row. Then
+# the image's `docker save` tarball (`docker-archive:`, random access) to fresh registries: skopeo,
+# and ocipush with `--jobs 1` and with its default jobs, to show what layers side by side give.
 #
 # Usage: scripts/bench.sh            prints a markdown table
 #
@@ -14,7 +16,8 @@
 # The image is shaped like a service's: a JDK, gcc's libraries, docs (compressible), 200 MB of
 # random bytes (incompressible) and a small layer. Where a source folder is missing, generated
 # text of the same size stands in. ocipush's compiled guest is cached before the first run (as
-# it is on any machine after the first push). Not a test: it asserts nothing, it measures.
+# it is on any machine after the first push), except for one fresh run that compiles it first (a
+# cold cache, for its peak RSS). Not a test: it asserts nothing, it measures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -80,6 +83,10 @@ new_registry() {
 new_registry skopeo
 new_registry ocipush
 new_registry none
+new_registry cold
+new_registry archive_skopeo
+new_registry archive_one
+new_registry archive_jobs
 dockerd_pid=$(cat "$work/svc/docker.pid")
 tick=$(getconf CLK_TCK)
 
@@ -112,13 +119,18 @@ skopeo=(skopeo copy -q --src-daemon-host "$DOCKER_HOST" --dest-tls-verify=false)
 export OCIPUSH_CACHE_DIR=$work/cache
 # The compiled guest, as any push after the first finds it; the `none` run's cache gets a copy.
 "$ocipush" guest info >/dev/null
-mkdir -p "$work/cache-none"
-cp -a "$work/cache/guest" "$work/cache-none/"
+for copy in none archive-one archive-jobs; do
+	mkdir -p "$work/cache-$copy"
+	cp -a "$work/cache/guest" "$work/cache-$copy/"
+done
 
 sync
 measure floor - sh -c "docker save '$image' >/dev/null"
 measure skopeo-fresh "$pid_skopeo" "${skopeo[@]}" "docker-daemon:$image" "docker://$reg_skopeo/bench/app:1"
 measure ocipush-fresh "$pid_ocipush" "$ocipush" push --progress none "$image" "$reg_ocipush/bench/app:1"
+mkdir -p "$work/cache-cold"
+measure ocipush-cold "$pid_cold" env OCIPUSH_CACHE_DIR="$work/cache-cold" \
+	"$ocipush" push --progress none "$image" "$reg_cold/bench/app:1"
 measure ocipush-none "$pid_none" env OCIPUSH_CACHE_DIR="$work/cache-none" \
 	"$ocipush" push --progress none --compression none "$image" "$reg_none/bench/app:1"
 measure skopeo-repeat "$pid_skopeo" "${skopeo[@]}" "docker-daemon:$image" "docker://$reg_skopeo/bench/app:1"
@@ -140,6 +152,16 @@ app ocipush-bench-app:2
 measure floor-rebuilt - sh -c "docker save ocipush-bench-app:2 >/dev/null"
 measure skopeo-rebuilt "$pid_skopeo" "${skopeo[@]}" "docker-daemon:ocipush-bench-app:2" "docker://$reg_skopeo/bench/app:3"
 measure ocipush-rebuilt "$pid_ocipush" "$ocipush" push --progress none ocipush-bench-app:2 "$reg_ocipush/bench/app:3"
+
+# The image as a tarball, each run to a registry of its own (ocipush with a cache of its own).
+docker save -o "$work/image.tar" "$image"
+sync
+measure skopeo-archive "$pid_archive_skopeo" skopeo copy -q --dest-tls-verify=false \
+	"docker-archive:$work/image.tar" "docker://$reg_archive_skopeo/bench/app:1"
+measure ocipush-archive-one "$pid_archive_one" env OCIPUSH_CACHE_DIR="$work/cache-archive-one" \
+	"$ocipush" push --progress none --jobs 1 "docker-archive:$work/image.tar" "$reg_archive_one/bench/app:1"
+measure ocipush-archive-jobs "$pid_archive_jobs" env OCIPUSH_CACHE_DIR="$work/cache-archive-jobs" \
+	"$ocipush" push --progress none "docker-archive:$work/image.tar" "$reg_archive_jobs/bench/app:1"
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else printf "-" }'; }
 # row LABEL NAME [SKOPEO_NAME [FLOOR_NAME]]: one table row, with ratios where a reference is named.
@@ -163,6 +185,7 @@ EOF
 row '`docker save > /dev/null` (floor)' floor
 row 'skopeo fresh' skopeo-fresh
 row 'ocipush fresh' ocipush-fresh skopeo-fresh floor
+row 'ocipush fresh, compiled guest not cached' ocipush-cold skopeo-fresh floor
 row 'ocipush fresh, `--compression none`' ocipush-none skopeo-fresh floor
 row 'skopeo repeat' skopeo-repeat
 row 'ocipush repeat' ocipush-repeat skopeo-repeat
@@ -172,3 +195,6 @@ row 'ocipush, app on the base' ocipush-app skopeo-app floor-app
 row '`docker save` of the app rebuilt (floor)' floor-rebuilt
 row 'skopeo, app rebuilt (new 1 MiB top layer)' skopeo-rebuilt
 row 'ocipush, app rebuilt (new 1 MiB top layer)' ocipush-rebuilt skopeo-rebuilt floor-rebuilt
+row 'skopeo, `docker-archive:` tarball' skopeo-archive
+row 'ocipush, `docker-archive:` tarball, `--jobs 1`' ocipush-archive-one skopeo-archive
+row 'ocipush, `docker-archive:` tarball, default jobs' ocipush-archive-jobs skopeo-archive
