@@ -208,7 +208,9 @@ impl Directory {
     /// when it does not exist or is empty. Any other directory must already be a layout.
     pub fn open(root: &Path) -> Result<Self, Error> {
         let at = || IoError::at(format!("OCI layout {}", root.display()));
-        std::fs::create_dir_all(root).map_err(at())?;
+        // Through its components: create_dir_all gives up on a path ending in `/.` (`oci:out/.`)
+        // whose parent does not exist yet.
+        std::fs::create_dir_all(root.components().collect::<PathBuf>()).map_err(at())?;
         let marker = root.join("oci-layout");
         match std::fs::read(&marker) {
             Ok(bytes) => {
@@ -532,6 +534,13 @@ mod tests {
     fn manifest(blobs: &[&str]) -> Vec<u8> {
         let layers: Vec<Value> = blobs.iter().map(|d| json!({ "digest": d })).collect();
         serde_json::to_vec(&json!({ "schemaVersion": 2, "layers": layers })).unwrap()
+    }
+
+    #[test]
+    fn a_new_directory_named_with_a_trailing_dot_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        Directory::open(&dir.path().join("new/.")).unwrap();
+        assert!(dir.path().join("new/oci-layout").is_file());
     }
 
     #[test]
