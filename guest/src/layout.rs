@@ -20,7 +20,7 @@ use serde::Deserialize;
 use crate::config;
 use crate::digest::Digest;
 use crate::manifest::{DOCKER_MANIFEST_LIST, OCI_INDEX};
-use crate::model::{Blob, IdKind, ImageSummary, SourceIndex, Within};
+use crate::model::{Blob, IdKind, ImageSummary, SourceIndex, StatedDescriptor, Within};
 use crate::platforms::{self, Holdings};
 use crate::ports::{ImageSource, LayoutFiles, RandomAccess};
 use crate::savefile::{platform_export, take_export, CutExport, Export, SaveWriter};
@@ -48,23 +48,13 @@ pub struct Layout<F> {
 
 #[derive(Deserialize)]
 struct Index {
-    manifests: Vec<Descriptor>,
-}
-
-#[derive(Deserialize)]
-struct Descriptor {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-    size: u64,
-    #[serde(default)]
-    annotations: std::collections::HashMap<String, String>,
+    manifests: Vec<StatedDescriptor>,
 }
 
 #[derive(Deserialize)]
 struct Manifest {
-    config: Descriptor,
-    layers: Vec<Descriptor>,
+    config: StatedDescriptor,
+    layers: Vec<StatedDescriptor>,
 }
 
 /// One blob of the layout, as a file the export reads ranges of.
@@ -106,7 +96,11 @@ impl<F: LayoutFiles + 'static> Layout<F> {
     }
 
     /// A small blob, whole, checked against its digest.
-    fn read_verified(&self, descriptor: &Descriptor, what: &str) -> Result<(Digest, Vec<u8>)> {
+    fn read_verified(
+        &self,
+        descriptor: &StatedDescriptor,
+        what: &str,
+    ) -> Result<(Digest, Vec<u8>)> {
         let digest = Digest::parse(&descriptor.digest, what)?;
         if descriptor.size > METADATA_LIMIT {
             bail!(
@@ -137,7 +131,7 @@ impl<F: LayoutFiles + 'static> Layout<F> {
     }
 
     /// The index entry of the image the user asked for.
-    fn choose(&self, index: Index) -> Result<Descriptor> {
+    fn choose(&self, index: Index) -> Result<StatedDescriptor> {
         let names = || {
             index
                 .manifests

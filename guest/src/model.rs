@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 
@@ -298,4 +298,36 @@ mod tests {
             .to_string();
         assert!(err.starts_with("the daemon's diff ID \"x\""), "{err}");
     }
+}
+
+/// A content descriptor as a source's own JSON states it (an `index.json` entry, an index's
+/// manifest, a manifest's config or layer): what both the layout source and the multi-platform
+/// reading take from it, and no more.
+#[derive(Deserialize)]
+pub struct StatedDescriptor {
+    #[serde(rename = "mediaType", default)]
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+    pub platform: Option<StatedPlatform>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl StatedDescriptor {
+    /// The blob it names; `what` says which descriptor, for the error.
+    pub fn blob(&self, what: &str) -> Result<Blob> {
+        Ok(Blob {
+            digest: Digest::parse(&self.digest, what)?,
+            size: self.size,
+        })
+    }
+}
+
+/// A descriptor's `platform` as stated.
+#[derive(Deserialize)]
+pub struct StatedPlatform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
 }

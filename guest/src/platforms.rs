@@ -11,7 +11,8 @@ use crate::config;
 use crate::digest::Digest;
 use crate::manifest::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
 use crate::model::{
-    Blob, Held, IdKind, ImageSummary, OwnManifest, Platform, PlatformEntry, SourceIndex, Within,
+    Blob, Held, IdKind, ImageSummary, OwnManifest, Platform, PlatformEntry, SourceIndex,
+    StatedDescriptor, Within,
 };
 
 /// What a source holds, by digest: how `index_of` looks at it.
@@ -71,35 +72,10 @@ pub fn matches(wanted: &Platform, platform: &Platform) -> bool {
 struct Document {
     #[serde(rename = "mediaType")]
     media_type: Option<String>,
-    manifests: Option<Vec<Descriptor>>,
-    config: Option<Descriptor>,
+    manifests: Option<Vec<StatedDescriptor>>,
+    config: Option<StatedDescriptor>,
     #[serde(default)]
-    layers: Vec<Descriptor>,
-}
-
-#[derive(Deserialize)]
-struct Descriptor {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-    size: u64,
-    platform: Option<DescribedPlatform>,
-}
-
-#[derive(Deserialize)]
-struct DescribedPlatform {
-    os: String,
-    architecture: String,
-    variant: Option<String>,
-}
-
-impl Descriptor {
-    fn blob(&self, what: &str) -> Result<Blob> {
-        Ok(Blob {
-            digest: Digest::parse(&self.digest, what)?,
-            size: self.size,
-        })
-    }
+    layers: Vec<StatedDescriptor>,
 }
 
 /// Whether `bytes` are an index (they name manifests), not an image manifest.
