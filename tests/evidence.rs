@@ -11,10 +11,13 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use oci_spec::image::{ImageIndex, ImageManifest, MediaType};
 use serde_json::Value;
+use support::faults::{Faults, HttpFaultProxy};
 use support::*;
 
 const IN_TOTO: &str = "application/vnd.in-toto+json";
@@ -535,6 +538,48 @@ fn signatures_verify_with_openssl_and_ocipush_verify_only_with_their_key() {
     );
     let line = verify_fails(&dest, &public);
     assert!(line.contains("has no signature by the key in"), "{line}");
+}
+
+/// A registry that answers a manifest asked for by digest (the provenance artifact the referrers
+/// index names) with other bytes: `verify`, which passed a moment before, refuses it in one line.
+#[test]
+fn verify_refuses_a_manifest_served_by_digest_with_other_bytes() {
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = pkcs8_key(keys.path(), "signer");
+    let key_arg = key.display().to_string();
+    let misserve = Arc::new(AtomicBool::new(false));
+    let proxy = HttpFaultProxy::start(
+        &services().registry,
+        Faults {
+            manifest_by_digest_bytes_changed: misserve.clone(),
+            ..Faults::default()
+        },
+    );
+    let repo = format!("evidence/{}", unique("misserved"));
+    let dest = format!("{}/{repo}:1", proxy.address);
+    push_args(
+        &image("misserved"),
+        &dest,
+        "none",
+        &["--provenance", "--sign-key", &key_arg],
+        NO_ENV,
+    )
+    .expect_success(&dest);
+    assert!(verify(&dest, &public).status.success());
+    let by_digest = proxy
+        .seen()
+        .iter()
+        .filter(|s| s.method == "GET" && s.path.contains("/manifests/sha256:"))
+        .count();
+    assert!(by_digest > 0, "verify read a manifest by digest");
+
+    misserve.store(true, Ordering::SeqCst);
+    let line = verify_fails(&dest, &public);
+    assert!(
+        line.contains(&format!("{}/{repo} serves manifest sha256:", proxy.address))
+            && line.contains("with bytes that hash to sha256:"),
+        "{line}"
+    );
 }
 
 #[test]

@@ -34,13 +34,28 @@ trait Store {
 struct Registry<'a> {
     rt: &'a Runtime,
     repository: Repository,
+    /// `host/name`, for the line that says the registry served other bytes.
+    location: String,
 }
 
 impl Store for Registry<'_> {
+    /// One asked for by digest is refused unless its bytes hash to it, as a layout's is: the
+    /// referrers index names provenance manifests by digest.
     fn manifest(&self, reference: &str) -> Result<Option<Vec<u8>>, Error> {
-        Ok(self
+        let body = self
             .rt
-            .block_on(self.repository.get_manifest(reference))??)
+            .block_on(self.repository.get_manifest(reference))??;
+        if let Some(body) = &body {
+            let actual = sha256(body);
+            if reference.starts_with("sha256:") && reference != actual {
+                return Err(Error::Misserved {
+                    location: self.location.clone(),
+                    digest: reference.to_string(),
+                    actual,
+                });
+            }
+        }
+        Ok(body)
     }
 
     fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>, Error> {
@@ -128,6 +143,12 @@ pub enum Error {
     Client(String),
     Registry(registry::Error),
     Layout(layout::Error),
+    /// The registry answered a manifest asked for by digest with bytes that hash to `actual`.
+    Misserved {
+        location: String,
+        digest: String,
+        actual: String,
+    },
     Interrupted(crate::interrupt::Interrupted),
     Failed(Failure),
 }
@@ -139,6 +160,14 @@ impl fmt::Display for Error {
             Self::Destination(e) | Self::Client(e) => f.write_str(e),
             Self::Registry(e) => e.fmt(f),
             Self::Layout(e) => e.fmt(f),
+            Self::Misserved {
+                location,
+                digest,
+                actual,
+            } => write!(
+                f,
+                "{location} serves manifest {digest} with bytes that hash to {actual}"
+            ),
             Self::Interrupted(e) => e.fmt(f),
             Self::Failed(e) => e.fmt(f),
         }
@@ -228,6 +257,7 @@ pub fn verify(
             let store = Registry {
                 rt,
                 repository: open(target)?,
+                location: parsed.location(),
             };
             check(&store, &image, &public, key)
         }

@@ -4,13 +4,14 @@
 //! (with Retry-After) instead of the registry, refuses chunks above a size as GHCR does,
 //! enforces Gitea's PATCH rule, moves uploads to a second loopback address, as registries do
 //! that hand uploads to object storage, alters the registry's answers (another digest for a
-//! blob commit or a manifest, another size for a blob, other bytes for a manifest, a header of
-//! 1 MiB), hides a blob, or holds a request unanswered, as a registry that stops answering
-//! mid-push does. It records every request it saw.
+//! blob commit or a manifest, another size for a blob, other bytes for a manifest, any or only
+//! one asked for by digest, a header of 1 MiB), hides a blob, or holds a request unanswered, as
+//! a registry that stops answering mid-push does. It records every request it saw.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// What the proxy does instead of, or to, a request.
@@ -48,6 +49,9 @@ pub struct Faults {
     pub blob_size_offset: u64,
     /// Append a newline to every manifest a GET finds: the same JSON, bytes with another digest.
     pub manifest_bytes_changed: bool,
+    /// The same, only for manifests a GET asks for by digest (`…/manifests/sha256:…`), once
+    /// set: the test keeps a clone and sets it while the proxy runs.
+    pub manifest_by_digest_bytes_changed: Arc<AtomicBool>,
     /// Hold every request with this method whose path contains this text: unforwarded and
     /// unanswered until the client hangs up (recorded with status 0 when it arrives).
     pub hold: Option<(String, String)>,
@@ -265,7 +269,11 @@ fn lie(
     if method == "GET"
         && path.contains("/manifests/")
         && status == 200
-        && faults.manifest_bytes_changed
+        && (faults.manifest_bytes_changed
+            || (faults
+                .manifest_by_digest_bytes_changed
+                .load(Ordering::SeqCst)
+                && path.contains("/manifests/sha256:")))
     {
         body.push(b'\n');
         if let Some(v) = header(headers, "content-length") {
