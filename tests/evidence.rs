@@ -79,31 +79,20 @@ fn image(test: &str) -> String {
     tag
 }
 
-fn get_json(registry: &str, repo: &str, path: &str, accept: Option<&str>) -> (u16, Vec<u8>) {
-    registry_get(registry, repo, path, accept)
-}
-
+/// A blob, checked against its digest.
 fn blob(registry: &str, repo: &str, digest: &str) -> Vec<u8> {
-    let (status, body) = get_json(registry, repo, &format!("blobs/{digest}"), None);
-    assert_eq!(status, 200, "blob {digest} of {repo}");
+    let body = registry_get_ok(registry, repo, &format!("blobs/{digest}"), None);
     assert_eq!(format!("sha256:{}", sha256_hex(&body)), digest);
     body
 }
 
 fn manifest(registry: &str, repo: &str, reference: &str, accept: &str) -> Vec<u8> {
-    let (status, body) = get_json(
+    registry_get_ok(
         registry,
         repo,
         &format!("manifests/{reference}"),
         Some(accept),
-    );
-    assert_eq!(
-        status,
-        200,
-        "manifest {repo}:{reference}: {}",
-        String::from_utf8_lossy(&body)
-    );
-    body
+    )
 }
 
 /// Uploads a blob with curl (POST, then a monolithic PUT).

@@ -475,6 +475,18 @@ pub fn registry_get(
     (status, body[..nl].to_vec())
 }
 
+/// GET http://REGISTRY/v2/REPO/PATH, which must answer 200; returns the body.
+pub fn registry_get_ok(registry: &str, repo: &str, path: &str, accept: Option<&str>) -> Vec<u8> {
+    let (status, body) = registry_get(registry, repo, path, accept);
+    assert_eq!(
+        status,
+        200,
+        "GET {registry}/v2/{repo}/{path}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    body
+}
+
 /// The status of HEAD http://REGISTRY/v2/REPO/blobs/DIGEST: 404 when the repository does not
 /// hold the blob.
 pub fn blob_status(registry: &str, repo: &str, digest: &str) -> u16 {

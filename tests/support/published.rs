@@ -7,7 +7,7 @@ use std::path::Path;
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use serde_json::Value;
 
-use super::{registry_get, sha256_hex};
+use super::{registry_get_ok, sha256_hex};
 
 /// Every manifest type a registry may hold for us; asked for all at once so that the registry
 /// serves the bytes as stored.
@@ -34,7 +34,7 @@ impl Store<'_> {
     fn manifest(&self, digest: &str) -> Vec<u8> {
         match self {
             Store::Registry { registry, repo } => {
-                get_ok(registry, repo, &format!("manifests/{digest}"), Some(ACCEPT))
+                registry_get_ok(registry, repo, &format!("manifests/{digest}"), Some(ACCEPT))
             }
             Store::Layout(_) => self.blob(digest),
         }
@@ -43,7 +43,7 @@ impl Store<'_> {
     fn blob(&self, digest: &str) -> Vec<u8> {
         let bytes = match self {
             Store::Registry { registry, repo } => {
-                get_ok(registry, repo, &format!("blobs/{digest}"), None)
+                registry_get_ok(registry, repo, &format!("blobs/{digest}"), None)
             }
             Store::Layout(dir) => {
                 let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
@@ -58,17 +58,6 @@ impl Store<'_> {
         );
         bytes
     }
-}
-
-fn get_ok(registry: &str, repo: &str, path: &str, accept: Option<&str>) -> Vec<u8> {
-    let (status, body) = registry_get(registry, repo, path, accept);
-    assert_eq!(
-        status,
-        200,
-        "GET {registry}/v2/{repo}/{path}: {}",
-        String::from_utf8_lossy(&body)
-    );
-    body
 }
 
 /// After a successful push to DEST that reported DIGEST: parses the manifest or index there with
