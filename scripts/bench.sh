@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Benchmark: ocipush against skopeo, pushing a ~1 GB, 5-layer image from a private dockerd
-# (Docker 20.10) to fresh loopback registries: fresh (gzip, and ocipush with --compression none),
+# (Docker 20.10) to fresh loopback registries: fresh (gzip, and ocipush with --compression zstd and
+# with --compression none),
 # repeat, then an app image on top of it (the registry holds the base) and the app rebuilt with a
 # new 1 MiB top layer. `docker save > /dev/null` of the same image is the floor of each row. Then
 # the image's `docker save` tarball (`docker-archive:`, random access) to fresh registries: skopeo,
 # and ocipush with `--jobs 1` and with its default jobs, to show what layers side by side give.
 #
 # Usage: scripts/bench.sh            prints a markdown table
+#        OCIPUSH_BENCH_BINARY=PATH scripts/bench.sh
+#                                    measures that ocipush binary (e.g. another commit's build)
+#                                    instead of building this tree's
 #
 # For every run: wall time, the tool's own CPU time (user+sys, /usr/bin/time), the CPU time the
 # daemon (dockerd) and the receiving registry spent meanwhile (from /proc/PID/stat), the ratios
@@ -36,9 +40,14 @@ trap cleanup EXIT
 # shellcheck disable=SC1091
 . "$work/svc/env"
 
-log "building ocipush (release)"
-cargo build --release -q -p ocipush
-ocipush=$PWD/target/release/ocipush
+if [ -n "${OCIPUSH_BENCH_BINARY:-}" ]; then
+	ocipush=$(realpath "$OCIPUSH_BENCH_BINARY")
+else
+	log "building ocipush (release)"
+	cargo build --release -q -p ocipush
+	ocipush=$PWD/target/release/ocipush
+fi
+log "measuring $("$ocipush" --version | head -n 1) at $ocipush"
 
 image=ocipush-bench:1
 log "building the image in the private daemon"
@@ -83,6 +92,7 @@ new_registry() {
 new_registry skopeo
 new_registry ocipush
 new_registry none
+new_registry zstd
 new_registry cold
 new_registry archive_skopeo
 new_registry archive_one
@@ -119,7 +129,7 @@ skopeo=(skopeo copy -q --src-daemon-host "$DOCKER_HOST" --dest-tls-verify=false)
 export OCIPUSH_CACHE_DIR=$work/cache
 # The compiled guest, as any push after the first finds it; the `none` run's cache gets a copy.
 "$ocipush" guest info >/dev/null
-for copy in none archive-one archive-jobs; do
+for copy in none zstd archive-one archive-jobs; do
 	mkdir -p "$work/cache-$copy"
 	cp -a "$work/cache/guest" "$work/cache-$copy/"
 done
@@ -133,6 +143,8 @@ measure ocipush-cold "$pid_cold" env OCIPUSH_CACHE_DIR="$work/cache-cold" \
 	"$ocipush" push --progress none "$image" "$reg_cold/bench/app:1"
 measure ocipush-none "$pid_none" env OCIPUSH_CACHE_DIR="$work/cache-none" \
 	"$ocipush" push --progress none --compression none "$image" "$reg_none/bench/app:1"
+measure ocipush-zstd "$pid_zstd" env OCIPUSH_CACHE_DIR="$work/cache-zstd" \
+	"$ocipush" push --progress none --compression zstd "$image" "$reg_zstd/bench/app:1"
 measure skopeo-repeat "$pid_skopeo" "${skopeo[@]}" "docker-daemon:$image" "docker://$reg_skopeo/bench/app:1"
 measure ocipush-repeat "$pid_ocipush" "$ocipush" push --progress none "$image" "$reg_ocipush/bench/app:1"
 
@@ -163,6 +175,11 @@ measure ocipush-archive-one "$pid_archive_one" env OCIPUSH_CACHE_DIR="$work/cach
 measure ocipush-archive-jobs "$pid_archive_jobs" env OCIPUSH_CACHE_DIR="$work/cache-archive-jobs" \
 	"$ocipush" push --progress none "docker-archive:$work/image.tar" "$reg_archive_jobs/bench/app:1"
 
+# pushed_mb REFERENCE: the sizes of the manifest's config and layers, in MB.
+pushed_mb() {
+	skopeo inspect --tls-verify=false --raw "docker://$1" | tr ',{}' '\n\n\n' |
+		awk -F: '/"size"/ { s += $2 } END { printf "%.1f", s / 1e6 }'
+}
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else printf "-" }'; }
 # row LABEL NAME [SKOPEO_NAME [FLOOR_NAME]]: one table row, with ratios where a reference is named.
 row() {
@@ -187,6 +204,7 @@ row 'skopeo fresh' skopeo-fresh
 row 'ocipush fresh' ocipush-fresh skopeo-fresh floor
 row 'ocipush fresh, compiled guest not cached' ocipush-cold skopeo-fresh floor
 row 'ocipush fresh, `--compression none`' ocipush-none skopeo-fresh floor
+row 'ocipush fresh, `--compression zstd` (level 3)' ocipush-zstd skopeo-fresh floor
 row 'skopeo repeat' skopeo-repeat
 row 'ocipush repeat' ocipush-repeat skopeo-repeat
 row '`docker save` of the app (floor)' floor-app
@@ -198,3 +216,7 @@ row 'ocipush, app rebuilt (new 1 MiB top layer)' ocipush-rebuilt skopeo-rebuilt 
 row 'skopeo, `docker-archive:` tarball' skopeo-archive
 row 'ocipush, `docker-archive:` tarball, `--jobs 1`' ocipush-archive-one skopeo-archive
 row 'ocipush, `docker-archive:` tarball, default jobs' ocipush-archive-jobs skopeo-archive
+cat <<EOF
+
+Pushed (config and layers), fresh: skopeo $(pushed_mb "$reg_skopeo/bench/app:1") MB, ocipush gzip $(pushed_mb "$reg_ocipush/bench/app:1") MB, zstd $(pushed_mb "$reg_zstd/bench/app:1") MB, none $(pushed_mb "$reg_none/bench/app:1") MB.
+EOF

@@ -48,6 +48,12 @@ cmd_deps() {
 	command -v htpasswd >/dev/null 2>&1 || pkgs+=(apache2-utils)
 	command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
 	command -v sha256sum >/dev/null 2>&1 || pkgs+=(coreutils)
+	# The host's gzip level 1 is ISA-L's igzip, which the isal-sys crate builds from its source.
+	command -v nasm >/dev/null 2>&1 || pkgs+=(nasm)
+	command -v autoreconf >/dev/null 2>&1 || pkgs+=(autoconf)
+	command -v automake >/dev/null 2>&1 || pkgs+=(automake)
+	command -v libtoolize >/dev/null 2>&1 || pkgs+=(libtool)
+	command -v make >/dev/null 2>&1 || pkgs+=(make)
 	if [ "${#pkgs[@]}" -gt 0 ]; then
 		# de-duplicate
 		mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | sort -u)
