@@ -172,8 +172,9 @@ struct PushOptions {
     /// level, a source's own manifest (Docker's containerd store) is rebuilt, not kept.
     #[arg(long, value_enum)]
     compression: Option<CompressionArg>,
-    /// Compression level: gzip 1-9 (default 1: libdeflate's level 1 is about as small as
-    /// zlib's 6), zstd 1-19 (default 3). Part of a layer's digest, like the compression.
+    /// Compression level: gzip 1-9 (default 1: ISA-L's igzip, the fastest; 2-9: libdeflate's
+    /// levels, smaller and slower), zstd 1-19 (default 3). Part of a layer's digest, like the
+    /// compression.
     #[arg(long)]
     compression_level: Option<u32>,
     /// The manifest format: OCI (default), or Docker's v2 schema 2 for older registries and
