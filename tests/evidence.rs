@@ -188,7 +188,7 @@ fn verifies_only_with(dest: &str, digest: &str, public: &Path, other_public: &Pa
     );
     assert!(
         stdout.contains(&format!(
-            "provenance: pushed by guest {} (ocipush:core@0.10.0), signed by that key",
+            "provenance: pushed by guest {} (ocipush:core@0.11.0), signed by that key",
             embedded_guest()
         )),
         "{stdout}"
@@ -274,7 +274,7 @@ fn provenance_refers_to_the_pushed_digest_under_the_tag_schema_and_names_the_gue
         "{builder}"
     );
     assert_eq!(builder["version"]["guest"], guest);
-    assert_eq!(builder["version"]["ocipush:core"], "0.10.0");
+    assert_eq!(builder["version"]["ocipush:core"], "0.11.0");
     let dependency = &statement["predicate"]["buildDefinition"]["resolvedDependencies"][0];
     assert_eq!(dependency["uri"], format!("docker-daemon:{source}"));
     assert_eq!(dependency["annotations"]["imageId"], image_id(&source));

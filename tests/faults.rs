@@ -110,8 +110,12 @@ fn a_connection_dropped_between_chunks_resumes_from_the_upload_status() {
     assert_eq!(retries[0]["attempt"], 1);
 }
 
+/// Distribution forgets an upload session that saw part of a chunk. By then the host has let go
+/// of the chunk the registry took before (it keeps only what the registry has not acknowledged),
+/// so the upload is lost; the guest, told so in its own error case, exports the image again and
+/// uploads that layer from its first byte in a new session.
 #[test]
-fn a_chunk_the_registry_saw_half_of_starts_the_layer_over() {
+fn a_session_lost_after_a_chunk_the_registry_took_costs_a_second_export() {
     let name = unique("restart");
     let (tag, id, diff_ids) = image_with_a_large_layer(&name);
     let proxy = HttpFaultProxy::start(
@@ -122,18 +126,120 @@ fn a_chunk_the_registry_saw_half_of_starts_the_layer_over() {
         },
     );
     let repo = format!("faults/{name}");
-    let (pushed, events_seen, dest) = push_through(&proxy, &tag, &repo, &["--chunk-size", "2M"]);
+    // One upload at a time: the second PATCH is the large layer's second chunk.
+    let (pushed, events_seen, dest) =
+        push_through(&proxy, &tag, &repo, &["--chunk-size", "2M", "--jobs", "1"]);
     expect_published(&pushed, &dest, &repo, &id, &diff_ids);
-    // Distribution forgets a session that saw part of a chunk: one more session for that layer.
-    assert_eq!(upload_starts(&proxy.seen()), 4, "{:#?}", proxy.seen());
+    published::parse_published(
+        &format!("{}/{repo}:v1", services().registry),
+        pushed.digest_file.as_deref().unwrap(),
+    );
+    let seen = proxy.seen();
+    let cut = seen
+        .iter()
+        .position(|s| s.method == "PATCH" && s.status == 0)
+        .unwrap_or_else(|| panic!("no PATCH was cut: {seen:#?}"));
+    let first_chunk = seen[..cut]
+        .iter()
+        .find(|s| s.method == "PATCH" && s.status == 202)
+        .unwrap_or_else(|| panic!("no chunk was taken before the cut: {seen:#?}"));
+    // After the cut, the large layer goes up again from its first byte, in a new session.
+    let again: Vec<&Seen> = seen[cut + 1..]
+        .iter()
+        .filter(|s| s.method == "PATCH" && s.content_range == first_chunk.content_range)
+        .collect();
+    assert_eq!(again.len(), 1, "{seen:#?}");
+    assert_ne!(again[0].path, first_chunk.path, "a new session: {seen:#?}");
+    // The lost layer's session, then both layers and the config in the second export.
+    assert_eq!(upload_starts(&seen), 4, "{seen:#?}");
+    // The guest streamed the large layer twice: the image was exported again.
+    let large = &events(&events_seen, "layer-started")[0]["entry"];
+    let started = events(&events_seen, "layer-started")
+        .iter()
+        .filter(|e| &e["entry"] == large)
+        .count();
+    assert_eq!(started, 2, "{events_seen:#?}");
     let notes = events(&events_seen, "upload");
     assert!(
-        notes.iter().any(|n| n["message"]
+        notes.iter().all(|n| !n["message"]
             .as_str()
             .unwrap_or("")
             .contains("starting it over")),
-        "{events_seen:#?}"
+        "the host did not start the layer over itself: {events_seen:#?}"
     );
+}
+
+/// A layer several chunks large keeps at most two chunks of temporary disk: the chunk in flight
+/// and the one the encoder fills. Sampled from outside: the allocated size of every deleted
+/// temporary file the ocipush process holds open (its spools), through /proc.
+#[test]
+fn a_layer_upload_keeps_at_most_two_chunks_on_temporary_disk() {
+    let name = unique("spool");
+    let (tag, id, diff_ids) = image_with_a_large_layer(&name);
+    let proxy = HttpFaultProxy::start(&services().registry, Faults::default());
+    let repo = format!("faults/{name}");
+    let dest = format!("{}/{repo}:v1", proxy.address);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(ocipush_bin())
+        .args([
+            "push",
+            &tag,
+            &dest,
+            "--progress",
+            "none",
+            "--chunk-size",
+            "1M",
+        ])
+        .env("DOCKER_HOST", services().docker_host)
+        .env("TMPDIR", tmp.path())
+        .env_remove("OCIPUSH_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let fds = std::path::PathBuf::from(format!("/proc/{}/fd", child.id()));
+    let (mut peak_len, mut peak_allocated, mut samples) = (0u64, 0u64, 0u32);
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(started.elapsed().as_secs() < 300, "the push hangs");
+        for fd in std::fs::read_dir(&fds).into_iter().flatten().flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let target = target.to_string_lossy();
+            if !(target.starts_with(&*tmp.path().to_string_lossy())
+                && target.ends_with("(deleted)"))
+            {
+                continue;
+            }
+            if let Ok(meta) = std::fs::metadata(fd.path()) {
+                use std::os::unix::fs::MetadataExt;
+                samples += 1;
+                peak_len = peak_len.max(meta.len());
+                peak_allocated = peak_allocated.max(meta.blocks() * 512);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{}", describe(&output));
+    assert!(samples > 0, "no spool was seen while the push ran");
+    eprintln!("spool peak: {peak_len} bytes long, {peak_allocated} allocated ({samples} samples)");
+    // A 9 MiB layer with 1 MiB chunks: without the bound its spool would grow to 9 MiB.
+    let bound = 2 << 20;
+    assert!(
+        peak_len <= bound && peak_allocated <= bound,
+        "a spool grew to {peak_len} bytes ({peak_allocated} allocated), past {bound}"
+    );
+    assert!(peak_len > 0, "the spool held nothing while sampled");
+    let (_, digest) = stdout
+        .trim()
+        .rsplit_once('@')
+        .expect("DEST@DIGEST on stdout");
+    let stored = format!("{}/{repo}:v1", services().registry);
+    verify_pushed(&stored, digest, &id, &diff_ids);
+    published::parse_published(&stored, digest);
 }
 
 #[test]

@@ -47,9 +47,9 @@ fn guest_info_and_export_describe_the_same_component() {
     let info = run_ok(&mut ocipush(&["guest", "info"]));
     for expected in [
         "guest:    embedded",
-        "world:    ocipush:core/pusher@0.10.0",
-        "  ocipush:core/docker@0.10.0",
-        "  ocipush:core/registry@0.10.0",
+        "world:    ocipush:core/pusher@0.11.0",
+        "  ocipush:core/docker@0.11.0",
+        "  ocipush:core/registry@0.11.0",
         "exports:\n  push",
     ] {
         assert!(info.contains(expected), "{expected:?} in\n{info}");

@@ -20,7 +20,7 @@ use crate::model::{self, Blob, Encoding, IdKind, ImageSummary, SourceIndex, With
 use crate::policy::Policy;
 use crate::ports::{
     BlobSink, Cache, Destinations, ImageSource, LayerUpload, LayoutFiles, ProgressSink,
-    RandomAccess, SkipRead, CHUNK_SIZE,
+    RandomAccess, SkipRead, UploadLost, CHUNK_SIZE,
 };
 use crate::progress;
 use crate::push;
@@ -709,10 +709,9 @@ impl BlobSink for Sink {
 impl LayerUpload for Upload {
     fn write(&mut self, data: &[u8]) -> Result<()> {
         match self {
-            Upload::Registry(u) => u.write(data),
-            Upload::Layout(u) => u.write(data),
+            Upload::Registry(u) => u.write(data).map_err(upload_error),
+            Upload::Layout(u) => u.write(data).map_err(|e| anyhow!(e)),
         }
-        .map_err(|e| anyhow!(e))
     }
 
     fn sent(&self) -> u64 {
@@ -724,23 +723,31 @@ impl LayerUpload for Upload {
 
     fn close(&mut self, written: &Digest) -> Result<Blob> {
         stored(match self {
-            Upload::Registry(u) => u.close(written.as_str()),
+            Upload::Registry(u) => u.close(written.as_str()).map_err(upload_error),
             // A layout's host hashes what it writes: its blobs have no other check.
-            Upload::Layout(u) => u.close(),
+            Upload::Layout(u) => u.close().map_err(|e| anyhow!(e)),
         })
     }
 
     fn finish(self) -> Result<Blob> {
         stored(match &self {
-            Upload::Registry(u) => u.finish(),
-            Upload::Layout(u) => u.finish(),
+            Upload::Registry(u) => u.finish().map_err(upload_error),
+            Upload::Layout(u) => u.finish().map_err(|e| anyhow!(e)),
         })
     }
 }
 
+/// A registry upload's failure: a lost upload typed, for the push to stream the layer again.
+fn upload_error(error: registry::UploadError) -> anyhow::Error {
+    match error {
+        registry::UploadError::Lost(message) => UploadLost(message).into(),
+        registry::UploadError::Failed(message) => anyhow!(message),
+    }
+}
+
 /// A blob as the host describes it, its digest checked.
-fn stored(blob: Result<ocipush::core::types::BlobDescriptor, String>) -> Result<Blob> {
-    let blob = blob.map_err(|e| anyhow!(e))?;
+fn stored(blob: Result<ocipush::core::types::BlobDescriptor>) -> Result<Blob> {
+    let blob = blob?;
     Ok(Blob {
         digest: Digest::parse(&blob.digest, "the stored blob's digest")?,
         size: blob.size,

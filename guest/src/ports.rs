@@ -183,7 +183,22 @@ pub trait BlobSink {
     fn get_manifest(&mut self, reference: &str) -> Result<Option<Vec<u8>>>;
 }
 
-/// A layer being streamed to a registry. Dropping it unfinished cancels it.
+/// The registry lost a layer's upload, and holds none of it: the host keeps only what the
+/// registry has not acknowledged, so it could not start the layer over. The layer is streamed
+/// again (a second export); the other uploads are not affected.
+#[derive(Debug)]
+pub struct UploadLost(pub String);
+
+impl std::fmt::Display for UploadLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UploadLost {}
+
+/// A layer being streamed to a registry. Dropping it unfinished cancels it. Any call may fail
+/// with `UploadLost`.
 pub trait LayerUpload {
     fn write(&mut self, data: &[u8]) -> Result<()>;
     /// Encoded bytes sent to the registry so far.

@@ -12,7 +12,7 @@ use crate::digest::Digest;
 use crate::model::{Blob, Encoding, IdKind, ImageSummary, Layer, Platform};
 use crate::ports::{
     BlobSink, Cache, Destinations, ImageSource, LayerEntry, LayerUpload, ProgressSink, Publish,
-    RandomAccess, SkipRead,
+    RandomAccess, SkipRead, UploadLost,
 };
 use crate::progress::Event;
 use crate::reference::Destination;
@@ -385,6 +385,9 @@ pub struct Log {
     pub misreport_blob_sizes: bool,
     /// A blob it takes and then loses.
     pub loses: Option<Digest>,
+    /// Layers whose upload it loses when it is finished, once per occurrence, as a registry
+    /// that lost the session after the host released the first bytes.
+    pub loses_uploads: Vec<Digest>,
     /// Refuses every blob written to it, as a read-only registry does.
     pub read_only: bool,
     /// With `MemoryRegistries`: where this repository is, and the journal of every
@@ -574,6 +577,14 @@ impl LayerUpload for MemoryUpload {
         let digest = Digest::of(&self.data);
         let size = self.data.len() as u64;
         let mut log = self.log.borrow_mut();
+        if let Some(at) = log.loses_uploads.iter().position(|d| d == &digest) {
+            log.loses_uploads.remove(at);
+            log.call(format!("lost {digest}"));
+            return Err(UploadLost(format!(
+                "registry 127.0.0.1:5000 lost the upload session of a layer after taking {size} bytes of it"
+            ))
+            .into());
+        }
         log.call(format!("layer {digest}"));
         if log.loses.as_ref() != Some(&digest) {
             log.blobs

@@ -4,6 +4,8 @@
 //! Resources are mapped (`with:`) to the host types that stand behind their handles. Every
 //! `error-message` is `HostError`: a capability fails with a typed error, which becomes one line
 //! for the guest in `types::Host::convert_error_message`, or with a trap that ends the guest.
+//! A layer upload's `upload-error` is `UploadFailure`, converted in
+//! `registry::Host::convert_upload_error` the same way.
 
 wasmtime::component::bindgen!({
     world: "pusher",
@@ -11,6 +13,7 @@ wasmtime::component::bindgen!({
     imports: { default: trappable },
     trappable_error_type: {
         "ocipush:core/types.error-message" => crate::state::HostError,
+        "ocipush:core/registry.upload-error" => crate::state::UploadFailure,
     },
     with: {
         "ocipush:core/docker.export-stream": crate::daemon::export::ExportStream,

@@ -506,22 +506,22 @@ mod tests {
         let push = names(&["push"]);
         let ok = names(&[
             "wasi:io/streams@0.2.6",
-            "ocipush:core/docker@0.10.0",
-            "ocipush:core/registry@0.10.7",
+            "ocipush:core/docker@0.11.0",
+            "ocipush:core/registry@0.11.7",
         ]);
         check_contract("g", &ok, &push).unwrap();
-        for other in ["0.9.0", "0.11.0"] {
+        for other in ["0.10.0", "0.12.0"] {
             let guest = names(&[&format!("ocipush:core/docker@{other}")]);
             let err = check_contract("g", &guest, &push).unwrap_err().to_string();
             assert!(
                 err.contains(&format!("ocipush:core@{other}"))
-                    && err.contains("ocipush:core@0.10.0"),
+                    && err.contains("ocipush:core@0.11.0"),
                 "{err}"
             );
         }
         assert_eq!(
             contract_version(ok.iter().map(String::as_str)).as_deref(),
-            Some("0.10.0")
+            Some("0.11.0")
         );
     }
 
@@ -538,7 +538,7 @@ mod tests {
         let guest = Guest::load(None, None).unwrap();
         let text = describe(&guest, None).unwrap();
         assert!(text.contains(&guest.digest), "{text}");
-        assert!(text.contains("ocipush:core/registry@0.10.0"), "{text}");
+        assert!(text.contains("ocipush:core/registry@0.11.0"), "{text}");
         assert!(text.contains("\n  push\n"), "{text}");
         assert!(Guest::load(None, Some(&guest.digest)).is_ok());
         let wrong = format!("sha256:{}", "0".repeat(64));

@@ -165,3 +165,17 @@ impl From<Interrupted> for HostError {
         Self::Trap(interrupted.into())
     }
 }
+
+/// How a call on a layer upload fails: the registry lost the upload (the guest streams the
+/// layer again), or as any host call fails.
+#[derive(Debug)]
+pub enum UploadFailure {
+    Lost(String),
+    Failed(HostError),
+}
+
+impl From<ResourceTableError> for UploadFailure {
+    fn from(e: ResourceTableError) -> Self {
+        Self::Failed(e.into())
+    }
+}

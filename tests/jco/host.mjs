@@ -77,6 +77,13 @@ function result(fn) {
   }
 }
 
+/** `result` for a layer upload's calls, which fail with an `upload-error`: this host, writing
+ * files, never loses an upload, so every failure is `failed`. */
+function uploadResult(fn) {
+  const r = result(fn);
+  return r.tag === "ok" ? r : { tag: "err", val: { tag: "failed", val: r.val } };
+}
+
 // ---------------------------------------------------------------------------------------------
 // The `docker save` tarball
 // ---------------------------------------------------------------------------------------------
@@ -296,7 +303,7 @@ function registryOverLayout(outDir) {
       this.#fd = fs.openSync(this.#tmp, "wx");
     }
     write(data) {
-      return result(() => {
+      return uploadResult(() => {
         if (this.#fd === null) throw new Error("write to a finished or cancelled layer upload");
         fs.writeSync(this.#fd, data);
         this.#hash.update(data);
@@ -311,7 +318,7 @@ function registryOverLayout(outDir) {
      * not taken: this host hashes what it writes, the only check an image layout has.
      */
     close(_written) {
-      return result(() => this.#close());
+      return uploadResult(() => this.#close());
     }
     #close() {
       if (this.#closed) return this.#closed;
@@ -322,7 +329,7 @@ function registryOverLayout(outDir) {
       return this.#closed;
     }
     finish() {
-      return result(() => {
+      return uploadResult(() => {
         if (this.#tmp === null) throw new Error("finish of a finished or cancelled layer upload");
         const { digest } = this.#close();
         fs.renameSync(this.#tmp, blobPath(digest));

@@ -15,7 +15,7 @@ pub const SLSA_PROVENANCE: &str = "https://slsa.dev/provenance/v1";
 pub const BUILD_TYPE: &str = "ocipush:push@v1";
 /// The contract this guest is built against (`wit/ocipush.wit`'s package line; a unit test
 /// keeps them equal).
-pub const CONTRACT: &str = "ocipush:core@0.10.0";
+pub const CONTRACT: &str = "ocipush:core@0.11.0";
 
 /// A point in time, UTC, as the host's clock gives it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -350,7 +350,7 @@ mod tests {
         );
         let builder = read_statement(&bytes, &digest).unwrap();
         assert_eq!(builder.guest, guest.as_str());
-        assert_eq!(builder.contract, "0.10.0");
+        assert_eq!(builder.contract, "0.11.0");
         assert!(read_statement(&bytes, &guest).is_err());
     }
 

@@ -388,6 +388,74 @@ mod tests {
         err.to_string()
     }
 
+    /// A layer upload the registry lost costs one more export: the layer committed before the
+    /// loss is passed over (it is in the registry), the lost one uploaded again, and the image
+    /// published whole.
+    #[test]
+    fn a_lost_upload_exports_again_and_uploads_only_what_is_missing() {
+        let mut h = Harness::default();
+        let (first, second) = (h.f.diff_ids[0].clone(), h.f.diff_ids[1].clone());
+        h.registry.0.borrow_mut().loses_uploads = vec![second.clone()];
+        let pushed = run(&mut h, &request()).unwrap();
+        assert_eq!(h.source.exports, 2);
+        let log = h.registry.0.borrow();
+        let config = Digest::of(&h.f.config);
+        assert_eq!(
+            log.calls,
+            vec![
+                "open 127.0.0.1:5000/team/app".to_string(),
+                format!("layer {first}"),
+                format!("lost {second}"),
+                format!("layer {second}"),
+                format!("blob {config}"),
+                format!("manifest 1.0 {}", crate::manifest::OCI_MANIFEST),
+            ]
+        );
+        assert_eq!(pushed.digest, Digest::of(log.manifest.as_ref().unwrap()));
+        let json = h.registry.manifest_json();
+        assert_eq!(json["layers"][0]["digest"], first.as_str());
+        assert_eq!(json["layers"][1]["digest"], second.as_str());
+        assert!(log.blobs.contains_key(&first) && log.blobs.contains_key(&second));
+        assert_eq!(
+            h.events.skipped(),
+            vec![1],
+            "the second export passed it over"
+        );
+    }
+
+    /// A second lost upload ends the push in one line naming the registry and the layer, with
+    /// nothing named: no config, no manifest.
+    #[test]
+    fn a_second_lost_upload_fails_the_push_and_writes_no_manifest() {
+        let mut h = Harness::default();
+        let second = h.f.diff_ids[1].clone();
+        h.registry.0.borrow_mut().loses_uploads = vec![second.clone(), second.clone()];
+        let err = format!("{:#}", run(&mut h, &request()).unwrap_err());
+        assert_eq!(h.source.exports, 2);
+        assert!(!err.contains('\n'), "{err}");
+        assert!(
+            err.contains("lost again")
+                && err.contains("layer bbb/layer.tar")
+                && err.contains("registry 127.0.0.1:5000 lost the upload session"),
+            "{err}"
+        );
+        let log = h.registry.0.borrow();
+        assert_eq!(
+            log.calls
+                .iter()
+                .filter(|c| *c == &format!("lost {second}"))
+                .count(),
+            2
+        );
+        assert!(
+            log.calls
+                .iter()
+                .all(|c| !c.starts_with("manifest") && !c.starts_with("blob")),
+            "{:?}",
+            log.calls
+        );
+    }
+
     #[test]
     fn pushes_layers_then_config_then_manifest() {
         let mut h = Harness::default();

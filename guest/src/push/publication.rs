@@ -123,6 +123,7 @@ pub struct Stored {
 }
 
 /// A layer some repository of the push holds already, found before the export.
+#[derive(Clone)]
 pub struct Present {
     pub blob: Blob,
     /// Per repository of the push (`Targets::sinks`), how it holds the blob; `None` where it

@@ -7,13 +7,14 @@ use std::io::Read;
 
 use anyhow::{bail, Context, Result};
 
-use super::publication::{Config, Present, Publication, Stored};
+use super::publication::{Config, Found, Present, Publication, Stored};
 use super::targets::{Sink, Uploads};
 use crate::cache;
 use crate::digest::{Digest, Hasher};
 use crate::model::{Blob, Encoding, ImageSummary, Layer, SavedImage};
 use crate::ports::{
-    BlobSink, Cache, LayerEntry, ProgressSink, Publish, ReadExport, Unverified, CHUNK_SIZE,
+    BlobSink, Cache, LayerEntry, ProgressSink, Publish, ReadExport, Unverified, UploadLost,
+    CHUNK_SIZE,
 };
 use crate::progress::{Event, LayerBytes, LayerRef};
 
@@ -25,22 +26,53 @@ impl<S: ReadExport, R: BlobSink> Publication<'_, S, R> {
     /// is passed over unread: those bytes are not published, the manifest names that layer's
     /// blob through the config, which is checked against the image ID. Then the config goes up
     /// byte for byte as the source wrote it, so its digest stays the image ID.
+    ///
+    /// A layer upload the registry lost (`UploadLost`) costs one more export, which passes over
+    /// the layers committed before the loss as it does those held already; a second loss ends
+    /// the push.
     pub fn export_and_upload(
         &mut self,
         image: &ImageSummary,
         present: &HashMap<Digest, Present>,
     ) -> Result<Stored> {
+        let mut held = present.clone();
+        // Layers the passes committed, which every repository of the push holds from then on.
+        let mut committed = HashMap::new();
+        let (mut misread, mut lost) = (false, false);
         // A stored blob's place in the image is known only once the export is read.
-        let (saved, stored) = match self.export_once(image, present) {
-            // An entry was not the layer it was taken for, and its bytes are gone: export
-            // again, hashing and uploading every layer.
-            Err(e)
-                if e.downcast_ref::<Misnamed>().is_some()
-                    || e.downcast_ref::<Unverified>().is_some() =>
-            {
-                self.export_once(image, &HashMap::new())?
+        let (saved, stored) = loop {
+            match self.export_once(image, &held, &mut committed) {
+                // An entry was not the layer it was taken for, and its bytes are gone: export
+                // again, hashing and uploading every layer.
+                Err(e)
+                    if !misread
+                        && (e.downcast_ref::<Misnamed>().is_some()
+                            || e.downcast_ref::<Unverified>().is_some()) =>
+                {
+                    misread = true;
+                    held.clear();
+                }
+                Err(e) if e.downcast_ref::<UploadLost>().is_some() => {
+                    if lost {
+                        return Err(e.context(
+                            "the image was exported again after a lost layer upload, and an upload was lost again",
+                        ));
+                    }
+                    lost = true;
+                    let everywhere =
+                        vec![Some(Found { mounted_from: None }); self.targets.sinks.len()];
+                    for (diff_id, blob) in &committed {
+                        held.insert(
+                            diff_id.clone(),
+                            Present {
+                                blob: blob.clone(),
+                                held: everywhere.clone(),
+                            },
+                        );
+                    }
+                }
+                result => break result?,
             }
-            result => result?,
         };
         for (position, layer) in saved.layers.iter().enumerate() {
             if let Some(entry) = stored.get(&layer.blob.digest) {
@@ -100,11 +132,13 @@ impl<S: ReadExport, R: BlobSink> Publication<'_, S, R> {
 
     /// Exports the image and reads the export, publishing its layers as they pass; returns
     /// what it held and the blobs stored as the export held them, by digest, with their
-    /// entries.
+    /// entries. The layers it committed are added to `committed`, by diff ID, whether the pass
+    /// succeeds or not.
     fn export_once(
         &mut self,
         image: &ImageSummary,
         present: &HashMap<Digest, Present>,
+        committed: &mut HashMap<Digest, Blob>,
     ) -> Result<(SavedImage, HashMap<Digest, LayerRef>)> {
         // Sizes are looked up once: every entry that has no name to go by is matched to them.
         let sizes = present
@@ -126,6 +160,7 @@ impl<S: ReadExport, R: BlobSink> Publication<'_, S, R> {
             stored: HashMap::new(),
             pending: VecDeque::new(),
             jobs: self.settings.jobs.max(1) as usize,
+            committed,
         };
         let saved = self.source.read_export(image, &mut publisher)?;
         // Every layer in the destination before the config and manifest that name them.
@@ -175,6 +210,8 @@ struct Publisher<'a, R: BlobSink> {
     pending: VecDeque<Pending<Uploads<R::Upload>>>,
     /// Uploads in flight at once: the one being written and `jobs - 1` pending.
     jobs: usize,
+    /// The layers this pass committed, by diff ID: kept should the pass fail.
+    committed: &'a mut HashMap<Digest, Blob>,
 }
 
 /// A closed upload the host is still sending.
@@ -227,7 +264,7 @@ impl<R: BlobSink> Publish for Publisher<'_, R> {
                 self.image.id
             );
         };
-        let blob = uploads.close(&diff_id)?;
+        let blob = name_lost(uploads.close(&diff_id), &layer)?;
         if let Some((_, present)) = promised {
             self.same_as_held(&diff_id, present, &blob)?;
         }
@@ -260,7 +297,7 @@ impl<R: BlobSink> Publish for Publisher<'_, R> {
                 layer.entry
             );
         }
-        let blob = upload.close(&hashed)?;
+        let blob = name_lost(upload.close(&hashed), &layer)?;
         if &blob.digest != digest {
             bail!("the destination stored blob {digest} as {}", blob.digest);
         }
@@ -303,7 +340,7 @@ impl<R: BlobSink> Publisher<'_, R> {
                 break;
             };
             let expected = pending.blob;
-            let blob = pending.upload.finish()?;
+            let blob = name_lost(pending.upload.finish(), &pending.bytes.layer)?;
             if blob != expected {
                 bail!(
                     "the destination stored layer {} as {} ({} bytes), not as {} ({} bytes) as it was encoded",
@@ -319,6 +356,9 @@ impl<R: BlobSink> Publisher<'_, R> {
                 ..pending.bytes
             }));
             if let Some(done) = pending.done {
+                if let Event::LayerDone { diff_id, .. } = &done {
+                    self.committed.insert(diff_id.clone(), blob);
+                }
                 self.progress.report(done);
             }
         }
@@ -417,7 +457,8 @@ impl<R: BlobSink> Publisher<'_, R> {
         let progress = &mut *self.progress;
         let pending = &self.pending;
         let hashed = pass(entry.data, &entry.name, entry.size, |chunk| {
-            upload.write(chunk)?;
+            let written = upload.write(chunk);
+            name_lost(written, &layer)?;
             done += chunk.len() as u64;
             progress.report(Event::LayerProgress(bytes(done, upload.sent())));
             // The layers still being sent move too.
@@ -431,6 +472,14 @@ impl<R: BlobSink> Publisher<'_, R> {
         })?;
         Ok((layer, upload, hashed))
     }
+}
+
+/// Names the layer whose upload the registry lost, for the line a second loss ends the push with.
+fn name_lost<T>(result: Result<T>, layer: &LayerRef) -> Result<T> {
+    result.map_err(|e| match e.downcast_ref::<UploadLost>() {
+        Some(_) => e.context(format!("layer {}", layer.entry)),
+        None => e,
+    })
 }
 
 /// Reads an entry of `size` bytes whole, in large chunks (so crossings stay large), handing

@@ -7,12 +7,12 @@ use wasmtime::component::Resource;
 use super::shared::{codec, descriptor};
 use crate::bindings::ocipush::core::registry::{
     BlobDescriptor, Compression, Host, HostLayerUpload, HostRepository, ReferrerWritten,
-    UploadProgress,
+    UploadError, UploadProgress,
 };
 use crate::credentials::Configured;
 use crate::registry::retry::Policy;
 use crate::registry::{self, LayerUpload, Repository};
-use crate::state::{timed, HostError, HostState};
+use crate::state::{timed, HostError, HostState, UploadFailure};
 
 impl From<registry::Error> for HostError {
     fn from(e: registry::Error) -> Self {
@@ -23,7 +23,25 @@ impl From<registry::Error> for HostError {
     }
 }
 
+impl From<registry::Error> for UploadFailure {
+    fn from(e: registry::Error) -> Self {
+        match e {
+            registry::Error::Lost { .. } => UploadFailure::Lost(e.to_string()),
+            e => UploadFailure::Failed(e.into()),
+        }
+    }
+}
+
 impl Host for HostState {
+    /// A lost upload is told apart from every other failure, which goes as any host call's.
+    fn convert_upload_error(&mut self, error: UploadFailure) -> wasmtime::Result<UploadError> {
+        match error {
+            UploadFailure::Lost(message) => Ok(UploadError::Lost(message)),
+            UploadFailure::Failed(HostError::Message(message)) => Ok(UploadError::Failed(message)),
+            UploadFailure::Failed(HostError::Trap(trap)) => Err(trap),
+        }
+    }
+
     fn open(
         &mut self,
         registry: String,
@@ -144,7 +162,7 @@ impl HostRepository for HostState {
 }
 
 impl HostLayerUpload for HostState {
-    fn write(&mut self, upload: Resource<LayerUpload>, data: Vec<u8>) -> Result<(), HostError> {
+    fn write(&mut self, upload: Resource<LayerUpload>, data: Vec<u8>) -> Result<(), UploadFailure> {
         let upload = self.table.get_mut(&upload)?;
         Ok(timed(&mut self.waits.upload, || upload.write(data))?)
     }
@@ -158,13 +176,13 @@ impl HostLayerUpload for HostState {
         &mut self,
         upload: Resource<LayerUpload>,
         written: String,
-    ) -> Result<BlobDescriptor, HostError> {
+    ) -> Result<BlobDescriptor, UploadFailure> {
         let upload = self.table.get_mut(&upload)?;
         let encoded = timed(&mut self.waits.finish, || upload.close(Some(&written)))?;
         Ok(descriptor(encoded, &mut self.encodings))
     }
 
-    fn finish(&mut self, upload: Resource<LayerUpload>) -> Result<BlobDescriptor, HostError> {
+    fn finish(&mut self, upload: Resource<LayerUpload>) -> Result<BlobDescriptor, UploadFailure> {
         let upload = self.table.get_mut(&upload)?;
         let encoded = timed(&mut self.waits.finish, || upload.finish())?;
         Ok(descriptor(encoded, &mut self.encodings))

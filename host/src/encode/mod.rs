@@ -25,6 +25,34 @@ use tokio::sync::watch;
 
 use gzip::ParallelGzip;
 
+/// Where an encoder puts the bytes it encodes, at their offsets in the layer: a file (a layout's
+/// blob), or a registry upload's spool, which holds only a bounded window of the layer and so
+/// takes a write only as far as its room goes, waiting for room first.
+pub trait Store: Send + Sync {
+    /// Writes the first part of `buf` at offset `at`, after waiting for room if need be: how
+    /// many bytes it took, at least one.
+    fn put(&self, buf: &[u8], at: u64) -> io::Result<usize>;
+    /// Reads exactly `buf.len()` bytes at offset `at`.
+    fn get(&self, buf: &mut [u8], at: u64) -> io::Result<()>;
+    /// Makes what was written durable.
+    fn sync(&self) -> io::Result<()>;
+}
+
+impl Store for File {
+    fn put(&self, buf: &[u8], at: u64) -> io::Result<usize> {
+        self.write_all_at(buf, at)?;
+        Ok(buf.len())
+    }
+
+    fn get(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
+        self.read_exact_at(buf, at)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.sync_all()
+    }
+}
+
 /// Guest chunks (1-4 MiB each) queued for the encoder: bounds memory, and lets the guest hash
 /// the next chunk while this one compresses.
 const INPUT_QUEUE: usize = 2;
@@ -130,8 +158,8 @@ pub struct Pipeline {
     produced: watch::Receiver<Produced>,
     /// Uncompressed bytes the guest has written.
     written: u64,
-    /// The file the encoder writes, for hashing it when nobody said its digest.
-    file: Arc<File>,
+    /// Where the encoder writes, for hashing it when nobody said its digest.
+    file: Arc<dyn Store>,
     /// The digest the guest said the bytes of an unhashed pipeline have.
     claimed: Option<String>,
 }
@@ -146,30 +174,28 @@ struct Spooled {
 impl Pipeline {
     /// Starts encoding into `file` (empty) with `codec`, hashing what it writes. With `sync`,
     /// the finished file is synced to disk, and `sync` names it in an error.
-    pub fn start(file: Arc<File>, codec: Codec, sync: Option<PathBuf>) -> Self {
+    pub fn start(file: Arc<dyn Store>, codec: Codec, sync: Option<PathBuf>) -> Self {
         Self::spawn(file, codec, sync, true)
     }
 
     /// Starts storing bytes as they are into `file` (empty), without hashing them: their
     /// digest is the one `claim` gives (the guest's, which hashed every byte), else the file
     /// is hashed when the layer ends.
-    pub fn unhashed(file: Arc<File>) -> Self {
+    pub fn unhashed(file: Arc<dyn Store>) -> Self {
         Self::spawn(file, Codec::None, None, false)
     }
 
-    fn spawn(file: Arc<File>, codec: Codec, sync: Option<PathBuf>, hash: bool) -> Self {
+    fn spawn(file: Arc<dyn Store>, codec: Codec, sync: Option<PathBuf>, hash: bool) -> Self {
         let (input, chunks) = mpsc::sync_channel::<Vec<u8>>(INPUT_QUEUE);
         let (tell, produced) = watch::channel(Produced::default());
         let spool = file.clone();
         let encoder = std::thread::spawn(move || {
-            let encoded = encode(chunks, &spool, &tell, codec, hash);
+            let encoded = encode(chunks, &*spool, &tell, codec, hash);
             // The layer's buffers, freed on this thread and its workers, go back now.
             crate::memory::release();
             let encoded = encoded?;
             if let Some(path) = sync {
-                spool
-                    .sync_all()
-                    .map_err(|error| Error::Sync { path, error })?;
+                spool.sync().map_err(|error| Error::Sync { path, error })?;
             }
             Ok(encoded)
         });
@@ -205,7 +231,7 @@ impl Pipeline {
         Some(spooled.and_then(|spooled| {
             let digest = match spooled.digest.or_else(|| self.claimed.take()) {
                 Some(digest) => digest,
-                None => hash_file(&self.file, spooled.size).map_err(Error::Spool)?,
+                None => hash_file(&*self.file, spooled.size).map_err(Error::Spool)?,
             };
             Ok(Encoded {
                 digest,
@@ -237,7 +263,7 @@ impl Drop for Pipeline {
 /// to `file`, telling `produced` how far it is and, at the end, whether it completed.
 fn encode(
     chunks: mpsc::Receiver<Vec<u8>>,
-    file: &File,
+    file: &dyn Store,
     produced: &watch::Sender<Produced>,
     codec: Codec,
     hash: bool,
@@ -266,13 +292,13 @@ fn sha256_name(hasher: Sha256) -> String {
 }
 
 /// The digest of the first `size` bytes of `file`, read back in 1 MiB pieces.
-fn hash_file(file: &File, size: u64) -> io::Result<String> {
+fn hash_file(file: &dyn Store, size: u64) -> io::Result<String> {
     let mut hasher = Sha256::new();
     let mut piece = vec![0u8; 1 << 20];
     let mut at = 0u64;
     while at < size {
         let n = (size - at).min(piece.len() as u64) as usize;
-        file.read_exact_at(&mut piece[..n], at)?;
+        file.get(&mut piece[..n], at)?;
         hasher.update(&piece[..n]);
         at += n as u64;
     }
@@ -311,7 +337,7 @@ fn encode_into(
 
 /// Hashes encoded bytes, appends them to the file and says how many there are.
 struct Spooler<'a> {
-    file: &'a File,
+    file: &'a dyn Store,
     produced: &'a watch::Sender<Produced>,
     /// `None` for bytes whose digest the guest says.
     hasher: Option<Sha256>,
@@ -325,7 +351,8 @@ const HEAD: usize = 4;
 
 impl Write for Spooler<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.write_all_at(buf, self.size)?;
+        let taken = self.file.put(buf, self.size)?;
+        let buf = &buf[..taken];
         let missing = HEAD.saturating_sub(self.head.len()).min(buf.len());
         self.head.extend_from_slice(&buf[..missing]);
         if let Some(hasher) = &mut self.hasher {

@@ -230,6 +230,15 @@ pub enum Error {
         doing: &'static str,
         error: std::io::Error,
     },
+    /// The registry lost a layer's upload session after it had taken `taken` bytes, which the
+    /// spool no longer holds: the layer must be streamed again, in a new upload.
+    Lost {
+        registry: String,
+        taken: u64,
+    },
+    /// A layer stored as it is was finished without `close` saying its digest, which the host
+    /// can no longer compute: the spool keeps only what the registry has not taken.
+    Unclaimed,
     /// The layer upload was used after it ended.
     Ended,
     /// The encoder stopped; its own error says why.
@@ -382,6 +391,13 @@ impl fmt::Display for Error {
             Self::Protocol(message) => f.write_str(message),
             Self::Encode(e) => e.fmt(f),
             Self::Spool { doing, error } => write!(f, "{doing}: {error}"),
+            Self::Lost { registry, taken } => write!(
+                f,
+                "registry {registry} lost the upload session of a layer after taking {taken} bytes of it, which are no longer spooled"
+            ),
+            Self::Unclaimed => f.write_str(
+                "a layer stored as it is was finished without close saying the digest of its bytes",
+            ),
             Self::Ended => f.write_str("the layer upload already ended"),
             Self::EncoderStopped => f.write_str("the layer encoder stopped"),
             Self::EndedEarly { registry } => {

@@ -6,6 +6,7 @@
 //! - `auth`: Basic and bearer-token authorization, shared by a repository and its uploads;
 //! - `repository`: opening a repository, blobs and manifests, and the call order;
 //! - `upload`: a layer streamed in chunks while the guest still reads it;
+//! - `spool`: what of such a layer the registry has not acknowledged yet, on bounded disk;
 //! - `error`: typed failures, `RegistryError` for a registry's own refusals.
 
 pub mod auth;
@@ -13,6 +14,7 @@ pub mod client;
 pub mod error;
 pub mod repository;
 pub mod retry;
+pub mod spool;
 pub mod upload;
 
 pub use error::{Error, RegistryError};

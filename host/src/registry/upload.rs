@@ -1,17 +1,20 @@
 //! A layer uploaded while the guest is still reading it. The guest's chunks are encoded on a
-//! native thread (`encode::Pipeline`) into a spool (an anonymous temporary file, gone when the
-//! upload ends), and an async sender uploads the spool in chunks (`PATCH` with `Content-Range`)
-//! as they fill, so export, hashing, compression and upload overlap.
+//! native thread (`encode::Pipeline`) into a spool (`spool::Spool`: a ring on an anonymous
+//! temporary file, gone when the upload ends), and an async sender uploads the spool in chunks
+//! (`PATCH` with `Content-Range`) as they fill, so export, hashing, compression and upload
+//! overlap. The spool holds only what the registry has not acknowledged, at most
+//! `SPOOL_CHUNKS` chunks: the encoder (and through it the guest's `write`) waits for the
+//! registry beyond that, so a layer in flight costs that much temporary disk, whatever its size.
 //!
 //! The spool is what makes a layer survive an imperfect registry: after a failed chunk the
 //! sender asks the registry how much it holds (the upload status, `Range`) and resumes from
-//! there; if the registry lost the session it starts the layer over in a new one; a chunk the
-//! registry refuses as too large (413, or 416 while the offsets agree) is sent again in smaller
-//! chunks, and every later one too. Failures are retried as `retry::Policy` says.
+//! there; a chunk the registry refuses as too large (413, or 416 while the offsets agree) is sent
+//! again in smaller chunks, and every later one too. Failures are retried as `retry::Policy`
+//! says. If the registry lost the session, the layer starts over in a new one while the spool
+//! still holds its first byte; once that is released, the upload is lost (`Error::Lost`), and
+//! the guest, told so in its own error case, streams the layer again.
 
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,13 +28,18 @@ use super::client::Renew;
 use super::error::{Error, Transport};
 use super::repository::{Api, Repository};
 use super::retry::{self, Decision, Outcome};
+use super::spool::Spool;
 use crate::confirmed::Confirmed;
-use crate::encode::{self, Codec, Encoded, Pipeline, Produced};
+use crate::encode::{self, Codec, Encoded, Pipeline, Produced, Store};
 use crate::interrupt::Runtime;
 
 /// The chunk size used unless `--chunk-size` says otherwise: large enough that a chunk's
 /// round trip costs little. A chunk is read from the spool as it is sent, never held whole.
 pub const DEFAULT_CHUNK_SIZE: u64 = 16 << 20;
+/// How many chunks of encoded bytes the registry has not acknowledged a layer's spool holds at
+/// most: the chunk in flight and the one the encoder fills meanwhile. With one, the encoder
+/// would stand still for every chunk's round trip.
+pub const SPOOL_CHUNKS: u64 = 2;
 /// The smallest chunk the sender falls back to when a registry refuses chunks as too large.
 pub const MIN_CHUNK_SIZE: u64 = 256 << 10;
 /// A chunk refused as too large is sent again at most this large, then halved: GHCR refuses
@@ -55,8 +63,12 @@ impl Failed {
         }
     }
 
-    /// Records `error` unless an earlier failure is recorded; returns it, shared.
+    /// Records `error` unless an earlier failure is recorded; returns it, shared. A lost upload
+    /// is not recorded: it ends only itself, and the guest streams that layer again.
     fn record(&self, error: Error) -> Error {
+        if matches!(error, Error::Lost { .. }) {
+            return error;
+        }
         let mut slot = self.0.lock().unwrap();
         let first = slot.get_or_insert_with(|| Arc::new(error)).clone();
         Error::Shared(first)
@@ -66,6 +78,11 @@ impl Failed {
 /// One layer upload in flight.
 pub struct LayerUpload {
     pipeline: Pipeline,
+    /// What the registry has not acknowledged yet: closed when the upload is dropped, so the
+    /// encoder does not wait for room that will never come.
+    spool: Arc<Spool>,
+    /// Whether the bytes are stored as they are, unhashed: then `close` must say their digest.
+    unhashed: bool,
     sender: Option<tokio::task::JoinHandle<Result<(), Error>>>,
     /// Once closed: the sending of what is left and the commit, in the background.
     commit: Option<tokio::task::JoinHandle<Result<Encoded, Error>>>,
@@ -92,7 +109,8 @@ impl LayerUpload {
         repository.failed.check()?;
         let api = repository.api.clone();
         let location = rt.block_on(api.start_upload())??;
-        let spool = tempfile::tempfile()
+        let chunk_size = chunk_size.max(MIN_CHUNK_SIZE);
+        let spool = Spool::new(chunk_size * SPOOL_CHUNKS)
             .map(Arc::new)
             .map_err(|error| Error::Spool {
                 doing: "creating a temporary file to spool a layer",
@@ -104,6 +122,7 @@ impl LayerUpload {
             Codec::None => Pipeline::unhashed(spool.clone()),
             codec => Pipeline::start(spool.clone(), codec, None),
         };
+        let spool_for_drop = spool.clone();
         let sent = Arc::new(AtomicU64::new(0));
         let session = Arc::new(Mutex::new(location));
         let sender = rt.spawn(
@@ -112,12 +131,14 @@ impl LayerUpload {
                 spool,
                 session: session.clone(),
                 sent: sent.clone(),
-                chunk_size: chunk_size.max(MIN_CHUNK_SIZE),
+                chunk_size,
             }
             .run(pipeline.produced()),
         );
         Ok(Self {
             pipeline,
+            spool: spool_for_drop,
+            unhashed: codec == Codec::None,
             sender: Some(sender),
             commit: None,
             sent,
@@ -234,6 +255,12 @@ impl LayerUpload {
     /// commits it under the digest of the encoded bytes; a committed layer is confirmed.
     pub fn finish(&mut self) -> Result<Encoded, Error> {
         if self.commit.is_none() {
+            // The spool no longer holds what the registry took: bytes stored as they are can
+            // only be named by the digest the guest says.
+            self.failed.check()?;
+            if self.unhashed {
+                return Err(Error::Unclaimed);
+            }
             self.close(None)?;
         }
         let commit = self.commit.as_mut().ok_or(Error::Ended)?;
@@ -253,6 +280,7 @@ impl LayerUpload {
 impl Drop for LayerUpload {
     /// An upload dropped before its commit is cancelled, so the registry can free it.
     fn drop(&mut self) {
+        self.spool.close();
         if let Some(sender) = self.sender.take() {
             sender.abort();
         }
@@ -267,10 +295,11 @@ impl Drop for LayerUpload {
     }
 }
 
-/// Uploads the spool in chunks as the encoder fills it, until every byte is acknowledged.
+/// Uploads the spool in chunks as the encoder fills it, until every byte is acknowledged,
+/// releasing from the spool what the registry took.
 struct Sender {
     api: Api,
-    spool: Arc<File>,
+    spool: Arc<Spool>,
     session: Arc<Mutex<Url>>,
     sent: Arc<AtomicU64>,
     chunk_size: u64,
@@ -286,6 +315,13 @@ enum Chunk {
     Failed(Error, Option<Duration>),
     /// Refused for good.
     Refused(Error),
+}
+
+impl Drop for Sender {
+    /// However the sender ends (done, failed, aborted), the encoder stops waiting on it.
+    fn drop(&mut self) {
+        self.spool.close();
+    }
 }
 
 impl Sender {
@@ -311,6 +347,7 @@ impl Sender {
             let refused_size = match self.patch(location, offset, end).await {
                 Chunk::Taken(next) => {
                     *self.session.lock().unwrap() = next;
+                    self.spool.release(end);
                     offset = end;
                     self.sent.store(offset, Ordering::Relaxed);
                     failures = 0;
@@ -338,6 +375,7 @@ impl Sender {
                     self.smaller_chunks(status, end - offset)?;
                 }
             }
+            self.spool.release(held);
             offset = held;
             self.sent.store(offset, Ordering::Relaxed);
         }
@@ -358,7 +396,7 @@ impl Sender {
                     return None;
                 }
                 let mut piece = vec![0u8; len];
-                if let Err(e) = spool.read_exact_at(&mut piece, at) {
+                if let Err(e) = spool.get(&mut piece, at) {
                     let kept = io::Error::new(e.kind(), e.to_string());
                     *failed_read.lock().unwrap() = Some(kept);
                     return Some((Err(e), end));
@@ -419,7 +457,9 @@ impl Sender {
     }
 
     /// Asks the registry how much of the upload it holds (`GET` the session: `Range: 0-N`) and
-    /// returns that offset; when the session is gone, opens a new one and returns 0.
+    /// returns that offset, if the spool still holds what follows it; when the session is gone,
+    /// opens a new one and returns 0 if the spool still holds the layer's first byte, else the
+    /// upload is lost.
     async fn resync(&self, what: &str, produced: u64) -> Result<u64, Error> {
         let location = self.session.lock().unwrap().clone();
         let response = self
@@ -432,7 +472,8 @@ impl Sender {
                 .get(RANGE)
                 .and_then(|v| v.to_str().ok())
                 .and_then(upload_range_end);
-            if let Some(held) = held.filter(|h| *h <= produced) {
+            let kept = self.spool.start();
+            if let Some(held) = held.filter(|h| (kept..=produced).contains(h)) {
                 if let Some(next) = response
                     .headers()
                     .get(LOCATION)
@@ -445,9 +486,17 @@ impl Sender {
                 return Ok(held);
             }
         }
-        // The registry lost the session (distribution drops one that saw a partial chunk):
-        // start the layer over in a new session; the spool still holds every byte.
+        // The registry lost the session (distribution drops one that saw a partial chunk): start
+        // the layer over in a new session if the spool still holds every byte; else only the
+        // guest, which streams the layer again, can.
         let _ = self.api.request(Method::DELETE, location).send().await;
+        let released = self.spool.start();
+        if released > 0 {
+            return Err(Error::Lost {
+                registry: self.api.client.registry.clone(),
+                taken: released,
+            });
+        }
         let next = self.api.start_upload().await?;
         *self.session.lock().unwrap() = next;
         self.api.client.policy.notices.upload(&format!(
