@@ -492,6 +492,10 @@ impl Sender {
         let _ = self.api.request(Method::DELETE, location).send().await;
         let released = self.spool.start();
         if released > 0 {
+            self.api.client.policy.notices.upload(&format!(
+                "registry {} lost the upload session of a layer after taking {released} bytes, which are no longer spooled: the layer has to be exported again",
+                self.api.client.registry
+            ));
             return Err(Error::Lost {
                 registry: self.api.client.registry.clone(),
                 taken: released,
