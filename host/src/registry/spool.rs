@@ -95,15 +95,15 @@ impl Store for Spool {
                     "the layer's upload ended",
                 ));
             }
+            let room = (window.start + self.capacity).saturating_sub(at);
+            if room > 0 {
+                break room;
+            }
             if let Some(signal) = crate::interrupt::received() {
                 return Err(io::Error::new(
                     io::ErrorKind::Interrupted,
                     format!("interrupted by {signal}"),
                 ));
-            }
-            let room = (window.start + self.capacity).saturating_sub(at);
-            if room > 0 {
-                break room;
             }
             window = self.room.wait_timeout(window, SIGNAL_POLL).unwrap().0;
         };
