@@ -74,6 +74,73 @@ fn guest_info_and_export_describe_the_same_component() {
     assert!(external.contains(&digest), "{external}");
 }
 
+/// A cold cache is filled by a child process (`ocipush guest compile`, the component on its
+/// stdin), so the compiler's memory is never the push's; the next run finds the file. The
+/// hidden command refuses what is not a component in one line, and caches nothing for it.
+#[test]
+fn a_cold_cache_is_filled_by_a_child_process_that_refuses_what_is_not_a_component() {
+    let cache = tempfile::tempdir().unwrap();
+    let compiled = || -> Vec<PathBuf> {
+        std::fs::read_dir(cache.path().join("guest"))
+            .map(|dir| dir.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    };
+    let info = |log: &str| {
+        run(ocipush(&["guest", "info"])
+            .env("OCIPUSH_CACHE_DIR", cache.path())
+            .env("OCIPUSH_LOG", log))
+    };
+    let cold = info("ocipush=debug");
+    assert!(cold.status.success(), "{}", describe(&cold));
+    let stderr = String::from_utf8_lossy(&cold.stderr);
+    assert_eq!(
+        stderr.matches("compiling the guest").count(),
+        1,
+        "compiled once, not here as well\n{stderr}"
+    );
+    assert!(
+        stderr.contains("compiling the guest in a child process"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("did not compile"), "{stderr}");
+    let files = compiled();
+    assert!(
+        files.len() == 1 && files[0].extension().is_some_and(|e| e == "cwasm"),
+        "{files:?}"
+    );
+    let warm = info("ocipush=debug");
+    assert!(
+        !String::from_utf8_lossy(&warm.stderr).contains("compiling"),
+        "{}",
+        describe(&warm)
+    );
+
+    std::fs::remove_file(&files[0]).unwrap();
+    let mut child = ocipush(&["guest", "compile"])
+        .env("OCIPUSH_CACHE_DIR", cache.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"\0asm not a component")
+        .unwrap();
+    let refused = child.wait_with_output().unwrap();
+    assert!(!refused.status.success(), "{}", describe(&refused));
+    let line = String::from_utf8_lossy(&refused.stderr).trim().to_string();
+    assert!(
+        line.lines().count() == 1
+            && line.starts_with("ocipush: error: guest on stdin is not a WebAssembly component"),
+        "{line}"
+    );
+    assert!(compiled().is_empty(), "nothing cached for it");
+}
+
 #[test]
 fn a_pinned_digest_runs_only_that_guest_and_refuses_others_before_any_traffic() {
     let s = services();

@@ -282,6 +282,10 @@ enum GuestCommand {
     Info,
     /// Write the guest component to PATH, to inspect it or compare it with a rebuild.
     Export { path: PathBuf },
+    /// Compile the component on stdin into the cache: what a push runs as a child process
+    /// when its guest is not compiled yet, so that the compiler's memory is not the push's.
+    #[command(hide = true)]
+    Compile,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -602,6 +606,12 @@ fn run(cli: Cli) -> Result<()> {
             command: GuestCommand::Info,
         } => {
             print!("{}", runner::describe(&guest, cache::dir().as_deref())?);
+        }
+        Command::Guest {
+            command: GuestCommand::Compile,
+        } => {
+            let dir = cache::dir().context("no cache directory to compile the guest into")?;
+            runner::compile_stdin_into(&dir)?;
         }
         Command::Guest {
             command: GuestCommand::Export { path },

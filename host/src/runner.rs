@@ -6,6 +6,7 @@
 //! contract version, world) before any daemon or registry traffic; its compiled form is cached.
 
 use std::hash::{Hash, Hasher};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
@@ -408,28 +409,92 @@ fn check_contract(origin: &str, imports: &[String], exports: &[String]) -> Resul
     Ok(())
 }
 
+/// Where the guest with `digest`, compiled by `engine`, is cached in `dir`: the engine's
+/// compatibility hash is in the name, so another build of ocipush never loads it.
+fn compiled_path(engine: &Engine, digest: &str, dir: &Path) -> PathBuf {
+    let mut compatibility = std::collections::hash_map::DefaultHasher::new();
+    engine
+        .precompile_compatibility_hash()
+        .hash(&mut compatibility);
+    let digest = digest.trim_start_matches("sha256:");
+    dir.join("guest").join(format!(
+        "{}-{:016x}.cwasm",
+        &digest[..32],
+        compatibility.finish()
+    ))
+}
+
+/// Compiles a component and caches the result at `path` (best effort: the push goes on
+/// without a cache). An engine of its own compiles, dropped with its compiler, which keeps its
+/// contexts (cranelift's buffers) for reuse as long as it lives.
+fn compile(bytes: &[u8], origin: &str, path: Option<&Path>) -> Result<Vec<u8>> {
+    let compiler = self::engine()?;
+    let compiled = compiler
+        .precompile_component(bytes)
+        .map_err(|e| anyhow!("guest {origin} is not a WebAssembly component: {e}"))?;
+    drop(compiler);
+    if let Some(path) = path {
+        let mut file = Sha256::digest(&compiled).to_vec();
+        file.extend_from_slice(&compiled);
+        if let Err(e) = crate::files::write_atomic(path, &file) {
+            tracing::debug!(path = %path.display(), error = %e, "compiled guest not cached");
+        }
+    }
+    Ok(compiled)
+}
+
+/// `ocipush guest compile`, which a push runs as a child process: compiles the component on
+/// stdin into the cache `dir`, as a push would.
+pub fn compile_stdin_into(dir: &Path) -> Result<()> {
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut bytes)
+        .context("reading a guest component on stdin")?;
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+    let path = compiled_path(&engine()?, &digest, dir);
+    compile(&bytes, "on stdin", Some(&path)).map(drop)
+}
+
+/// Has this same executable compile `guest` into the cache in a child process: cranelift's
+/// peak memory (tens of MiB) is then the child's, all of it returned when the child exits,
+/// instead of staying partly in this process's heap for the whole push. False when the child
+/// could not do it; the caller then compiles here.
+fn compiled_by_child(guest: &Guest) -> bool {
+    let Ok(exe) = std::env::current_exe() else {
+        return false;
+    };
+    tracing::debug!(guest = %guest.origin, "compiling the guest in a child process");
+    let child = std::process::Command::new(exe)
+        .args(["guest", "compile"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        return false;
+    };
+    let fed = child
+        .stdin
+        .take()
+        .is_some_and(|mut stdin| stdin.write_all(&guest.bytes).is_ok());
+    let done = fed && child.wait().is_ok_and(|status| status.success());
+    if !done {
+        tracing::debug!("the child process did not compile the guest");
+    }
+    done
+}
+
 /// The guest compiled for this engine and checked against the contract. From the cache when
 /// this very guest was compiled by a compatible engine before (compiling is most of a small
-/// push's time), else compiled now and cached. Each cached file starts with the sha256 of the
-/// rest, checked before it is loaded.
+/// push's time), else compiled now (by a child process where there is a cache) and cached.
+/// Each cached file starts with the sha256 of the rest, checked before it is loaded.
 fn load_component(engine: &Engine, guest: &Guest, cache_dir: Option<&Path>) -> Result<Component> {
     let compiled = |bytes: &[u8]| -> Result<Component> {
         // Safety: the bytes come from `precompile_component` of an engine with the same
         // compatibility hash (it is in the file name), and their checksum matched.
         unsafe { Component::deserialize(engine, bytes) }.map_err(anyhow::Error::from)
     };
-    let path = cache_dir.map(|dir| {
-        let mut compatibility = std::collections::hash_map::DefaultHasher::new();
-        engine
-            .precompile_compatibility_hash()
-            .hash(&mut compatibility);
-        let digest = guest.digest.trim_start_matches("sha256:");
-        dir.join("guest").join(format!(
-            "{}-{:016x}.cwasm",
-            &digest[..32],
-            compatibility.finish()
-        ))
-    });
+    let path = cache_dir.map(|dir| compiled_path(engine, &guest.digest, dir));
     let cached = || {
         path.as_ref()
             .and_then(|p| std::fs::read(p).ok())
@@ -452,25 +517,12 @@ fn load_component(engine: &Engine, guest: &Guest, cache_dir: Option<&Path>) -> R
             // Pushes that start together on a cold cache: one compiles, the others wait for
             // its file instead of all compiling at once.
             let _lock = cache_dir.and_then(|dir| crate::cache::lock(dir, "guest"));
-            match cached() {
+            let by_child = || path.is_some() && compiled_by_child(guest);
+            match cached().or_else(|| by_child().then(cached).flatten()) {
                 Some(component) => component,
                 None => {
                     tracing::debug!(guest = %guest.origin, "compiling the guest");
-                    // An engine of its own compiles, dropped with its compiler, which keeps
-                    // its contexts (cranelift's buffers) for reuse as long as it lives: several
-                    // MiB that the push would otherwise carry to its end.
-                    let compiler = self::engine()?;
-                    let bytes = compiler.precompile_component(&guest.bytes).map_err(|e| {
-                        anyhow!("guest {} is not a WebAssembly component: {e}", guest.origin)
-                    })?;
-                    drop(compiler);
-                    if let Some(path) = &path {
-                        let mut file = Sha256::digest(&bytes).to_vec();
-                        file.extend_from_slice(&bytes);
-                        if let Err(e) = crate::files::write_atomic(path, &file) {
-                            tracing::debug!(path = %path.display(), error = %e, "compiled guest not cached");
-                        }
-                    }
+                    let bytes = compile(&guest.bytes, &guest.origin, path.as_deref())?;
                     let component = compiled(&bytes)?;
                     drop(bytes);
                     // Compiling left tens of MiB free in malloc's arenas.
